@@ -1,0 +1,1 @@
+"""Live Streamlit fleet dashboard (not built yet)."""

@@ -1,0 +1,1 @@
+"""fleetstream: the CLI and the local broker stack."""

@@ -1,0 +1,5 @@
+"""``python -m fleetstream``."""
+
+from fleetstream.cli import main
+
+main()

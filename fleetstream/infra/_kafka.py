@@ -1,0 +1,209 @@
+"""The local single-node Kafka (KRaft), run from jars resolved from Maven Central."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from fleetstream.infra._process import ManagedProcess
+from fleetstream.infra._settings import KAFKA_VERSION, InfraSettings
+from fleetstream.infra.errors import InfraError
+
+_log = logging.getLogger(__name__)
+_FILES = resources.files("fleetstream.infra") / "files"
+
+
+def kafka_dir(settings: InfraSettings) -> Path:
+    """Folder with the rendered config, data and logs of the local Kafka."""
+    return settings.run_dir / "kafka"
+
+
+def process(settings: InfraSettings) -> ManagedProcess:
+    """The tracked broker process."""
+    return ManagedProcess("kafka", kafka_dir(settings) / "kafka.pid", "kafka.Kafka")
+
+
+def jars_present(settings: InfraSettings) -> bool:
+    """Whether the broker jars are already in the cache."""
+    return (settings.kafka_libs_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+
+
+def ensure_jars(settings: InfraSettings) -> None:
+    """Resolve the broker jars with Maven into the cache folder unless they are there.
+
+    Raises:
+        InfraError: Maven is missing or the resolution failed.
+    """
+    if jars_present(settings):
+        return
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        msg = (
+            "Maven (mvn) is needed once to fetch the Kafka jars; install it (apt-get install maven)"
+        )
+        raise InfraError(msg)
+    libs = settings.kafka_libs_dir
+    libs.mkdir(parents=True, exist_ok=True)
+    _log.info("resolving Kafka %s jars from Maven Central into %s", KAFKA_VERSION, libs)
+    with resources.as_file(_FILES / "pom.xml") as pom:
+        result = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-Dlibs.dir={libs}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0 or not jars_present(settings):
+        output = result.stdout[-3000:]
+        msg = f"mvn could not resolve the Kafka jars (exit {result.returncode}):\n{output}"
+        raise InfraError(msg)
+
+
+def _render(settings: InfraSettings) -> Path:
+    root = kafka_dir(settings)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    values = {
+        "host": settings.host,
+        "kafka_port": settings.kafka_port,
+        "controller_port": settings.kafka_controller_port,
+        "data_dir": root / "data",
+        "default_partitions": settings.kafka_default_partitions,
+    }
+    text = Template((_FILES / "server.properties").read_text("utf-8")).substitute(values)
+    config = root / "server.properties"
+    config.write_text(text, "utf-8")
+    (root / "log4j2.properties").write_text(
+        (_FILES / "log4j2.properties").read_text("utf-8"), "utf-8"
+    )
+    return config
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    if candidate is not None and candidate.is_file():
+        return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        msg = (
+            "Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)"
+        )
+        raise InfraError(msg)
+    return found
+
+
+def _jvm_flags(settings: InfraSettings) -> list[str]:
+    root = kafka_dir(settings)
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return [
+        f"-Xms{min(256, settings.kafka_heap_mb)}m",
+        f"-Xmx{settings.kafka_heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={root / 'logs'}",
+        f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        # Native compression libs unpack into tmp; /tmp may be mounted noexec.
+        f"-Djava.io.tmpdir={tmp}",
+        f"-DZstdTempFolder={tmp}",
+        f"-Dorg.xerial.snappy.tempdir={tmp}",
+        "-cp",
+        f"{settings.kafka_libs_dir}/*",
+    ]
+
+
+def _format_storage(settings: InfraSettings, config: Path) -> None:
+    if (kafka_dir(settings) / "data" / "meta.properties").is_file():
+        return
+    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    # Static controller.quorum.voters: 4.1 rejects --standalone here.
+    result = subprocess.run(
+        [
+            _java(),
+            *_jvm_flags(settings),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        msg = f"formatting Kafka storage failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        raise InfraError(msg)
+
+
+def healthy(settings: InfraSettings, timeout_s: float = 2.0) -> bool:
+    """Ask the broker for cluster metadata; True when it answers with a broker."""
+    admin = AdminClient(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "socket.timeout.ms": int(timeout_s * 1000),
+            # A probe of a stopped broker is expected to fail; don't log each refusal.
+            "log_level": 0,
+        }
+    )
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return len(metadata.brokers) > 0
+
+
+def start(settings: InfraSettings) -> float:
+    """Start the broker unless it is already up, and wait until it answers metadata requests.
+
+    Returns:
+        Seconds from launch to readiness (0 when it was already running).
+
+    Raises:
+        InfraError: The broker failed to start or did not become ready in time.
+    """
+    proc = process(settings)
+    if proc.pid() is not None and healthy(settings):
+        return 0.0
+    if proc.pid() is None and healthy(settings):
+        _log.warning(
+            "a Kafka not started by fleetstream answers on %s; using it", settings.kafka_bootstrap
+        )
+        return 0.0
+    ensure_jars(settings)
+    config = _render(settings)
+    _format_storage(settings, config)
+    began = time.monotonic()
+    if proc.pid() is None:
+        log_file = kafka_dir(settings) / "logs" / "kafka.out"
+        proc.start([_java(), *_jvm_flags(settings), "kafka.Kafka", str(config)], log_file)
+    deadline = began + settings.kafka_start_timeout_s
+    while time.monotonic() < deadline:
+        if healthy(settings, timeout_s=1.0):
+            return time.monotonic() - began
+        if proc.pid() is None:
+            break
+        time.sleep(0.2)
+    tail = _tail(kafka_dir(settings) / "logs" / "kafka.out")
+    proc.stop(timeout_s=5)
+    msg = f"Kafka did not become ready on {settings.kafka_bootstrap}; last output:\n{tail}"
+    raise InfraError(msg)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text("utf-8", errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no output)"

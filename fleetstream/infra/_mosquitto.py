@@ -1,0 +1,142 @@
+"""The local Mosquitto, installed from Debian packages and run with the repo's config."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetstream.infra._process import ManagedProcess
+from fleetstream.infra._settings import InfraSettings
+from fleetstream.infra.errors import InfraError
+
+_log = logging.getLogger(__name__)
+_FILES = resources.files("fleetstream.infra") / "files"
+_INSTALL_HINT = "apt-get update && apt-get install -y mosquitto mosquitto-clients"
+
+
+def mosquitto_dir(settings: InfraSettings) -> Path:
+    """Folder with the rendered config, persistence and log of the local Mosquitto."""
+    return settings.run_dir / "mosquitto"
+
+
+def process(settings: InfraSettings) -> ManagedProcess:
+    """The tracked broker process."""
+    return ManagedProcess("mosquitto", mosquitto_dir(settings) / "mosquitto.pid", "mosquitto")
+
+
+def binary() -> str:
+    """Path of the mosquitto broker binary (Debian installs it in /usr/sbin)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        msg = f"mosquitto is not installed; install it with: {_INSTALL_HINT}"
+        raise InfraError(msg)
+    return found
+
+
+def _render(settings: InfraSettings) -> Path:
+    root = mosquitto_dir(settings)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    password_file = root / "passwd"
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        msg = f"mosquitto_passwd is missing; install it with: {_INSTALL_HINT}"
+        raise InfraError(msg)
+    password_file.unlink(missing_ok=True)
+    password_file.touch(mode=0o600)
+    subprocess.run(
+        [
+            passwd_tool,
+            "-b",
+            str(password_file),
+            settings.mqtt_username,
+            settings.mqtt_password.get_secret_value(),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    values = {
+        "host": settings.host,
+        "mqtt_port": settings.mqtt_port,
+        "mqtt_auth_port": settings.mqtt_auth_port,
+        "password_file": password_file,
+        "data_dir": root / "data",
+        "log_file": root / "mosquitto.log",
+        "user": getpass.getuser(),
+    }
+    text = Template((_FILES / "mosquitto.conf").read_text("utf-8")).substitute(values)
+    config = root / "mosquitto.conf"
+    config.write_text(text, "utf-8")
+    return config
+
+
+def healthy(settings: InfraSettings, timeout_s: float = 2.0) -> bool:
+    """Connect to the anonymous listener and wait for a successful CONNACK."""
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+
+    def on_connect(
+        _client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object
+    ) -> None:
+        if not getattr(reason, "is_failure", True):
+            connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.mqtt_port, keepalive=5)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        return connected.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def start(settings: InfraSettings, timeout_s: float = 15.0) -> float:
+    """Start Mosquitto unless it is already up, and wait until it accepts a connection.
+
+    Returns:
+        Seconds from launch to readiness (0 when it was already running).
+
+    Raises:
+        InfraError: Mosquitto is missing, failed to start or did not become ready.
+    """
+    proc = process(settings)
+    if healthy(settings, timeout_s=1.0):
+        if proc.pid() is None:
+            _log.warning(
+                "an MQTT broker not started by fleetstream answers on port %d; using it",
+                settings.mqtt_port,
+            )
+        return 0.0
+    mosquitto = binary()
+    config = _render(settings)
+    began = time.monotonic()
+    if proc.pid() is None:
+        proc.start([mosquitto, "-c", str(config)], mosquitto_dir(settings) / "mosquitto.out")
+    deadline = began + timeout_s
+    while time.monotonic() < deadline:
+        if healthy(settings, timeout_s=0.5):
+            return time.monotonic() - began
+        if proc.pid() is None:
+            break
+        time.sleep(0.1)
+    log = mosquitto_dir(settings) / "mosquitto.log"
+    out = mosquitto_dir(settings) / "mosquitto.out"
+    tail = "\n".join(
+        p.read_text("utf-8", errors="replace")[-2000:] for p in (out, log) if p.is_file()
+    )
+    proc.stop(timeout_s=5)
+    msg = f"Mosquitto did not become ready on port {settings.mqtt_port}:\n{tail}"
+    raise InfraError(msg)

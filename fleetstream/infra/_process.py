@@ -1,0 +1,114 @@
+"""Start, find and stop detached broker processes by pid file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedProcess:
+    """A broker process that ``fleetstream infra`` started and tracks by pid file.
+
+    Attributes:
+        name: Short name used in messages (``kafka``, ``mosquitto``).
+        pid_file: Where the pid is recorded.
+        marker: A string the process's command line must contain, so a recycled pid
+            belonging to another program is never mistaken for the broker.
+    """
+
+    name: str
+    pid_file: Path
+    marker: str
+
+    def pid(self) -> int | None:
+        """Return the pid of the live broker process, or None if it is not running."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmdline = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        return pid if self.marker in cmdline else None
+
+    def rss_mb(self) -> float | None:
+        """Resident memory of the running process in MiB, or None if it is not running."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return float(psutil.Process(pid).memory_info().rss) / 2**20
+        return None
+
+    def start(self, argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> int:
+        """Start the process detached from this one, with output appended to ``log_file``.
+
+        Args:
+            argv: Command line.
+            log_file: File receiving stdout and stderr.
+            env: Extra environment variables.
+
+        Returns:
+            The new pid.
+        """
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as out:
+            # A new session keeps the broker alive after the CLI exits and out of
+            # the CLI's process group (Ctrl-C on a test run must not kill it).
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the process: SIGTERM, then SIGKILL after ``timeout_s``.
+
+        Returns:
+            True if a running process was stopped, False if none was running.
+        """
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        proc = psutil.Process(pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            # A frozen (SIGSTOP) broker, as left by a fault test, cannot act on SIGTERM.
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout_s)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    """Poll ``predicate()`` until it is truthy or ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -1,0 +1,67 @@
+"""Settings of the local broker stack (`fleetstream infra`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KAFKA_VERSION = "4.1.1"
+
+
+def _project_root() -> Path | None:
+    """Return the source checkout this package runs from, if it runs from one."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        pyproject = parent / "pyproject.toml"
+        if pyproject.is_file() and 'name = "fleetstream"' in pyproject.read_text("utf-8"):
+            return parent
+    return None
+
+
+def _default_dir(checkout_name: str, xdg_var: str, xdg_default: str) -> Path:
+    # In a checkout everything stays inside it (git-ignored); installed, use XDG dirs.
+    root = _project_root()
+    if root is not None:
+        return root / checkout_name
+    base = Path(os.environ.get(xdg_var, Path.home() / xdg_default))
+    return base / "fleetstream"
+
+
+class InfraSettings(BaseSettings):
+    """Ports, credentials and folders of the local Kafka and Mosquitto.
+
+    Every field can be set from the environment with the ``FLEETSTREAM_`` prefix,
+    e.g. ``FLEETSTREAM_KAFKA_PORT=19092``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLEETSTREAM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
+    kafka_heap_mb: int = Field(default=512, ge=128)
+    kafka_default_partitions: int = Field(default=4, ge=1)
+    kafka_start_timeout_s: float = Field(default=90.0, gt=0)
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_auth_port: int = Field(default=1884, ge=1, le=65535)
+    mqtt_username: str = "fleet"
+    mqtt_password: SecretStr = SecretStr("fleet-secret")
+    run_dir: Path = Field(
+        default_factory=lambda: _default_dir(".run", "XDG_STATE_HOME", ".local/state")
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _default_dir(".cache", "XDG_CACHE_HOME", ".cache")
+    )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The ``host:port`` clients use to reach the local Kafka."""
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_libs_dir(self) -> Path:
+        """Folder holding the broker's jars, resolved from Maven Central."""
+        return self.cache_dir / "kafka" / KAFKA_VERSION / "libs"

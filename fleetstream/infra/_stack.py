@@ -1,0 +1,90 @@
+"""Start, stop and report the whole local broker stack."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fleetstream.infra import _kafka, _mosquitto
+from fleetstream.infra._settings import InfraSettings
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """What ``fleetstream infra status`` reports for one broker.
+
+    Attributes:
+        name: ``kafka`` or ``mosquitto``.
+        ports: Listening ports, as text.
+        pid: Pid of the process fleetstream started, None if it started none.
+        rss_mb: Resident memory of that process.
+        healthy: Whether the broker answered a protocol-level probe.
+    """
+
+    name: str
+    ports: str
+    pid: int | None
+    rss_mb: float | None
+    healthy: bool
+
+    @property
+    def state(self) -> str:
+        """One word: healthy, external (healthy but not ours), unhealthy or stopped."""
+        if self.healthy:
+            return "healthy" if self.pid is not None else "external"
+        return "unhealthy" if self.pid is not None else "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class StartReport:
+    """Seconds each broker took to become ready (0.0 = it was already running)."""
+
+    kafka_s: float
+    mosquitto_s: float
+
+
+def up(settings: InfraSettings | None = None) -> StartReport:
+    """Start Kafka and Mosquitto if they are not running; idempotent.
+
+    Raises:
+        InfraError: A broker could not be started.
+    """
+    settings = settings or InfraSettings()
+    mosquitto_s = _mosquitto.start(settings)
+    kafka_s = _kafka.start(settings)
+    return StartReport(kafka_s=kafka_s, mosquitto_s=mosquitto_s)
+
+
+def down(settings: InfraSettings | None = None) -> list[str]:
+    """Stop the brokers fleetstream started; returns the names of those it stopped."""
+    settings = settings or InfraSettings()
+    stopped = []
+    for proc in (_kafka.process(settings), _mosquitto.process(settings)):
+        if proc.stop():
+            stopped.append(proc.name)
+    return stopped
+
+
+def status(settings: InfraSettings | None = None) -> list[ServiceStatus]:
+    """Probe both brokers."""
+    settings = settings or InfraSettings()
+    kafka = _kafka.process(settings)
+    mosq = _mosquitto.process(settings)
+    return [
+        ServiceStatus(
+            name="kafka",
+            ports=f"{settings.kafka_port} (controller {settings.kafka_controller_port})",
+            pid=kafka.pid(),
+            rss_mb=kafka.rss_mb(),
+            healthy=_kafka.healthy(settings),
+        ),
+        ServiceStatus(
+            name="mosquitto",
+            ports=f"{settings.mqtt_port} (anonymous), {settings.mqtt_auth_port} (password)",
+            pid=mosq.pid(),
+            rss_mb=mosq.rss_mb(),
+            healthy=_mosquitto.healthy(settings),
+        ),
+    ]

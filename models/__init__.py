@@ -1,0 +1,1 @@
+"""Offline archive, training and model registry (not built yet)."""

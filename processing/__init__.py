@@ -1,0 +1,1 @@
+"""Quix Streams per-car processing (not built yet)."""

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything `make demo` / `make test` need on a bare Debian machine with Java 17 + Maven:
+# Mosquitto (apt, when missing), uv, the locked virtualenv, the Kafka jars.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
+export UV_PYTHON_DOWNLOADS=never
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root to run: $*" >&2; exit 1; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "setup: installing mosquitto from Debian packages"
+  apt_install mosquitto mosquitto-clients
+fi
+# The broker is started by `fleetstream infra up`, never by the distribution's service.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+for tool in java mvn; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "setup: installing $tool"
+    apt_install openjdk-17-jre-headless maven
+  fi
+done
+
+UV=$(command -v uv || true)
+if [ -z "$UV" ]; then
+  UV=.cache/tools/bin/uv
+  if [ ! -x "$UV" ]; then
+    echo "setup: installing uv $UV_VERSION into .cache/tools"
+    if ! python3 -m venv .cache/tools 2>/dev/null; then
+      rm -rf .cache/tools
+      apt_install python3-venv
+      python3 -m venv .cache/tools
+    fi
+    .cache/tools/bin/pip install -q "uv==$UV_VERSION"
+  fi
+fi
+
+"$UV" sync --frozen --quiet --python "${FLEETSTREAM_PYTHON:-python3}"
+.venv/bin/fleetstream infra jars >/dev/null

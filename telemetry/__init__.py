@@ -1,0 +1,5 @@
+"""Shared wire contract, settings and helpers used by every fleetstream service."""
+
+from telemetry.errors import FleetstreamError
+
+__all__ = ["FleetstreamError"]
