@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
 import typer
 
 from fleetstream import infra
@@ -78,6 +82,90 @@ def demo() -> None:
     typer.echo(
         "demo: Kafka and Mosquitto are running. Simulator, ingest, processing and dashboard "
         "are not built yet; stop the brokers with `fleetstream infra down`."
+    )
+
+
+@app.command("simulate")
+def simulate(
+    vehicles: int = typer.Option(10, "--vehicles", "-n", min=1, help="Number of cars."),
+    duration: float = typer.Option(60.0, "--duration", min=0.001, help="Simulated seconds."),
+    rate: float = typer.Option(1.0, "--rate", min=0.001, help="Messages per car per second."),
+    seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same messages."),
+    ev_share: float = typer.Option(0.6, "--ev-share", min=0.0, max=1.0, help="Fraction of EVs."),
+    anomaly_rate: float = typer.Option(
+        0.0, "--anomaly-rate", min=0.0, help="Expected anomaly episodes per vehicle-day."
+    ),
+    fmt: str = typer.Option("v1", "--format", help="Payload format: v1 or tesla."),
+    mqtt_url: str | None = typer.Option(
+        None, "--mqtt", help="Publish in real time to mqtt://[user:pass@]host:port."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Write JSON lines as fast as possible to this file."
+    ),
+    labels: Path | None = typer.Option(None, "--labels", help="Write anomaly labels (JSON lines)."),
+    qos: int = typer.Option(1, "--qos", min=0, max=1, help="MQTT QoS for --mqtt."),
+    topic: str | None = typer.Option(
+        None, "--topic", help="MQTT topic template (default by format, uses {vehicle_id})."
+    ),
+    start_time: str | None = typer.Option(
+        None, "--start-time", help="ISO time of the first message (--output; default 2026-01-01Z)."
+    ),
+) -> None:
+    """Simulate EV and combustion cars with labelled anomalies, to a file or to MQTT."""
+    from simulator import (
+        FleetConfig,
+        Format,
+        MqttTarget,
+        SimulatorError,
+        default_topic,
+        run_to_file,
+        run_to_mqtt,
+    )
+
+    if (mqtt_url is None) == (output is None):
+        msg = "give exactly one of --mqtt or --output"
+        raise typer.BadParameter(msg)
+    try:
+        form = Format(fmt)
+    except ValueError:
+        msg = f"--format must be v1 or tesla, not {fmt!r}"
+        raise typer.BadParameter(msg) from None
+    config = FleetConfig(
+        vehicles=vehicles,
+        rate_hz=rate,
+        seed=seed,
+        ev_share=1.0 if form is Format.TESLA else ev_share,
+        anomaly_rate=anomaly_rate,
+        duration_s=duration,
+        id_prefix="5YJSIM" if form is Format.TESLA else "veh",
+        id_width=11 if form is Format.TESLA else 5,
+    )
+    if start_time is not None:
+        parsed = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        config = replace(config, start_ms=int(parsed.timestamp() * 1000))
+    try:
+        if output is not None:
+            report = run_to_file(config, output, form, labels)
+        else:
+            assert mqtt_url is not None
+            target = MqttTarget.parse(mqtt_url)
+            report = run_to_mqtt(
+                config,
+                target=target,
+                fmt=form,
+                topic=topic or default_topic(form),
+                qos=qos,
+                labels=labels,
+            )
+    except SimulatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"simulated {report.messages} messages in {report.seconds:.1f} s "
+        f"({report.achieved_rate:,.0f} msg/s; real-time target {report.target_rate:,.0f} msg/s), "
+        f"{report.labels} anomaly labels"
     )
 
 

@@ -1,0 +1,193 @@
+"""Contract v1 validator: accepts the simulator's records, rejects with a precise reason."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator import FleetConfig, iter_records
+from telemetry.contract import (
+    ALL_FIELDS,
+    EV_FIELDS,
+    ICE_FIELDS,
+    MAX_PAYLOAD_BYTES,
+    NUMBER_FIELDS,
+    ContractError,
+    Problem,
+    decode,
+    parse,
+    validate,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _records() -> tuple[dict[str, Any], dict[str, Any]]:
+    ev = ice = None
+    for record in iter_records(FleetConfig(vehicles=10, duration_s=2, seed=3, ev_share=0.5)):
+        if record["powertrain"] == "ev":
+            ev = record
+        else:
+            ice = record
+    assert ev is not None
+    assert ice is not None
+    return ev, ice
+
+
+EV, ICE = _records()
+
+
+def test_simulator_records_are_valid() -> None:
+    for record in (EV, ICE):
+        assert parse(orjson.dumps(record)) == record
+
+
+def test_field_lists_are_consistent() -> None:
+    assert len(set(ALL_FIELDS)) == len(ALL_FIELDS)
+    assert set(EV_FIELDS).isdisjoint(ICE_FIELDS)
+    assert set(NUMBER_FIELDS) <= set(ALL_FIELDS)
+
+
+@pytest.mark.parametrize("name", [f for f in ALL_FIELDS if f not in ICE_FIELDS])
+def test_every_ev_field_is_required(name: str) -> None:
+    record = dict(EV)
+    del record[name]
+    with pytest.raises(ContractError) as info:
+        validate(record)
+    assert info.value.field == name
+    assert info.value.problem in {Problem.MISSING, Problem.UNKNOWN_SCHEMA}
+
+
+@pytest.mark.parametrize("name", ICE_FIELDS)
+def test_every_ice_field_is_required(name: str) -> None:
+    record = dict(ICE)
+    del record[name]
+    with pytest.raises(ContractError, match=name) as info:
+        validate(record)
+    assert info.value.reason == f"missing:{name}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("schema", 2, Problem.UNKNOWN_SCHEMA),
+        ("schema", "1", Problem.UNKNOWN_SCHEMA),
+        ("vehicle_id", "", Problem.BAD_VALUE),
+        ("vehicle_id", "a/b", Problem.BAD_VALUE),
+        ("vehicle_id", "x" * 65, Problem.BAD_VALUE),
+        ("vehicle_id", 12, Problem.WRONG_TYPE),
+        ("ts", 1.5, Problem.WRONG_TYPE),
+        ("ts", None, Problem.NULL),
+        ("seq", -1, Problem.OUT_OF_RANGE),
+        ("seq", None, Problem.NULL),
+        ("powertrain", "diesel", Problem.BAD_VALUE),
+        ("state", "flying", Problem.BAD_VALUE),
+        ("speed_kmh", "fast", Problem.WRONG_TYPE),
+        ("speed_kmh", True, Problem.WRONG_TYPE),
+        ("speed_kmh", -1, Problem.OUT_OF_RANGE),
+        ("speed_kmh", math.inf, Problem.NOT_FINITE),
+        ("lat", math.nan, Problem.NOT_FINITE),
+        ("lat", 91.0, Problem.OUT_OF_RANGE),
+        ("battery_level_pct", 100.5, Problem.OUT_OF_RANGE),
+        ("power_kw", [1], Problem.WRONG_TYPE),
+    ],
+)
+def test_bad_values_name_field_and_problem(field: str, value: object, problem: Problem) -> None:
+    record = dict(EV)
+    record[field] = value
+    with pytest.raises(ContractError) as info:
+        validate(record)
+    assert info.value.field == field
+    assert info.value.problem is problem
+    assert field in str(info.value)
+
+
+def test_measurements_may_be_null_and_extras_pass_through() -> None:
+    record = dict(EV, battery_temp_c=None, speed_kmh=None, firmware="2026.4")
+    assert validate(record) is record
+
+
+def test_seq_may_be_null_only_when_allowed() -> None:
+    record = dict(EV, seq=None)
+    assert validate(record, require_seq=False) is record
+    with pytest.raises(ContractError, match="seq"):
+        validate(record)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"", Problem.NOT_JSON),
+        (b"{", Problem.NOT_JSON),
+        (b"\xff\xfe{}", Problem.NOT_JSON),
+        (b'{"a": NaN}', Problem.NOT_JSON),
+        (b'{"a": 1e400}', Problem.NOT_JSON),
+        (b"[1, 2]", Problem.NOT_OBJECT),
+        (b"null", Problem.NOT_OBJECT),
+        (b" " * (MAX_PAYLOAD_BYTES + 1), Problem.OVERSIZE),
+        (b"[" * 5000 + b"]" * 5000, Problem.NOT_JSON),
+    ],
+)
+def test_payload_level_problems(payload: bytes, problem: Problem) -> None:
+    with pytest.raises(ContractError) as info:
+        parse(payload)
+    assert info.value.problem is problem
+    assert info.value.field is None
+
+
+def test_huge_integer_is_rejected_not_overflowed() -> None:
+    payload = orjson.dumps(dict(EV, seq=0)).replace(b'"seq":0', b'"seq":' + b"9" * 40)
+    with pytest.raises(ContractError) as info:
+        parse(payload)
+    assert info.value.field == "seq"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=300))
+def test_no_bytes_crash_the_parser(payload: bytes) -> None:
+    try:
+        parse(payload)
+    except ContractError as exc:
+        assert exc.reason
+        assert str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from(ALL_FIELDS), value=json_values)
+def test_any_value_in_any_field_is_accepted_or_rejected_with_reason(
+    field: str, value: object
+) -> None:
+    record = dict(EV if field not in ICE_FIELDS else ICE)
+    record[field] = value
+    try:
+        validate(record)
+    except ContractError as exc:
+        assert exc.field == field
+        assert exc.reason.endswith(field)
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=st.dictionaries(st.text(max_size=12), json_values, max_size=8))
+def test_arbitrary_objects_never_crash(obj: dict[str, Any]) -> None:
+    try:
+        validate(obj)
+    except ContractError as exc:
+        assert exc.reason
+
+
+def test_decode_returns_python_objects() -> None:
+    assert decode(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
