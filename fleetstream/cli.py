@@ -149,8 +149,7 @@ def simulate(
         if output is not None:
             report = run_to_file(config, output, form, labels)
         else:
-            assert mqtt_url is not None
-            target = MqttTarget.parse(mqtt_url)
+            target = MqttTarget.parse(mqtt_url or "")
             report = run_to_mqtt(
                 config,
                 target=target,
@@ -167,6 +166,37 @@ def simulate(
         f"({report.achieved_rate:,.0f} msg/s; real-time target {report.target_rate:,.0f} msg/s), "
         f"{report.labels} anomaly labels"
     )
+
+
+@app.command("ingest")
+def ingest(
+    rules: Path | None = typer.Option(
+        None,
+        "--rules",
+        help="Rules file (TOML); default: FLEETSTREAM_INGEST_RULES_FILE or the packaged rules.",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Only validate the rules file and print the rules."
+    ),
+) -> None:
+    """Bridge MQTT to Kafka (PUBACK after Kafka confirmed) and Kafka commands to MQTT."""
+    import ingest as ingest_service
+
+    if check:
+        try:
+            ruleset = ingest_service.load_rules(rules)
+        except ingest_service.RulesError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        for r in ruleset.mqtt_to_kafka:
+            typer.echo(
+                f"mqtt->kafka {r.name}: {r.subscription} [{r.adapter}] -> {r.topic.text} "
+                f"key={r.key.text}"
+            )
+        for c in ruleset.kafka_to_mqtt:
+            typer.echo(f"kafka->mqtt {c.name}: {c.kafka} -> {c.mqtt.text} (QoS {c.qos})")
+        return
+    raise typer.Exit(ingest_service.main(rules))
 
 
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:

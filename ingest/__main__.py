@@ -1,0 +1,7 @@
+"""``python -m ingest``."""
+
+import sys
+
+from ingest import main
+
+sys.exit(main())

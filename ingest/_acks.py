@@ -1,0 +1,93 @@
+"""PUBACKs in receive order, each sent only after Kafka confirmed the message's records.
+
+MQTT 3.1.1 §4.6 (and MQTT 5 §4.6) require acknowledgements for QoS 1 PUBLISHes in the
+order the PUBLISHes arrived, but Kafka confirms deliveries per partition, out of
+order across partitions. The :class:`OrderedAcker` keeps a FIFO of pending messages and
+releases acknowledgements from its head only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class Pending:
+    """One received QoS > 0 message waiting for its Kafka confirmations."""
+
+    __slots__ = ("generation", "mid", "outstanding", "qos", "received_ns", "work")
+
+    def __init__(
+        self, mid: int, qos: int, outstanding: int, generation: int, work: object = None
+    ) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.outstanding = outstanding
+        self.generation = generation
+        self.received_ns = time.monotonic_ns()
+        # What the owner needs to redo the entry's writes (e.g. after a producer restart).
+        self.work = work
+
+
+class OrderedAcker:
+    """FIFO of pending messages; acknowledges the completed prefix in order.
+
+    Args:
+        send_ack: Called as ``send_ack(mid, qos)`` to send the PUBACK (or PUBCOMP).
+    """
+
+    def __init__(self, send_ack: Callable[[int, int], object]) -> None:
+        self._send_ack = send_ack
+        self._queue: deque[Pending] = deque()
+        self.generation = 0
+        self.acked = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, mid: int, qos: int, outstanding: int, work: object = None) -> Pending:
+        """Track a received message that needs ``outstanding`` Kafka confirmations."""
+        entry = Pending(mid, qos, outstanding, self.generation, work)
+        self._queue.append(entry)
+        if outstanding == 0:
+            self._release()
+        return entry
+
+    def confirm(self, entry: Pending) -> None:
+        """One of the entry's Kafka records was confirmed."""
+        entry.outstanding -= 1
+        if entry.outstanding <= 0 and entry.generation == self.generation:
+            self._release()
+
+    def _release(self) -> None:
+        queue = self._queue
+        while queue and queue[0].outstanding <= 0:
+            entry = queue.popleft()
+            self._send_ack(entry.mid, entry.qos)
+            self.acked += 1
+
+    def reset(self) -> int:
+        """Forget all pending entries: the connection they arrived on is gone.
+
+        Their packet ids mean nothing on a new connection, so they are never acknowledged;
+        the broker redelivers them on the resumed session (their Kafka copies become
+        counted duplicates, never losses).
+
+        Returns:
+            How many entries were dropped.
+        """
+        dropped = len(self._queue)
+        self._queue.clear()
+        self.generation += 1
+        return dropped
+
+    def unconfirmed(self) -> list[Pending]:
+        """Entries of the current connection still waiting for Kafka, oldest first."""
+        return [e for e in self._queue if e.outstanding > 0]
+
+    def oldest_age_s(self) -> float:
+        """Age of the oldest unacknowledged message, 0 when none."""
+        if not self._queue:
+            return 0.0
+        return (time.monotonic_ns() - self._queue[0].received_ns) / 1e9

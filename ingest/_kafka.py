@@ -1,0 +1,162 @@
+"""The Kafka side of ingest: an idempotent producer that never gives up on a record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ingest._metrics import IngestMetrics
+from ingest._routing import Outbound
+from ingest._settings import IngestSettings
+
+_log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+_DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}  # noqa: SLF001
+
+
+def producer_config(settings: IngestSettings) -> dict[str, Any]:
+    """Producer settings: durable (acks=all, idempotent), patient (infinite timeout), batched."""
+    return settings.kafka_client_config(
+        **{
+            "acks": "all",
+            "enable.idempotence": True,
+            # Never expire a record: while Kafka is down the record waits (and so does its
+            # PUBACK, so the MQTT broker keeps the backlog). 0 = infinite in librdkafka.
+            "message.timeout.ms": 0,
+            "linger.ms": settings.kafka_linger_ms,
+            "batch.num.messages": settings.kafka_batch_messages,
+            "compression.type": settings.kafka_compression,
+            "queue.buffering.max.messages": max(100_000, 4 * settings.mqtt_receive_maximum),
+            "socket.keepalive.enable": True,
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 5000,
+            "client.id": f"{settings.mqtt_client_id}-producer",
+        }
+    )
+
+
+def ensure_topics(settings: IngestSettings, topics: set[str], timeout_s: float = 10.0) -> list[str]:
+    """Create missing topics with ``kafka_topic_partitions`` partitions.
+
+    Returns:
+        The topics that were created.
+
+    Raises:
+        KafkaException: Kafka could not be asked (caller retries later).
+    """
+    admin = AdminClient(settings.kafka_client_config())
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = sorted(topics - existing)
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                t,
+                num_partitions=settings.kafka_topic_partitions,
+                replication_factor=settings.kafka_replication_factor,
+            )
+            for t in missing
+        ],
+        request_timeout=timeout_s,
+    )
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        else:
+            created.append(topic)
+    return created
+
+
+class KafkaSink:
+    """Wraps the producer: produce, serve callbacks, track whether Kafka is reachable."""
+
+    def __init__(self, settings: IngestSettings, metrics: IngestMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self.up = False
+        self.last_error: str | None = None
+        self._last_error_log = 0.0
+        self._fatal = False
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        config = producer_config(self._settings)
+        config["error_cb"] = self._on_error
+        config["logger"] = logging.getLogger("ingest.kafka.librdkafka")
+        return Producer(config)
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._metrics.kafka_errors.labels(code=err.name()).inc()
+        self.last_error = f"{err.name()}: {err.str()}"
+        if err.fatal():
+            self._fatal = True
+            _log.error("Kafka producer fatal error, recreating the producer: %s", self.last_error)
+        if err.code() in _DOWN_CODES:
+            self.mark(up=False)
+        now = time.monotonic()
+        if now - self._last_error_log > 5.0:
+            self._last_error_log = now
+            _log.warning(
+                "Kafka: %s (records are held and retried; MQTT backlog stays on the broker)",
+                self.last_error,
+            )
+
+    def mark(self, *, up: bool) -> None:
+        """Record Kafka's state, logging transitions."""
+        if up != self.up:
+            if up:
+                _log.info("Kafka is confirming writes")
+            else:
+                _log.warning(
+                    "Kafka is not reachable or not confirming writes: %s",
+                    self.last_error or "stalled",
+                )
+        self.up = up
+        self._metrics.kafka_up.set(1 if up else 0)
+
+    @property
+    def fatal(self) -> bool:
+        """True after a fatal producer error: records must be produced again by a new producer."""
+        return self._fatal
+
+    def replace_producer(self) -> None:
+        """Discard a fatally failed producer and start a new one."""
+        self.producer = self._new_producer()
+        self._fatal = False
+
+    def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> None:
+        """Queue one record; ``on_delivery`` runs from :meth:`poll`."""
+        while True:
+            try:
+                self.producer.produce(
+                    out.topic,
+                    value=out.value,
+                    key=out.key,
+                    headers=out.headers,
+                    timestamp=out.timestamp_ms,
+                    on_delivery=on_delivery,
+                )
+            except BufferError:
+                # Only reachable if Receive Maximum x rules exceeds the local queue: wait.
+                self.producer.poll(0.05)
+            else:
+                return
+
+    def poll(self) -> int:
+        """Serve delivery callbacks; returns how many ran."""
+        return int(self.producer.poll(0))
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding records; returns how many are still queued."""
+        return int(self.producer.flush(timeout_s))

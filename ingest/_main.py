@@ -1,0 +1,48 @@
+"""Process entry point of the ingest service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ingest._rules import load_rules
+from ingest._service import IngestService
+from ingest._settings import IngestSettings
+from ingest.errors import FatalConnectError, RulesError
+from telemetry.logs import configure_logging
+
+_log = logging.getLogger("ingest")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def main(rules_file: Path | None = None) -> int:
+    """Run ingest until SIGTERM/SIGINT.
+
+    Args:
+        rules_file: Rules file overriding ``FLEETSTREAM_INGEST_RULES_FILE``.
+
+    Returns:
+        Process exit code: 0 after a graceful stop, 2 for configuration or credential errors.
+    """
+    configure_logging()
+    try:
+        settings = IngestSettings()
+    except ValidationError as exc:
+        _log.error("invalid settings: %s", exc)
+        return EXIT_CONFIG
+    try:
+        rules = load_rules(rules_file or settings.ingest_rules_file)
+    except RulesError as exc:
+        _log.error("invalid rules: %s", exc)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(IngestService(settings, rules).run())
+    except FatalConnectError as exc:
+        _log.error("%s", exc)
+        return EXIT_CONFIG
+    return EXIT_OK

@@ -1,0 +1,132 @@
+"""Pure routing: one MQTT message + one rule -> the Kafka record to write.
+
+No I/O here, so every decision (adapter, key, topic, timestamp, quarantine reason) is
+unit-tested without brokers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ingest._rules import MqttToKafkaRule, ValueMode
+from telemetry.adapters import get_adapter
+from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, encode
+
+# Quarantine keeps the raw bytes, but a Kafka record must stay under the broker's
+# message.max.bytes (1 MiB by default): larger payloads are cut and marked.
+QUARANTINE_MAX_BYTES: Final = 512 * 1024
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as the bridge sees it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    dup: bool
+    received_ms: int
+    user_properties: Sequence[tuple[str, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One Kafka record to produce.
+
+    Attributes:
+        topic: Kafka topic.
+        key: Record key (None only for quarantine records without a derivable key).
+        value: Record value.
+        headers: Record headers.
+        timestamp_ms: Record timestamp.
+        rule: Name of the rule that produced it.
+        reason: Quarantine reason code, None for a normal record.
+    """
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+    rule: str
+    reason: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        """Whether this record goes to a quarantine topic."""
+        return self.reason is not None
+
+
+def _headers(rule: MqttToKafkaRule, msg: Inbound) -> Headers:
+    out: Headers = []
+    for name in rule.headers:
+        if name == "mqtt_topic":
+            out.append(("mqtt_topic", msg.topic.encode()))
+        elif name == "qos":
+            out.append(("mqtt_qos", str(msg.qos).encode()))
+        elif name == "received_at":
+            out.append(("received_at", str(msg.received_ms).encode()))
+        elif name == "rule":
+            out.append(("rule", rule.name.encode()))
+        elif name == "dup":
+            out.append(("mqtt_dup", b"1" if msg.dup else b"0"))
+        elif name == "user_properties":
+            out.extend((f"mqtt.{k}", v.encode()) for k, v in msg.user_properties)
+    return out
+
+
+def quarantine(
+    rule: MqttToKafkaRule, msg: Inbound, reason: str, detail: str, key: bytes | None = None
+) -> Outbound:
+    """The quarantine record for a message the rule cannot deliver."""
+    value = msg.payload
+    headers: Headers = [
+        ("reason", reason.encode()),
+        ("detail", detail.encode("utf-8", errors="replace")[:1024]),
+        ("rule", rule.name.encode()),
+        ("mqtt_topic", msg.topic.encode()),
+        ("mqtt_qos", str(msg.qos).encode()),
+        ("received_at", str(msg.received_ms).encode()),
+    ]
+    if len(value) > QUARANTINE_MAX_BYTES:
+        headers.append(("truncated_from_bytes", str(len(value)).encode()))
+        value = value[:QUARANTINE_MAX_BYTES]
+    return Outbound(rule.quarantine_topic, key, value, headers, msg.received_ms, rule.name, reason)
+
+
+def route(rule: MqttToKafkaRule, msg: Inbound) -> Outbound:
+    """Decide what to write to Kafka for one message matched by ``rule``."""
+    parts = msg.topic.split("/")
+    record: dict[str, Any] | None = None
+    if rule.adapter == "raw":
+        if len(msg.payload) > MAX_PAYLOAD_BYTES:
+            detail = f"{len(msg.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
+            return quarantine(rule, msg, "oversize", detail)
+    else:
+        try:
+            record = dict(get_adapter(rule.adapter)(msg.payload))
+        except ContractError as exc:
+            return quarantine(rule, msg, exc.reason, str(exc))
+    key = rule.key.render(parts, record)
+    if key is None:
+        return quarantine(rule, msg, "no_key", f"key template {rule.key.text!r} has no value")
+    topic = rule.topic.render(parts, record)
+    if topic is None:
+        detail = f"topic template {rule.topic.text!r} has no value"
+        return quarantine(rule, msg, "no_topic", detail, key.encode())
+    timestamp = msg.received_ms
+    if rule.timestamp.field is not None:
+        raw_ts = None if record is None else record.get(rule.timestamp.field)
+        if type(raw_ts) not in (int, float):
+            detail = f"timestamp field {rule.timestamp.field!r} is missing or not a number"
+            return quarantine(rule, msg, "no_timestamp", detail, key.encode())
+        timestamp = int(raw_ts * rule.timestamp.scale_to_ms)  # type: ignore[operator]
+    if rule.value is ValueMode.NORMALIZED and record is not None:
+        value = encode(record)
+    else:
+        value = msg.payload
+    return Outbound(topic, key.encode(), value, _headers(rule, msg), timestamp, rule.name)

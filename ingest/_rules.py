@@ -1,0 +1,372 @@
+"""Declarative bridge rules (TOML): which MQTT topics go to which Kafka topics, and back.
+
+A rules file has ``[[mqtt_to_kafka]]`` and ``[[kafka_to_mqtt]]`` tables; see
+``ingest/rules.toml`` (the default) and docs/ingest.md. Templates use ``{N}`` for MQTT
+topic segment N (0-based) and ``{name}`` for a field of the normalised payload
+(Kafka -> MQTT templates use ``{key}`` and ``{topic}``).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from ingest.errors import RulesError
+from telemetry.adapters import ADAPTERS
+
+DEFAULT_RULES: Final = "rules.toml"
+HEADER_CHOICES: Final = ("mqtt_topic", "qos", "received_at", "user_properties", "rule", "dup")
+_TIME_UNITS: Final = {"ms": 1, "s": 1000, "us": 0.001}
+_TOPIC_OK: Final = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class ValueMode(StrEnum):
+    """What the Kafka record value carries."""
+
+    NORMALIZED = "normalized"
+    RAW = "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A ``str.format``-style template over topic segments and payload fields.
+
+    Attributes:
+        text: The template as written.
+        segments: Topic segment indexes it uses.
+        fields: Payload fields it uses.
+    """
+
+    text: str
+    segments: tuple[int, ...]
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        """Parse and check a template.
+
+        Raises:
+            ValueError: The template is malformed.
+        """
+        segments: list[int] = []
+        fields: list[str] = []
+        for _literal, name, spec, conversion in string.Formatter().parse(text):
+            if name is None:
+                continue
+            if spec or conversion:
+                msg = f"placeholder {{{name}}} may not have a format spec or conversion"
+                raise ValueError(msg)
+            if name.isdigit():
+                segments.append(int(name))
+            elif name.isidentifier():
+                fields.append(name)
+            else:
+                msg = f"placeholder {{{name}}} is neither a topic segment number nor a field name"
+                raise ValueError(msg)
+        return cls(text, tuple(segments), tuple(fields))
+
+    @property
+    def static(self) -> bool:
+        """True when the template has no placeholders."""
+        return not self.segments and not self.fields
+
+    def render(self, topic_parts: list[str], payload: dict[str, Any] | None) -> str | None:
+        """Fill the template; None when a segment or field is missing or empty."""
+        if self.static:
+            return self.text
+        values: dict[str, str] = {}
+        for index in self.segments:
+            if index >= len(topic_parts) or not topic_parts[index]:
+                return None
+            values[str(index)] = topic_parts[index]
+        for name in self.fields:
+            value = None if payload is None else payload.get(name)
+            if value is None or value == "":
+                return None
+            values[name] = str(value)
+        return self.text.format_map(values)
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampSpec:
+    """Where the Kafka record timestamp comes from: a payload field with a unit, or receive time."""
+
+    field: str | None
+    scale_to_ms: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> TimestampSpec:
+        """Parse ``receive`` or ``<field>:<ms|s|us>``.
+
+        Raises:
+            ValueError: Malformed spec.
+        """
+        if text == "receive":
+            return cls(None)
+        name, _, unit = text.partition(":")
+        unit = unit or "ms"
+        if not name.isidentifier() or unit not in _TIME_UNITS:
+            msg = f"timestamp must be 'receive' or '<field>:<ms|s|us>', got {text!r}"
+            raise ValueError(msg)
+        return cls(name, _TIME_UNITS[unit])
+
+
+@dataclass(frozen=True, slots=True)
+class MqttToKafkaRule:
+    """One MQTT -> Kafka bridge."""
+
+    name: str
+    mqtt: str
+    share_group: str | None
+    qos: int
+    adapter: str
+    topic: Template
+    key: Template
+    timestamp: TimestampSpec
+    value: ValueMode
+    headers: tuple[str, ...]
+    quarantine_topic: str
+
+    @property
+    def subscription(self) -> str:
+        """The filter to subscribe to (with the MQTT 5 shared-subscription prefix if any)."""
+        if self.share_group:
+            return f"$share/{self.share_group}/{self.mqtt}"
+        return self.mqtt
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaToMqttRule:
+    """One Kafka -> MQTT bridge (e.g. commands to cars)."""
+
+    name: str
+    kafka: str
+    mqtt: Template
+    qos: int
+    group: str
+    offset_reset: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """All rules of one ingest process."""
+
+    mqtt_to_kafka: tuple[MqttToKafkaRule, ...]
+    kafka_to_mqtt: tuple[KafkaToMqttRule, ...]
+    source: str
+
+
+def _line_of(text: str, table: str, index: int, key: str | None) -> int | None:
+    """1-based line of the index-th ``[[table]]`` (or of ``key`` inside it)."""
+    lines = text.splitlines()
+    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+    starts = [i for i, line in enumerate(lines) if header.match(line)]
+    if index >= len(starts):
+        return None
+    start = starts[index]
+    if key is None:
+        return start + 1
+    key_re = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for i in range(start + 1, len(lines)):
+        if lines[i].lstrip().startswith("["):
+            break
+        if key_re.match(lines[i]):
+            return i + 1
+    return start + 1
+
+
+class _Table:
+    """Typed access to one rule table that reports errors with their line."""
+
+    def __init__(
+        self, data: dict[str, Any], text: str, source: str, table: str, index: int
+    ) -> None:
+        self.data = data
+        self.text = text
+        self.source = source
+        self.table = table
+        self.index = index
+
+    def fail(self, key: str | None, reason: str) -> RulesError:
+        line = _line_of(self.text, self.table, self.index, key)
+        return RulesError(self.source, line, f"[[{self.table}]] #{self.index + 1}: {reason}")
+
+    def get(
+        self, key: str, kind: type, default: Any = ..., choices: tuple[Any, ...] | None = None
+    ) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(None, f"missing required key '{key}'")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
+        if choices is not None and value not in choices:
+            raise self.fail(
+                key, f"'{key}' must be one of {', '.join(map(str, choices))}, got {value!r}"
+            )
+        return value
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.fail(key, f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
+
+
+_M2K_KEYS: Final = {
+    "name", "mqtt", "share_group", "qos", "adapter", "topic", "key", "timestamp", "value",
+    "headers", "quarantine_topic",
+}  # fmt: skip
+_K2M_KEYS: Final = {"name", "kafka", "mqtt", "qos", "group", "offset_reset"}
+
+
+def _check_filter(t: _Table, filt: str) -> None:
+    levels = filt.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level and level != "+") or (
+            "#" in level and (level != "#" or i != len(levels) - 1)
+        ):
+            raise t.fail("mqtt", f"invalid MQTT topic filter {filt!r}")
+    if filt.startswith("$share/"):
+        raise t.fail("mqtt", "use share_group = '...' instead of a $share/ prefix")
+
+
+def _parse_m2k(t: _Table) -> MqttToKafkaRule:
+    t.check_keys(_M2K_KEYS)
+    mqtt_filter = t.get("mqtt", str)
+    _check_filter(t, mqtt_filter)
+    adapter = t.get("adapter", str, "v1", choices=(*sorted(ADAPTERS), "raw"))
+    value = ValueMode(
+        t.get("value", str, "raw" if adapter == "raw" else "normalized", choices=tuple(ValueMode))
+    )
+    if adapter == "raw" and value is ValueMode.NORMALIZED:
+        raise t.fail("value", "adapter 'raw' has no normalised value; use value = 'raw'")
+    templates: dict[str, Template] = {}
+    for key in ("topic", "key"):
+        try:
+            templates[key] = Template.parse(t.get(key, str))
+        except ValueError as exc:
+            raise t.fail(key, str(exc)) from None
+        if adapter == "raw" and templates[key].fields:
+            raise t.fail(key, "adapter 'raw' does not parse the payload: use topic segments only")
+    try:
+        timestamp = TimestampSpec.parse(t.get("timestamp", str, "receive"))
+    except ValueError as exc:
+        raise t.fail("timestamp", str(exc)) from None
+    if adapter == "raw" and timestamp.field is not None:
+        raise t.fail("timestamp", "adapter 'raw' does not parse the payload: use 'receive'")
+    headers = t.get("headers", list, ["mqtt_topic", "qos", "received_at", "user_properties"])
+    for header in headers:
+        if header not in HEADER_CHOICES:
+            raise t.fail(
+                "headers", f"unknown header {header!r} (choose from {', '.join(HEADER_CHOICES)})"
+            )
+    topic = templates["topic"]
+    default_quarantine = f"{topic.text}.quarantine" if topic.static else None
+    quarantine = t.get("quarantine_topic", str, default_quarantine)
+    if quarantine is None:
+        raise t.fail("topic", "a templated topic needs an explicit quarantine_topic")
+    for name in ([topic.text] if topic.static else []) + [quarantine]:
+        if not _TOPIC_OK.fullmatch(name):
+            raise t.fail("topic", f"{name!r} is not a valid Kafka topic name")
+    share_group = t.get("share_group", str, None)
+    if share_group is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", share_group):
+        raise t.fail("share_group", "share_group must be [A-Za-z0-9_-]+")
+    return MqttToKafkaRule(
+        name=t.get("name", str, f"rule-{t.index + 1}"),
+        mqtt=mqtt_filter,
+        share_group=share_group,
+        qos=t.get("qos", int, 1, choices=(0, 1, 2)),
+        adapter=adapter,
+        topic=topic,
+        key=templates["key"],
+        timestamp=timestamp,
+        value=value,
+        headers=tuple(headers),
+        quarantine_topic=quarantine,
+    )
+
+
+def _parse_k2m(t: _Table) -> KafkaToMqttRule:
+    t.check_keys(_K2M_KEYS)
+    try:
+        template = Template.parse(t.get("mqtt", str))
+    except ValueError as exc:
+        raise t.fail("mqtt", str(exc)) from None
+    if template.segments or set(template.fields) - {"key", "topic"}:
+        raise t.fail("mqtt", "Kafka -> MQTT templates may only use {key} and {topic}")
+    if "+" in template.text or "#" in template.text:
+        raise t.fail("mqtt", "an MQTT topic to publish to cannot contain wildcards")
+    kafka = t.get("kafka", str)
+    if not _TOPIC_OK.fullmatch(kafka):
+        raise t.fail("kafka", f"{kafka!r} is not a valid Kafka topic name")
+    return KafkaToMqttRule(
+        name=t.get("name", str, f"command-{t.index + 1}"),
+        kafka=kafka,
+        mqtt=template,
+        qos=t.get("qos", int, 1, choices=(0, 1, 2)),
+        group=t.get("group", str, "fleetstream-ingest-commands"),
+        offset_reset=t.get("offset_reset", str, "earliest", choices=("earliest", "latest")),
+    )
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+    """Parse a rules document.
+
+    Raises:
+        RulesError: With the line and the reason of the first problem.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise RulesError(source, int(match.group(1)) if match else None, str(exc)) from None
+    for key in data:
+        if key not in {"mqtt_to_kafka", "kafka_to_mqtt"}:
+            line = next((i + 1 for i, ln in enumerate(text.splitlines()) if key in ln), None)
+            raise RulesError(
+                source, line, f"unknown section '{key}' (expected mqtt_to_kafka, kafka_to_mqtt)"
+            )
+    m2k_tables = data.get("mqtt_to_kafka", [])
+    k2m_tables = data.get("kafka_to_mqtt", [])
+    if not isinstance(m2k_tables, list) or not isinstance(k2m_tables, list):
+        raise RulesError(
+            source, None, "use [[mqtt_to_kafka]] / [[kafka_to_mqtt]] (arrays of tables)"
+        )
+    m2k = tuple(
+        _parse_m2k(_Table(d, text, source, "mqtt_to_kafka", i)) for i, d in enumerate(m2k_tables)
+    )
+    k2m = tuple(
+        _parse_k2m(_Table(d, text, source, "kafka_to_mqtt", i)) for i, d in enumerate(k2m_tables)
+    )
+    if not m2k and not k2m:
+        raise RulesError(
+            source, None, "no rules: add at least one [[mqtt_to_kafka]] or [[kafka_to_mqtt]]"
+        )
+    names = [r.name for r in m2k] + [r.name for r in k2m]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise RulesError(source, None, f"rule name {duplicate!r} is used twice")
+    return RuleSet(m2k, k2m, source)
+
+
+def load_rules(path: Path | None = None) -> RuleSet:
+    """Load a rules file, or the default shipped with the package.
+
+    Raises:
+        RulesError: The file is missing or invalid.
+    """
+    if path is None:
+        text = (resources.files("ingest") / DEFAULT_RULES).read_text("utf-8")
+        return parse_rules(text, f"<default {DEFAULT_RULES}>")
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise RulesError(str(path), None, f"cannot read rules file: {exc}") from None
+    return parse_rules(text, str(path))

@@ -1,0 +1,509 @@
+"""The ingest service: MQTT -> Kafka with ack-after-Kafka, and Kafka -> MQTT commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest._acks import OrderedAcker, Pending
+from ingest._kafka import KafkaSink, ensure_topics
+from ingest._metrics import IngestMetrics, serve_http
+from ingest._paho import send_ack, take_over_acks_and_delivery
+from ingest._routing import Inbound, Outbound, quarantine, route
+from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
+from ingest._settings import IngestSettings
+from ingest.errors import FatalConnectError
+
+_log = logging.getLogger("ingest")
+# CONNACK/SUBACK codes retrying cannot fix: bad credentials, not authorised, banned,
+# unsupported shared subscriptions (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8A, 0x9E).
+_FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
+_TOPIC_CACHE_MAX: Final = 100_000
+
+
+def _reason_value(rc: object) -> int:
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else -1
+
+
+class IngestService:
+    """One ingest process. ``await run()`` until SIGTERM/SIGINT or :meth:`stop`.
+
+    Args:
+        settings: Service settings.
+        rules: Bridge rules.
+    """
+
+    def __init__(self, settings: IngestSettings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.metrics = IngestMetrics()
+        self.sink = KafkaSink(settings, self.metrics)
+        self.acker = OrderedAcker(self._send_ack)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._topics_ready = asyncio.Event()
+        self._stopping = False
+        self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
+        self._received = {
+            r.name: self.metrics.received.labels(rule=r.name) for r in rules.mqtt_to_kafka
+        }
+        self._produced = {
+            r.name: self.metrics.produced.labels(rule=r.name) for r in rules.mqtt_to_kafka
+        }
+        self._last_failure_log = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- lifecycle
+    def stop(self) -> None:
+        """Ask the service to stop: no new messages, finish and acknowledge the in-flight ones."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until stopped.
+
+        Raises:
+            FatalConnectError: The MQTT broker refused us for a reason retrying cannot fix.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        http = None
+        if self.settings.ingest_metrics_port:
+            http = serve_http(
+                self.metrics,
+                self.health,
+                self.settings.ingest_metrics_host,
+                self.settings.ingest_metrics_port,
+            )
+        _log.info(
+            "ingest starting: %d MQTT->Kafka rules, %d Kafka->MQTT rules, client id %s, "
+            "receive maximum %d",
+            len(self.rules.mqtt_to_kafka),
+            len(self.rules.kafka_to_mqtt),
+            self.settings.mqtt_client_id,
+            self.settings.mqtt_receive_maximum,
+        )
+        self.metrics.mqtt_up.set(0)
+        self.metrics.kafka_up.set(0)
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="kafka-poll"),
+            asyncio.create_task(self._probe_loop(), name="kafka-probe"),
+            *(
+                asyncio.create_task(self._command_loop(rule), name=f"commands-{rule.name}")
+                for rule in self.rules.kafka_to_mqtt
+            ),
+        ]
+        mqtt_task = asyncio.create_task(self._mqtt_loop(), name="mqtt")
+        try:
+            await mqtt_task
+        finally:
+            self._stop.set()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            remaining = await asyncio.to_thread(self.sink.flush, 10.0)
+            if remaining:
+                _log.warning("%d QoS 0 records were still unconfirmed at exit", remaining)
+            if http is not None:
+                http.shutdown()
+            _log.info("ingest stopped (%d messages acknowledged)", self.acker.acked)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Health for /healthz: MQTT connected and Kafka confirming within the stall limit."""
+        oldest = self.acker.oldest_age_s()
+        detail: dict[str, Any] = {
+            "mqtt_connected": self._connected.is_set(),
+            "kafka_up": self.sink.up,
+            "kafka_last_error": self.sink.last_error,
+            "inflight": len(self.acker),
+            "oldest_unacked_s": round(oldest, 3),
+            "acked": self.acker.acked,
+        }
+        ok = (
+            self._connected.is_set()
+            and oldest < self.settings.ingest_stall_s
+            and not self.sink.fatal
+        )
+        detail["status"] = "ok" if ok else "degraded"
+        return ok, detail
+
+    # --------------------------------------------------------------------- MQTT
+    def _send_ack(self, mid: int, qos: int) -> None:
+        if self._client is not None:
+            send_ack(self._client, mid, qos)
+            self.metrics.acked.inc()
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.mqtt_session_expiry_s
+        # Flow control: the broker sends at most this many unacknowledged messages.
+        props.ReceiveMaximum = s.mqtt_receive_maximum
+        tls = None
+        if s.mqtt_tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+                certfile=str(s.mqtt_cert_file) if s.mqtt_cert_file else None,
+                keyfile=str(s.mqtt_key_file) if s.mqtt_key_file else None,
+            )
+        client = aiomqtt.Client(
+            s.mqtt_host,
+            s.mqtt_port,
+            identifier=s.mqtt_client_id,
+            username=s.mqtt_username,
+            password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=s.mqtt_keepalive_s,
+            tls_params=tls,
+            tls_insecure=s.mqtt_tls_insecure if s.mqtt_tls else None,
+            max_inflight_messages=100,
+            logger=logging.getLogger("ingest.mqtt"),
+        )
+        client.pending_calls_threshold = 10_000
+        take_over_acks_and_delivery(client, self._on_message)
+        return client
+
+    async def _mqtt_loop(self) -> None:
+        s = self.settings
+        delay = s.ingest_reconnect_min_s
+        where = f"{s.mqtt_host}:{s.mqtt_port}"
+        while not self._stop.is_set():
+            client = self._make_client()
+            self.metrics.mqtt_reconnects.inc()
+            try:
+                async with client:
+                    self._client = client
+                    await self._subscribe(client)
+                    self._connected.set()
+                    self.metrics.mqtt_up.set(1)
+                    delay = s.ingest_reconnect_min_s
+                    _log.info("MQTT connected to %s as %s", where, s.mqtt_client_id)
+                    await self._until_disconnect_or_stop(client)
+                    if self._stop.is_set():
+                        await self._drain()
+            except MqttConnectError as exc:
+                if _reason_value(exc.rc) in _FATAL_CONNECT_CODES:
+                    msg = f"MQTT broker {where} refused the connection: {exc}"
+                    raise FatalConnectError(msg) from None
+                _log.warning("MQTT connect to %s failed: %s; retrying in %.1f s", where, exc, delay)
+            except aiomqtt.MqttError as exc:
+                _log.warning(
+                    "MQTT connection to %s lost: %s; reconnecting in %.1f s", where, exc, delay
+                )
+            finally:
+                self._connected.clear()
+                self.metrics.mqtt_up.set(0)
+                self._client = None
+                dropped = self.acker.reset()
+                if dropped:
+                    _log.info(
+                        "%d unacknowledged messages will be redelivered by the broker", dropped
+                    )
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            delay = min(delay * 2, s.ingest_reconnect_max_s) * random.uniform(0.8, 1.2)  # noqa: S311
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        seen: dict[str, int] = {}
+        for rule in self.rules.mqtt_to_kafka:
+            seen[rule.subscription] = max(seen.get(rule.subscription, 0), rule.qos)
+        for subscription, qos in seen.items():
+            codes = await client.subscribe(subscription, qos=qos)
+            code = codes[0] if isinstance(codes, list | tuple) and codes else None
+            if code is not None and _reason_value(code) >= 0x80:
+                msg = f"MQTT broker refused the subscription {subscription!r}: {code}"
+                raise FatalConnectError(msg)
+            _log.info("subscribed to %s (QoS %d)", subscription, qos)
+
+    async def _until_disconnect_or_stop(self, client: aiomqtt.Client) -> None:
+        async def watch() -> None:
+            # Our hook delivers messages, so this queue stays empty: the iterator only
+            # tells us (by raising MqttError) that the connection is gone.
+            async for _ in client.messages:
+                pass
+
+        watcher = asyncio.create_task(watch(), name="mqtt-watch")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        try:
+            done, _ = await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watcher, stopper):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if watcher in done:
+            watcher.result()
+
+    async def _drain(self) -> None:
+        """Graceful stop: take no new messages, wait until Kafka confirmed and we acked the rest."""
+        self._stopping = True
+        deadline = time.monotonic() + self.settings.ingest_shutdown_timeout_s
+        _log.info("stopping: waiting for %d in-flight messages", len(self.acker))
+        while len(self.acker) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls two conditions
+            await asyncio.sleep(0.02)
+        if len(self.acker):
+            _log.warning(
+                "%d messages unconfirmed at shutdown; the broker will redeliver them",
+                len(self.acker),
+            )
+
+    def _rules_for(self, topic: str) -> tuple[MqttToKafkaRule, ...]:
+        rules = self._topic_rules.get(topic)
+        if rules is None:
+            if len(self._topic_rules) >= _TOPIC_CACHE_MAX:
+                self._topic_rules.clear()
+            rules = tuple(
+                r for r in self.rules.mqtt_to_kafka if mqtt.topic_matches_sub(r.mqtt, topic)
+            )
+            self._topic_rules[topic] = rules
+        return rules
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        """Handle one PUBLISH as paho parses it (asyncio loop thread)."""
+        if self._stopping:
+            return  # not acknowledged: the broker keeps it for the next session
+        received_ms = time.time_ns() // 1_000_000
+        topic = message.topic
+        qos = message.qos
+        if message.dup:
+            self.metrics.redelivered.inc()
+        rules = self._rules_for(topic)
+        if not rules:
+            self.metrics.unmatched.inc()
+            _log.debug("no rule for topic %s", topic)
+            if qos:
+                self.acker.add(message.mid, qos, 0)
+            return
+        props = message.properties
+        user_props: Sequence[tuple[str, str]] = (
+            getattr(props, "UserProperty", ()) if props is not None else ()
+        )
+        inbound = Inbound(
+            topic, bytes(message.payload), qos, bool(message.dup), received_ms, user_props
+        )
+        work = [(rule, route(rule, inbound)) for rule in rules]
+        entry = self.acker.add(message.mid, qos, len(work), work=(inbound, work)) if qos else None
+        for rule, out in work:
+            self._received[rule.name].inc()
+            self._produce(rule, inbound, out, entry)
+
+    # -------------------------------------------------------------------- Kafka
+    def _produce(
+        self, rule: MqttToKafkaRule, inbound: Inbound, out: Outbound, entry: Pending | None
+    ) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                if out.quarantined:
+                    self.metrics.quarantined.labels(rule=out.rule, reason=out.reason).inc()
+                else:
+                    self._produced[out.rule].inc()
+                if entry is not None:
+                    self.metrics.latency.observe((time.monotonic_ns() - entry.received_ns) / 1e9)
+                    self.acker.confirm(entry)
+                self.sink.mark(up=True)
+                return
+            self._delivery_failed(rule, inbound, out, entry, err)
+
+        self.sink.produce(out, on_delivery)
+
+    def _delivery_failed(
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        err: KafkaError,
+    ) -> None:
+        self.metrics.failed.labels(reason=err.name()).inc()
+        now = time.monotonic()
+        if now - self._last_failure_log > 5.0:
+            self._last_failure_log = now
+            _log.error("Kafka rejected a record for %s: %s", out.topic, err.str())
+        if entry is not None and entry.generation != self.acker.generation:
+            return  # the broker redelivers it on the new session
+        if err.fatal() or self.sink.fatal:
+            return  # _recover_producer produces every unconfirmed record again
+        if not out.quarantined and not err.retriable():
+            # A permanent rejection (too large, not authorised, ...) must not stall the
+            # stream: the message goes to quarantine with Kafka's reason, then is acked.
+            replacement = quarantine(rule, inbound, f"kafka:{err.name()}", err.str(), out.key)
+            self._produce(rule, inbound, replacement, entry)
+            return
+        # Still retry; never acknowledge what Kafka has not confirmed.
+        asyncio.get_running_loop().call_later(1.0, self._produce, rule, inbound, out, entry)
+
+    def _recover_producer(self) -> None:
+        self.sink.replace_producer()
+        entries = self.acker.unconfirmed()
+        _log.error("producing %d unconfirmed messages again with a new producer", len(entries))
+        for entry in entries:
+            inbound: Inbound
+            work: list[tuple[MqttToKafkaRule, Outbound]]
+            inbound, work = entry.work  # type: ignore[misc]
+            entry.outstanding = len(work)
+            for rule, out in work:
+                self._produce(rule, inbound, out, entry)
+
+    async def _poll_loop(self) -> None:
+        stall = self.settings.ingest_stall_s
+        last_tick = 0.0
+        while True:
+            served = self.sink.poll()
+            if self.sink.fatal:
+                self._recover_producer()
+            now = time.monotonic()
+            if now - last_tick >= 0.5:
+                last_tick = now
+                oldest = self.acker.oldest_age_s()
+                self.metrics.inflight.set(len(self.acker))
+                self.metrics.oldest_unacked.set(oldest)
+                if oldest > stall and self.sink.up:
+                    self.sink.last_error = f"no confirmation for {oldest:.0f} s"
+                    self.sink.mark(up=False)
+            if served:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.001 if len(self.acker) else 0.01)
+
+    def _static_topics(self) -> set[str]:
+        topics: set[str] = set()
+        for rule in self.rules.mqtt_to_kafka:
+            if rule.topic.static:
+                topics.add(rule.topic.text)
+            topics.add(rule.quarantine_topic)
+        for command in self.rules.kafka_to_mqtt:
+            topics.update({command.kafka, f"{command.kafka}.quarantine"})
+        return topics
+
+    async def _probe_loop(self) -> None:
+        """Create our topics once Kafka answers; while Kafka looks down, ask it for metadata."""
+        topics_ready = False
+        while True:
+            if not topics_ready:
+                try:
+                    created = await asyncio.to_thread(
+                        ensure_topics, self.settings, self._static_topics()
+                    )
+                except Exception as exc:  # noqa: BLE001 - retried until Kafka answers
+                    _log.warning("cannot create Kafka topics yet: %s", exc)
+                else:
+                    topics_ready = True
+                    self._topics_ready.set()
+                    if created:
+                        _log.info("created Kafka topics: %s", ", ".join(created))
+            if not self.sink.up and self.acker.oldest_age_s() < self.settings.ingest_stall_s:
+                try:
+                    await asyncio.to_thread(self.sink.producer.list_topics, timeout=3)
+                except Exception as exc:  # noqa: BLE001 - any failure means "still down"
+                    self.sink.last_error = str(exc)
+                else:
+                    self.sink.mark(up=True)
+            await asyncio.sleep(2.0)
+
+    # ------------------------------------------------------------- Kafka -> MQTT
+    async def _command_loop(self, rule: KafkaToMqttRule) -> None:
+        # A consumer subscribed to a missing topic only notices it at the next metadata
+        # refresh (minutes): subscribe once our topics exist.
+        await self._topics_ready.wait()
+        consumer = Consumer(
+            self.settings.kafka_client_config(
+                **{
+                    "group.id": rule.group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": rule.offset_reset,
+                    "client.id": f"{self.settings.mqtt_client_id}-{rule.name}",
+                    "logger": logging.getLogger("ingest.kafka.librdkafka"),
+                }
+            )
+        )
+        consumer.subscribe([rule.kafka])
+        published = self.metrics.commands.labels(rule=rule.name)
+        try:
+            while True:
+                batch = await asyncio.to_thread(consumer.consume, 200, 0.5)
+                records = [m for m in batch if m.error() is None]
+                for m in batch:
+                    if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                        _log.warning("command consumer %s: %s", rule.name, m.error())
+                if not records:
+                    continue
+                while True:
+                    await self._connected.wait()
+                    client = self._client
+                    if client is None:
+                        continue
+                    try:
+                        await asyncio.gather(
+                            *(self._publish_command(client, rule, m) for m in records)
+                        )
+                        break
+                    except aiomqtt.MqttError as exc:
+                        _log.warning(
+                            "publishing commands of %s failed (%s); retrying", rule.name, exc
+                        )
+                        await asyncio.sleep(1.0)
+                published.inc(len(records))
+                offsets: dict[tuple[str, int], int] = {}
+                for m in records:
+                    tp = (m.topic(), m.partition())
+                    offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
+                commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                await asyncio.to_thread(consumer.commit, offsets=commit, asynchronous=False)
+        finally:
+            await asyncio.to_thread(consumer.close)
+
+    async def _publish_command(
+        self, client: aiomqtt.Client, rule: KafkaToMqttRule, m: Message
+    ) -> None:
+        key = m.key()
+        values = {"key": key.decode("utf-8", errors="replace") if key else "", "topic": m.topic()}
+        topic = rule.mqtt.render([], values)
+        if topic is None or "/" in values["key"] or "+" in values["key"] or "#" in values["key"]:
+            reason = "no_key" if topic is None else "bad_key"
+            self.metrics.commands_quarantined.labels(rule=rule.name, reason=reason).inc()
+            headers = [("reason", reason.encode()), ("rule", rule.name.encode())]
+            done = asyncio.get_running_loop().create_future()
+
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    done.get_loop().call_soon(done.set_result, None)
+                else:
+                    done.get_loop().call_soon(done.set_exception, RuntimeError(err.str()))
+
+            self.sink.produce(
+                Outbound(
+                    f"{rule.kafka}.quarantine",
+                    key,
+                    m.value() or b"",
+                    headers,
+                    m.timestamp()[1],
+                    rule.name,
+                ),
+                on_delivery,
+            )
+            await done
+            return
+        await client.publish(topic, m.value(), qos=rule.qos, timeout=30)

@@ -1,0 +1,59 @@
+"""Connection settings shared by the services' settings classes.
+
+Each service has one pydantic-settings class (env prefix ``FLEETSTREAM_``) that inherits
+the connection fields it needs from here, so ``FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS`` or
+``FLEETSTREAM_MQTT_PASSWORD`` mean the same thing to every service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FLEETSTREAM_"
+
+
+class KafkaConnectionSettings(BaseSettings):
+    """How to reach Kafka.
+
+    ``kafka_config`` is passed through to librdkafka unchanged (security settings such as
+    ``security.protocol``, ``sasl.mechanism``, ``sasl.username``, ``ssl.ca.location``), e.g.
+    ``FLEETSTREAM_KAFKA_CONFIG='{"security.protocol": "SASL_SSL"}'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_config: dict[str, str] = Field(default_factory=dict)
+    kafka_password: SecretStr | None = Field(
+        default=None, description="sasl.password, kept out of logs and reprs"
+    )
+
+    def kafka_client_config(self, **overrides: Any) -> dict[str, Any]:
+        """Client configuration for librdkafka: bootstrap + pass-through settings + overrides."""
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        config.update(self.kafka_config)
+        if self.kafka_password is not None:
+            config["sasl.password"] = self.kafka_password.get_secret_value()
+        config.update(overrides)
+        return config
+
+
+class MqttConnectionSettings(BaseSettings):
+    """How to reach the MQTT broker."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_tls_insecure: bool = False
+    mqtt_keepalive_s: int = Field(default=30, ge=5)
