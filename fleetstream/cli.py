@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 infra_app = typer.Typer(
     help="Start, stop and inspect the local Kafka and Mosquitto.", no_args_is_help=True

@@ -46,6 +46,7 @@ class Template:
     text: str
     segments: tuple[int, ...]
     fields: tuple[str, ...]
+    parts: tuple[str | int | tuple[str], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -56,7 +57,11 @@ class Template:
         """
         segments: list[int] = []
         fields: list[str] = []
-        for _literal, name, spec, conversion in string.Formatter().parse(text):
+        # Literal text as str, a topic segment as int, a payload field as a 1-tuple.
+        parts: list[str | int | tuple[str]] = []
+        for literal, name, spec, conversion in string.Formatter().parse(text):
+            if literal:
+                parts.append(literal)
             if name is None:
                 continue
             if spec or conversion:
@@ -64,12 +69,14 @@ class Template:
                 raise ValueError(msg)
             if name.isdigit():
                 segments.append(int(name))
+                parts.append(int(name))
             elif name.isidentifier():
                 fields.append(name)
+                parts.append((name,))
             else:
                 msg = f"placeholder {{{name}}} is neither a topic segment number nor a field name"
                 raise ValueError(msg)
-        return cls(text, tuple(segments), tuple(fields))
+        return cls(text, tuple(segments), tuple(fields), tuple(parts))
 
     @property
     def static(self) -> bool:
@@ -80,17 +87,20 @@ class Template:
         """Fill the template; None when a segment or field is missing or empty."""
         if self.static:
             return self.text
-        values: dict[str, str] = {}
-        for index in self.segments:
-            if index >= len(topic_parts) or not topic_parts[index]:
-                return None
-            values[str(index)] = topic_parts[index]
-        for name in self.fields:
-            value = None if payload is None else payload.get(name)
-            if value is None or value == "":
-                return None
-            values[name] = str(value)
-        return self.text.format_map(values)
+        out: list[str] = []
+        for part in self.parts:
+            if type(part) is str:
+                out.append(part)
+            elif type(part) is int:
+                if part >= len(topic_parts) or not topic_parts[part]:
+                    return None
+                out.append(topic_parts[part])
+            else:
+                value = None if payload is None else payload.get(part[0])  # type: ignore[index]
+                if value is None or value == "":
+                    return None
+                out.append(str(value))
+        return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +336,13 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        raise RulesError(source, int(match.group(1)) if match else None, str(exc)) from None
+        if match:
+            line: int | None = int(match.group(1))
+        elif "end of document" in str(exc):
+            line = max(1, len(text.splitlines()))
+        else:
+            line = None
+        raise RulesError(source, line, str(exc)) from None
     for key in data:
         if key not in {"mqtt_to_kafka", "kafka_to_mqtt"}:
             line = next((i + 1 for i, ln in enumerate(text.splitlines()) if key in ln), None)

@@ -98,6 +98,7 @@ def schedule(
     is_ev: np.ndarray,
     duration_s: float,
     rate_per_day: float,
+    period_s: float = 1.0,
 ) -> list[Episode]:
     """Draw non-overlapping episodes per car: Poisson count, uniform start, uniform kind.
 
@@ -123,7 +124,8 @@ def schedule(
                 break
             kind = kinds[int(rng.integers(len(kinds)))]
             low, high = DURATION_S[kind]
-            length = float(rng.uniform(low, high))
+            # At least two samples, however slow the publishing rate.
+            length = max(float(rng.uniform(low, high)), 2.0 * period_s)
             start = float(rng.uniform(_MARGIN_S, duration_s - _MARGIN_S - length))
             end = start + length
             if start < _MARGIN_S:

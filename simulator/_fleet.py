@@ -120,7 +120,7 @@ class Fleet:
         self.refuel_target = np.full(n, 100.0)
 
         # Anomaly episodes, one active at a time per car.
-        self.episodes = schedule(rng, self.is_ev, config.duration_s, config.anomaly_rate)
+        self.episodes = schedule(rng, self.is_ev, config.duration_s, config.anomaly_rate, self.dt)
         self._pending: list[list[Episode]] = [[] for _ in range(n)]
         for ep in reversed(self.episodes):
             self._pending[ep.car].append(ep)  # stack: the soonest on top
@@ -356,7 +356,7 @@ class Fleet:
         span = np.maximum(self.ep_end - self.ep_start, 1.0)
         progress = np.clip((t - self.ep_start) / np.minimum(span, 600.0), 0.0, 1.0)
         self.overheat = np.where(
-            active_heat, self.ep_mag * progress, self.overheat * math.exp(-dt / 120.0)
+            active_heat, self.ep_mag * progress, self.overheat * math.exp(-dt / 20.0)
         )
 
         # Tyres: pressure follows tyre temperature (ideal gas); a leak bleeds one tyre.

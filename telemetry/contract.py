@@ -220,6 +220,9 @@ def validate(obj: object, *, require_seq: bool = True) -> TelemetryRecord:
     schema = obj.get("schema", _MISSING)
     if schema is _MISSING:
         raise ContractError(Problem.MISSING, "schema", "required field is missing")
+    for name in ("schema", "vehicle_id", "powertrain", "state"):
+        if obj.get(name, _MISSING) is None:
+            raise ContractError(Problem.NULL, name, "must not be null")
     if type(schema) is not int or schema != SCHEMA_VERSION:
         raise ContractError(
             Problem.UNKNOWN_SCHEMA, "schema", f"unknown schema version {schema!r}, expected 1"

@@ -83,6 +83,8 @@ def test_every_ice_field_is_required(name: str) -> None:
         ("vehicle_id", 12, Problem.WRONG_TYPE),
         ("ts", 1.5, Problem.WRONG_TYPE),
         ("ts", None, Problem.NULL),
+        ("state", None, Problem.NULL),
+        ("vehicle_id", None, Problem.NULL),
         ("seq", -1, Problem.OUT_OF_RANGE),
         ("seq", None, Problem.NULL),
         ("powertrain", "diesel", Problem.BAD_VALUE),

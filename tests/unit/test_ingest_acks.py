@@ -1,0 +1,69 @@
+"""PUBACKs go out in receive order, only for confirmed messages."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ingest._acks import OrderedAcker
+
+pytestmark = pytest.mark.unit
+
+
+def test_out_of_order_confirmations_ack_in_receive_order() -> None:
+    sent: list[tuple[int, int]] = []
+    acker = OrderedAcker(lambda mid, qos: sent.append((mid, qos)))
+    entries = [acker.add(mid, 1, 1) for mid in (10, 11, 12)]
+    acker.confirm(entries[2])
+    acker.confirm(entries[1])
+    assert sent == []  # 10 is not confirmed yet
+    acker.confirm(entries[0])
+    assert sent == [(10, 1), (11, 1), (12, 1)]
+    assert len(acker) == 0
+
+
+def test_entry_with_several_records_waits_for_all() -> None:
+    sent: list[int] = []
+    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    entry = acker.add(1, 1, 2)
+    acker.confirm(entry)
+    assert sent == []
+    acker.confirm(entry)
+    assert sent == [1]
+
+
+def test_no_records_acks_immediately_in_order() -> None:
+    sent: list[int] = []
+    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    first = acker.add(1, 1, 1)
+    acker.add(2, 1, 0)
+    assert sent == []
+    acker.confirm(first)
+    assert sent == [1, 2]
+
+
+def test_reset_drops_entries_of_the_old_connection() -> None:
+    sent: list[int] = []
+    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    old = acker.add(1, 1, 1)
+    assert acker.reset() == 1
+    acker.confirm(old)  # confirmed after reconnect: must not be acked on the new connection
+    new = acker.add(1, 1, 1)
+    acker.confirm(new)
+    assert sent == [1]
+    assert acker.acked == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_confirmation_order_always_acks_a_prefix(seed: int) -> None:
+    rng = random.Random(seed)
+    sent: list[int] = []
+    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    entries = [acker.add(i, 1, rng.randint(1, 3)) for i in range(200)]
+    confirmations = [e for e in entries for _ in range(e.outstanding)]
+    rng.shuffle(confirmations)
+    for entry in confirmations:
+        acker.confirm(entry)
+        assert sent == list(range(len(sent)))
+    assert sent == list(range(200))
