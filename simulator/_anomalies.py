@@ -107,6 +107,7 @@ def schedule(
         is_ev: Boolean per car.
         duration_s: Length of the run.
         rate_per_day: Expected episodes per vehicle-day.
+        period_s: Publishing period; episodes last at least two periods.
 
     Returns:
         Episodes sorted by car, then start.

@@ -44,12 +44,15 @@ def test_default_rules_cover_v1_and_the_seed_demo() -> None:
     assert rules.kafka_to_mqtt[0].mqtt.text == "fleet/{key}/commands"
 
 
+TOPIC_PARTS = ["site", "berlin", "car", "c1", "telemetry"]
+
+
 def test_full_rule() -> None:
     rules = parse_rules(GOOD)
     rule = rules.mqtt_to_kafka[0]
     assert rule.subscription == "$share/ingest/site/+/car/+/telemetry"
-    assert rule.topic.render("site/berlin/car/c1/telemetry".split("/"), None) == "telemetry-berlin"
-    assert rule.key.render("site/berlin/car/c1/telemetry".split("/"), None) == "c1"
+    assert rule.topic.render(TOPIC_PARTS, None) == "telemetry-berlin"
+    assert rule.key.render(TOPIC_PARTS, None) == "c1"
     assert rules.kafka_to_mqtt[0].name == "command-1"
     assert rules.kafka_to_mqtt[0].offset_reset == "earliest"
 
@@ -118,7 +121,8 @@ def test_broken_rules_name_line_and_reason(text: str, line: int, needle: str) ->
 def test_empty_and_duplicate_names() -> None:
     with pytest.raises(RulesError, match="no rules"):
         parse_rules("")
-    dup = '[[kafka_to_mqtt]]\nname="x"\nkafka="a"\nmqtt="m/{key}"\n[[kafka_to_mqtt]]\nname="x"\nkafka="b"\nmqtt="n/{key}"\n'
+    one = '[[kafka_to_mqtt]]\nname="x"\nkafka="{0}"\nmqtt="m/{{key}}"\n'
+    dup = one.format("a") + one.format("b")
     with pytest.raises(RulesError, match="used twice"):
         parse_rules(dup)
 
