@@ -102,7 +102,8 @@ def test_full_rule() -> None:
             "unknown header",
         ),
         (
-            '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\n\n[[mqtt_to_kafka]]\nmqtt = [1]\n',
+            '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\n\n'
+            '[[mqtt_to_kafka]]\nmqtt = [1]\n',
             7,
             "str",
         ),
