@@ -1,0 +1,299 @@
+"""Helpers to run real ingest processes, publish QoS 1 load and read Kafka topics back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetstream import infra
+from simulator import FleetConfig, iter_records
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_rules(path: Path, prefix: str, *, share_group: str | None = None) -> Path:
+    """A rules file isolated to one test: its own MQTT filters and Kafka topics."""
+    share = f'share_group = "{share_group}"\n' if share_group else ""
+    path.write_text(
+        f"""
+[[mqtt_to_kafka]]
+name = "telemetry"
+mqtt = "{prefix}/+/telemetry"
+{share}adapter = "v1"
+topic = "{prefix}-telemetry"
+key = "{{vehicle_id}}"
+timestamp = "ts:ms"
+
+[[mqtt_to_kafka]]
+name = "tesla"
+mqtt = "{prefix}/tesla/+"
+{share}adapter = "tesla"
+topic = "{prefix}-vehicles"
+key = "{{vehicle_id}}"
+timestamp = "ts:ms"
+value = "raw"
+
+[[kafka_to_mqtt]]
+name = "commands"
+kafka = "{prefix}-commands"
+mqtt = "{prefix}/{{key}}/commands"
+group = "{prefix}-commands"
+""",
+        "utf-8",
+    )
+    return path
+
+
+@dataclass
+class IngestProcess:
+    """One `python -m ingest` subprocess with its own client id and metrics port."""
+
+    settings: infra.InfraSettings
+    workdir: Path
+    client_id: str
+    rules: Path | None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.client_id}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "FLEETSTREAM_MQTT_HOST": self.settings.host,
+            "FLEETSTREAM_MQTT_PORT": str(self.settings.mqtt_port),
+            "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap,
+            "FLEETSTREAM_MQTT_CLIENT_ID": self.client_id,
+            "FLEETSTREAM_INGEST_METRICS_PORT": str(self.port),
+            "FLEETSTREAM_MQTT_SESSION_EXPIRY_S": "900",
+        }
+        if self.rules is not None:
+            env["FLEETSTREAM_INGEST_RULES_FILE"] = str(self.rules)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait: bool = True) -> IngestProcess:
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        if wait:
+            self.wait_connected()
+        return self
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
+                return dict(orjson.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            return dict(orjson.loads(exc.read()))
+        except OSError:
+            return None
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def wait_connected(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log()}")
+            health = self.health()
+            if health and health.get("mqtt_connected"):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"ingest did not connect within {timeout_s} s:\n{self.log()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+
+@contextlib.contextmanager
+def running(*processes: IngestProcess) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.stop()
+
+
+def telemetry_messages(prefix: str, vehicles: int, seconds: int, seed: int = 1) -> list[tuple[str, bytes, tuple[str, int]]]:
+    """(topic, payload, (vehicle_id, seq)) for a simulated run with ids unique to the test."""
+    config = FleetConfig(vehicles=vehicles, duration_s=seconds, seed=seed, id_prefix=prefix.replace("/", "-"))
+    out = []
+    for record in iter_records(config):
+        vid = record["vehicle_id"]
+        out.append((f"{prefix}/{vid}/telemetry", orjson.dumps(record), (vid, record["seq"])))
+    return out
+
+
+class QosOnePublisher:
+    """paho publisher with a wide in-flight window; counts broker PUBACKs."""
+
+    def __init__(self, settings: infra.InfraSettings, client_id: str) -> None:
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(500)
+        self.client.max_queued_messages_set(0)
+        self.client.on_publish = self._on_publish
+        self.client.connect(settings.host, settings.mqtt_port)
+        self.client.loop_start()
+
+    def _on_publish(self, *_args: object) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def publish(self, messages: Iterable[tuple[str, bytes]], rate: float | None = None) -> int:
+        began = time.monotonic()
+        count = 0
+        for topic, payload in messages:
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise AssertionError(f"publish failed: {info.rc}")
+            count += 1
+            if rate is not None and count % 100 == 0:
+                ahead = began + count / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        return count
+
+    def wait_acked(self, count: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.acked < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.acked >= count, f"broker acknowledged {self.acked} of {count} publishes"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp: int
+    partition: int
+
+
+def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0, settle_s: float = 2.0) -> list[KafkaRecord]:
+    """Read a topic from the beginning until ``expect`` records arrived and nothing new for ``settle_s``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[KafkaRecord] = []
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(1000, 0.5)
+            for m in batch:
+                if m.error() is not None:
+                    continue
+                out.append(
+                    KafkaRecord(m.key(), m.value(), dict(m.headers() or []), m.timestamp()[1], m.partition())
+                )
+                last_new = time.monotonic()
+            if len(out) >= expect and time.monotonic() - last_new >= settle_s:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in committed)
+    finally:
+        consumer.close()
+
+
+def delivery_report(case: str, sent: set[tuple[str, int]], records: list[KafkaRecord], quarantined: int = 0) -> dict[str, int]:
+    """The row the fault tests print: sent, in_kafka, lost, duplicates."""
+    keys = Counter()
+    for r in records:
+        value = orjson.loads(r.value)
+        keys[(value["vehicle_id"], value["seq"])] += 1
+    lost = len(sent - set(keys))
+    duplicates = sum(c - 1 for c in keys.values())
+    unexpected = len(set(keys) - sent)
+    row = {
+        "sent": len(sent),
+        "in_kafka": len(set(keys) & sent),
+        "lost": lost,
+        "duplicates": duplicates,
+        "unexpected": unexpected,
+        "quarantined": quarantined,
+    }
+    print(f"\n{case}: " + ", ".join(f"{k}={v}" for k, v in row.items()))  # noqa: T201 - test report row
+    return row

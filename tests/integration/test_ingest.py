@@ -1,0 +1,366 @@
+"""Ingest against the real Mosquitto and the real Kafka: no message lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import Producer
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetstream import infra
+from fleetstream.infra import _kafka
+
+from .ingest_harness import (
+    IngestProcess,
+    QosOnePublisher,
+    committed_offsets,
+    delivery_report,
+    read_topic,
+    running,
+    telemetry_messages,
+    write_rules,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def prefix(unique_name: str) -> str:
+    return f"it{unique_name[-8:]}"
+
+
+@pytest.fixture
+def rules(tmp_path: Path, prefix: str) -> Path:
+    return write_rules(tmp_path / "rules.toml", prefix)
+
+
+def _ingest(brokers: infra.InfraSettings, tmp_path: Path, rules: Path | None, name: str, **env: str) -> IngestProcess:
+    return IngestProcess(brokers, tmp_path, name, rules, extra_env=env)
+
+
+def _mqttx_payload(car_id: str, ts: int, rng: random.Random) -> bytes:
+    """A payload shaped like MQTTX CLI `simulate -sc tesla` (independent random draws)."""
+    return orjson.dumps(
+        {
+            "car_id": car_id,
+            "display_name": "Demo's Tesla",
+            "model": rng.choice("S3XY"),
+            "state": rng.choice(["online", "asleep", "charging"]),
+            "latitude": f"{rng.uniform(-90, 90):.4f}",
+            "longitude": f"{rng.uniform(-180, 180):.4f}",
+            "shift_state": rng.choice("DNRP"),
+            "power": rng.randint(-10000, 10000),
+            "speed": rng.randint(0, 200),
+            "heading": rng.randint(0, 359),
+            "elevation": rng.randint(-100, 5000),
+            "inside_temp": round(rng.uniform(-20, 50), 1),
+            "outside_temp": round(rng.uniform(-20, 50), 1),
+            "odometer": rng.randint(0, 1_000_000),
+            "est_battery_range_km": round(rng.uniform(0, 1000), 1),
+            "battery_level": rng.randint(0, 100),
+            "charge_energy_added": round(rng.uniform(0, 100), 2),
+            "charger_power": rng.randint(1, 100),
+            "tpms_pressure_fl": round(rng.uniform(2, 3.5), 1),
+            "tpms_pressure_fr": round(rng.uniform(2, 3.5), 1),
+            "tpms_pressure_rl": round(rng.uniform(2, 3.5), 1),
+            "tpms_pressure_rr": round(rng.uniform(2, 3.5), 1),
+            "timestamp": ts,
+        }
+    )
+
+
+def test_seed_demo_with_default_rules_and_mosquitto_pub(
+    brokers: infra.InfraSettings, tmp_path: Path, unique_name: str
+) -> None:
+    """mosquitto_pub sends MQTTX-style Tesla payloads; all land in my-vehicles keyed per car."""
+    ingest = _ingest(brokers, tmp_path, None, f"{unique_name}-ingest")
+    rng = random.Random(7)
+    cars = [f"5YJ{unique_name[-6:].upper()}{i:08d}" for i in range(10)]
+    base_ts = 1_790_000_000_000
+    sent: dict[tuple[str, int], bytes] = {}
+    with running(ingest.start()):
+        for i, car in enumerate(cars):
+            lines = []
+            for n in range(3):
+                ts = base_ts + i * 1000 + n
+                payload = _mqttx_payload(car, ts, rng)
+                sent[(car, ts)] = payload
+                lines.append(payload)
+            result = subprocess.run(
+                ["mosquitto_pub", "-h", brokers.host, "-p", str(brokers.mqtt_port), "-q", "1", "-l",
+                 "-t", f"mqttx/simulate/tesla/mqttx_{car[-4:]}"],
+                input=b"\n".join(lines) + b"\n", capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        records = read_topic(brokers.kafka_bootstrap, "my-vehicles", expect=0, timeout_s=30, settle_s=3)
+    mine = [r for r in records if r.key is not None and r.key.decode() in set(cars)]
+    got = {(r.key.decode(), r.timestamp): r.value for r in mine if r.key is not None}
+    assert got == sent  # keyed per car, payload timestamp as record timestamp, value unchanged
+    per_car = {}
+    for r in mine:
+        per_car.setdefault(r.key, set()).add(r.partition)
+    assert all(len(parts) == 1 for parts in per_car.values())
+
+
+def test_ten_thousand_qos1_messages_arrive_exactly(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    messages = telemetry_messages(prefix, vehicles=100, seconds=100)
+    assert len(messages) == 10_000
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish((t, p) for t, p, _ in messages)
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages))
+        metrics = ingest.metrics()
+    row = delivery_report("10k_qos1", {k for _, _, k in messages}, records)
+    assert row["lost"] == 0
+    assert row["unexpected"] == 0
+    assert row["duplicates"] == 0  # no crash, so no redelivery
+    assert metrics['fleetstream_ingest_acked_total'] == len(messages)
+    # Every record keyed by its vehicle and stamped with the event time.
+    for r in records[:500]:
+        value = orjson.loads(r.value)
+        assert r.key == value["vehicle_id"].encode()
+        assert r.timestamp == value["ts"]
+
+
+def test_kill_minus_nine_three_times_loses_nothing(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    messages = telemetry_messages(prefix, vehicles=500, seconds=100)
+    assert len(messages) == 50_000
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    ingest.start()
+    publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+    thread = threading.Thread(target=publisher.publish, args=([(t, p) for t, p, _ in messages], 5000.0))
+    with running(ingest):
+        thread.start()
+        for _ in range(3):
+            time.sleep(2.5)
+            ingest.kill9()
+            ingest.start()
+        thread.join()
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=120)
+    assert ingest.starts == 4
+    row = delivery_report("kill9_x3", {k for _, _, k in messages}, records)
+    assert row["lost"] == 0, ingest.log()
+    assert row["unexpected"] == 0
+
+
+def _kafka_outage(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str, mode: str
+) -> None:
+    proc = _kafka.process(brokers)
+    pid = proc.pid()
+    assert pid is not None, "the outage tests need the Kafka that `fleetstream infra` started"
+    messages = telemetry_messages(prefix, vehicles=200, seconds=150)  # 30,000 messages
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest", FLEETSTREAM_INGEST_STALL_S="3")
+    publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+    payloads = [(t, p) for t, p, _ in messages]
+    thread = threading.Thread(target=publisher.publish, args=(payloads, 1000.0))
+    rss: list[float] = []
+    degraded = []
+    with running(ingest.start()):
+        thread.start()
+        time.sleep(5)
+        if mode == "stop":
+            proc.stop()
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            outage_end = time.monotonic() + 20
+            while time.monotonic() < outage_end:
+                rss.append(ingest.rss_mb())
+                health = ingest.health()
+                if health is not None and health["status"] != "ok":
+                    degraded.append(health)
+                time.sleep(0.5)
+        finally:
+            if mode == "stop":
+                infra.up(brokers)
+            else:
+                os.kill(pid, signal.SIGCONT)
+        thread.join()
+        publisher.wait_acked(len(messages), timeout_s=120)
+        publisher.close()
+        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=180)
+        final_health = ingest.health()
+    row = delivery_report(f"kafka_{mode}_20s", {k for _, _, k in messages}, records)
+    print(f"ingest RSS during outage: max {max(rss):.1f} MiB, samples {len(rss)}")  # noqa: T201
+    assert row["lost"] == 0, ingest.log()
+    assert row["unexpected"] == 0
+    assert degraded, "the outage was never reported on /healthz"
+    assert not degraded[-1]["kafka_up"] or degraded[-1]["oldest_unacked_s"] > 3
+    assert max(rss) < 150, f"ingest RSS reached {max(rss):.1f} MiB during the outage"
+    assert final_health is not None
+    assert final_health["status"] == "ok"
+
+
+def test_kafka_stopped_for_20s(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    _kafka_outage(brokers, tmp_path, rules, prefix, unique_name, "stop")
+
+
+def test_kafka_frozen_sigstop_for_20s(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    _kafka_outage(brokers, tmp_path, rules, prefix, unique_name, "freeze")
+
+
+def _malformed(i: int, valid: bytes) -> bytes:
+    kind = i % 10
+    record = orjson.loads(valid)
+    if kind == 0:
+        return os.urandom(1 + i % 200)
+    if kind == 1:
+        return b"{not json"
+    if kind == 2:
+        return orjson.dumps({**record, "speed_kmh": "fast"})
+    if kind == 3:
+        return orjson.dumps({k: v for k, v in record.items() if k != "ts"})
+    if kind == 4:
+        return valid.replace(b'"lat":', b'"lat":NaN,"x":')
+    if kind == 5:
+        return b"[" * 3000 + b"]" * 3000
+    if kind == 6:
+        return b'{"vehicle_id": "\xff\xfe"}'
+    if kind == 7:
+        return orjson.dumps({**record, "odometer_km": 1e300})
+    if kind == 8:
+        return b"x" * (70 * 1024)
+    return orjson.dumps({**record, "schema": 99})
+
+
+def test_malformed_payloads_are_quarantined_valid_ones_delivered(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    valid = telemetry_messages(prefix, vehicles=50, seconds=100)  # 5,000
+    stream: list[tuple[str, bytes]] = []
+    for i, (topic, payload, _) in enumerate(valid):
+        stream.append((topic, payload))
+        if i % 5 == 0:
+            stream.append((topic, _malformed(i // 5, payload)))
+    bad = len(stream) - len(valid)
+    assert bad == 1000
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish(stream)
+        publisher.wait_acked(len(stream))
+        publisher.close()
+        good = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(valid))
+        quarantined = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry.quarantine", expect=bad)
+        metrics = ingest.metrics()
+    row = delivery_report("malformed_1000", {k for _, _, k in valid}, good, quarantined=len(quarantined))
+    assert row["lost"] == 0
+    assert row["unexpected"] == 0
+    assert len(quarantined) == bad
+    reasons = {r.headers["reason"].decode().split(":")[0] for r in quarantined}
+    assert reasons == {"not_json", "wrong_type", "missing", "out_of_range", "oversize", "unknown_schema"}
+    assert all(r.headers.get("detail") and r.headers.get("mqtt_topic") for r in quarantined)
+    raw_bad = sorted(p for _, p in stream if p not in {v for _, v, _ in valid})
+    assert sorted(r.value for r in quarantined) == raw_bad  # raw bytes kept
+    quarantined_metric = sum(v for k, v in metrics.items() if k.startswith("fleetstream_ingest_quarantined_total"))
+    assert quarantined_metric == bad
+
+
+def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    received: list[mqtt.MQTTMessage] = []
+    got = threading.Event()
+    subscribed = threading.Event()
+    car = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5)
+    car.on_message = lambda _c, _u, m: (received.append(m), got.set())
+    car.on_subscribe = lambda *_a: subscribed.set()
+    car.connect(brokers.host, brokers.mqtt_port)
+    car.loop_start()
+    car.subscribe(f"{prefix}/car-7/commands", qos=1)
+    assert subscribed.wait(10)
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
+        deadline = time.monotonic() + 30
+        # The command topic exists once ingest created it.
+        while f"{prefix}-commands" not in producer.list_topics(timeout=5).topics:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        producer.produce(f"{prefix}-commands", key=b"car-7", value=b'{"command": "lock"}')
+        assert producer.flush(10) == 0
+        assert got.wait(30), ingest.log()
+        deadline = time.monotonic() + 20
+        while committed_offsets(brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4) < 1:
+            assert time.monotonic() < deadline, "offset was not committed after the PUBACK"
+            time.sleep(0.5)
+    car.disconnect()
+    car.loop_stop()
+    assert [(m.topic, m.payload, m.qos) for m in received] == [(f"{prefix}/car-7/commands", b'{"command": "lock"}', 1)]
+
+
+def test_two_ingest_processes_share_one_subscription(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    rules = write_rules(tmp_path / "shared.toml", prefix, share_group=f"g{prefix}")
+    messages = telemetry_messages(prefix, vehicles=100, seconds=100)
+    first = _ingest(brokers, tmp_path, rules, f"{unique_name}-a")
+    second = _ingest(brokers, tmp_path, rules, f"{unique_name}-b")
+    with running(first.start(), second.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish(((t, p) for t, p, _ in messages), rate=5000)
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages))
+        shares = [p.metrics()['fleetstream_ingest_received_total{rule="telemetry"}'] for p in (first, second)]
+    row = delivery_report("shared_subscription_x2", {k for _, _, k in messages}, records)
+    print(f"messages per process: {shares}")  # noqa: T201
+    assert row["lost"] == 0
+    assert row["duplicates"] == 0
+    assert all(s > 0 for s in shares)
+    assert sum(shares) == len(messages)
+
+
+def test_wrong_mqtt_password_is_one_clear_error(brokers: infra.InfraSettings, tmp_path: Path, rules: Path) -> None:
+    env = {
+        **os.environ,
+        "FLEETSTREAM_MQTT_PORT": str(brokers.mqtt_auth_port),
+        "FLEETSTREAM_MQTT_USERNAME": brokers.mqtt_username,
+        "FLEETSTREAM_MQTT_PASSWORD": "wrong",
+        "FLEETSTREAM_INGEST_RULES_FILE": str(rules),
+        "FLEETSTREAM_INGEST_METRICS_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert "refused the connection" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_rules_file_is_rejected_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\nadapter = "xml"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetstream", "ingest", "--rules", str(bad)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{bad}:5:" in result.stderr
+    assert "adapter" in result.stderr
