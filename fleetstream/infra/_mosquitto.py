@@ -103,7 +103,7 @@ def healthy(settings: InfraSettings, timeout_s: float = 2.0) -> bool:
         client.loop_stop()
 
 
-def start(settings: InfraSettings, timeout_s: float = 15.0) -> float:
+def start(settings: InfraSettings, timeout_s: float = 60.0) -> float:
     """Start Mosquitto unless it is already up, and wait until it accepts a connection.
 
     Returns:

@@ -103,7 +103,10 @@ class IngestProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "ingest"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if wait:
             self.wait_connected()
@@ -176,9 +179,17 @@ def running(*processes: IngestProcess) -> Iterator[None]:
                 p.stop()
 
 
-def telemetry_messages(prefix: str, vehicles: int, seconds: int, seed: int = 1) -> list[tuple[str, bytes, tuple[str, int]]]:
+def telemetry_messages(
+    prefix: str, vehicles: int, seconds: int, seed: int = 1
+) -> list[tuple[str, bytes, tuple[str, int]]]:
     """(topic, payload, (vehicle_id, seq)) for a simulated run with ids unique to the test."""
-    config = FleetConfig(vehicles=vehicles, duration_s=seconds, seed=seed, id_prefix=prefix.replace("/", "-"))
+    config = FleetConfig(
+        vehicles=vehicles,
+        duration_s=seconds,
+        seed=seed,
+        id_prefix=prefix.replace("/", "-"),
+        start_ms=time.time_ns() // 1_000_000 - seconds * 1000,
+    )
     out = []
     for record in iter_records(config):
         vid = record["vehicle_id"]
@@ -192,7 +203,9 @@ class QosOnePublisher:
     def __init__(self, settings: infra.InfraSettings, client_id: str) -> None:
         self.acked = 0
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(500)
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish
@@ -237,7 +250,9 @@ class KafkaRecord:
     partition: int
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0, settle_s: float = 2.0) -> list[KafkaRecord]:
+def read_topic(
+    bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0, settle_s: float = 2.0
+) -> list[KafkaRecord]:
     """Read a topic from the beginning until ``expect`` records arrived and nothing new for ``settle_s``."""
     consumer = Consumer(
         {
@@ -259,7 +274,9 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0,
                 if m.error() is not None:
                     continue
                 out.append(
-                    KafkaRecord(m.key(), m.value(), dict(m.headers() or []), m.timestamp()[1], m.partition())
+                    KafkaRecord(
+                        m.key(), m.value(), dict(m.headers() or []), m.timestamp()[1], m.partition()
+                    )
                 )
                 last_new = time.monotonic()
             if len(out) >= expect and time.monotonic() - last_new >= settle_s:
@@ -270,15 +287,21 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0,
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        committed = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
         return sum(max(tp.offset, 0) for tp in committed)
     finally:
         consumer.close()
 
 
-def delivery_report(case: str, sent: set[tuple[str, int]], records: list[KafkaRecord], quarantined: int = 0) -> dict[str, int]:
+def delivery_report(
+    case: str, sent: set[tuple[str, int]], records: list[KafkaRecord], quarantined: int = 0
+) -> dict[str, int]:
     """The row the fault tests print: sent, in_kafka, lost, duplicates."""
     keys = Counter()
     for r in records:

@@ -44,7 +44,9 @@ def rules(tmp_path: Path, prefix: str) -> Path:
     return write_rules(tmp_path / "rules.toml", prefix)
 
 
-def _ingest(brokers: infra.InfraSettings, tmp_path: Path, rules: Path | None, name: str, **env: str) -> IngestProcess:
+def _ingest(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path | None, name: str, **env: str
+) -> IngestProcess:
     return IngestProcess(brokers, tmp_path, name, rules, extra_env=env)
 
 
@@ -102,7 +104,9 @@ def test_seed_demo_with_default_rules_and_mosquitto_pub(
                 input=b"\n".join(lines) + b"\n", capture_output=True, timeout=30, check=False,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr
-        records = read_topic(brokers.kafka_bootstrap, "my-vehicles", expect=0, timeout_s=30, settle_s=3)
+        records = read_topic(
+            brokers.kafka_bootstrap, "my-vehicles", expect=0, timeout_s=30, settle_s=3
+        )
     mine = [r for r in records if r.key is not None and r.key.decode() in set(cars)]
     got = {(r.key.decode(), r.timestamp): r.value for r in mine if r.key is not None}
     assert got == sent  # keyed per car, payload timestamp as record timestamp, value unchanged
@@ -129,7 +133,7 @@ def test_ten_thousand_qos1_messages_arrive_exactly(
     assert row["lost"] == 0
     assert row["unexpected"] == 0
     assert row["duplicates"] == 0  # no crash, so no redelivery
-    assert metrics['fleetstream_ingest_acked_total'] == len(messages)
+    assert metrics["fleetstream_ingest_acked_total"] == len(messages)
     # Every record keyed by its vehicle and stamped with the event time.
     for r in records[:500]:
         value = orjson.loads(r.value)
@@ -145,7 +149,9 @@ def test_kill_minus_nine_three_times_loses_nothing(
     ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
     ingest.start()
     publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
-    thread = threading.Thread(target=publisher.publish, args=([(t, p) for t, p, _ in messages], 5000.0))
+    thread = threading.Thread(
+        target=publisher.publish, args=([(t, p) for t, p, _ in messages], 5000.0)
+    )
     with running(ingest):
         thread.start()
         for _ in range(3):
@@ -155,7 +161,9 @@ def test_kill_minus_nine_three_times_loses_nothing(
         thread.join()
         publisher.wait_acked(len(messages))
         publisher.close()
-        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=120)
+        records = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=120
+        )
     assert ingest.starts == 4
     row = delivery_report("kill9_x3", {k for _, _, k in messages}, records)
     assert row["lost"] == 0, ingest.log()
@@ -163,13 +171,20 @@ def test_kill_minus_nine_three_times_loses_nothing(
 
 
 def _kafka_outage(
-    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str, mode: str
+    brokers: infra.InfraSettings,
+    tmp_path: Path,
+    rules: Path,
+    prefix: str,
+    unique_name: str,
+    mode: str,
 ) -> None:
     proc = _kafka.process(brokers)
     pid = proc.pid()
     assert pid is not None, "the outage tests need the Kafka that `fleetstream infra` started"
     messages = telemetry_messages(prefix, vehicles=200, seconds=150)  # 30,000 messages
-    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest", FLEETSTREAM_INGEST_STALL_S="3")
+    ingest = _ingest(
+        brokers, tmp_path, rules, f"{unique_name}-ingest", FLEETSTREAM_INGEST_STALL_S="3"
+    )
     publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
     payloads = [(t, p) for t, p, _ in messages]
     thread = threading.Thread(target=publisher.publish, args=(payloads, 1000.0))
@@ -198,7 +213,9 @@ def _kafka_outage(
         thread.join()
         publisher.wait_acked(len(messages), timeout_s=120)
         publisher.close()
-        records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=180)
+        records = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), timeout_s=180
+        )
         final_health = ingest.health()
     row = delivery_report(f"kafka_{mode}_20s", {k for _, _, k in messages}, records)
     print(f"ingest RSS during outage: max {max(rss):.1f} MiB, samples {len(rss)}")  # noqa: T201
@@ -265,18 +282,31 @@ def test_malformed_payloads_are_quarantined_valid_ones_delivered(
         publisher.wait_acked(len(stream))
         publisher.close()
         good = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(valid))
-        quarantined = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry.quarantine", expect=bad)
+        quarantined = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry.quarantine", expect=bad
+        )
         metrics = ingest.metrics()
-    row = delivery_report("malformed_1000", {k for _, _, k in valid}, good, quarantined=len(quarantined))
+    row = delivery_report(
+        "malformed_1000", {k for _, _, k in valid}, good, quarantined=len(quarantined)
+    )
     assert row["lost"] == 0
     assert row["unexpected"] == 0
     assert len(quarantined) == bad
     reasons = {r.headers["reason"].decode().split(":")[0] for r in quarantined}
-    assert reasons == {"not_json", "wrong_type", "missing", "out_of_range", "oversize", "unknown_schema"}
+    assert reasons == {
+        "not_json",
+        "wrong_type",
+        "missing",
+        "out_of_range",
+        "oversize",
+        "unknown_schema",
+    }
     assert all(r.headers.get("detail") and r.headers.get("mqtt_topic") for r in quarantined)
     raw_bad = sorted(p for _, p in stream if p not in {v for _, v, _ in valid})
     assert sorted(r.value for r in quarantined) == raw_bad  # raw bytes kept
-    quarantined_metric = sum(v for k, v in metrics.items() if k.startswith("fleetstream_ingest_quarantined_total"))
+    quarantined_metric = sum(
+        v for k, v in metrics.items() if k.startswith("fleetstream_ingest_quarantined_total")
+    )
     assert quarantined_metric == bad
 
 
@@ -286,7 +316,9 @@ def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
     received: list[mqtt.MQTTMessage] = []
     got = threading.Event()
     subscribed = threading.Event()
-    car = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5)
+    car = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
+    )
     car.on_message = lambda _c, _u, m: (received.append(m), got.set())
     car.on_subscribe = lambda *_a: subscribed.set()
     car.connect(brokers.host, brokers.mqtt_port)
@@ -305,12 +337,19 @@ def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
         assert producer.flush(10) == 0
         assert got.wait(30), ingest.log()
         deadline = time.monotonic() + 20
-        while committed_offsets(brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4) < 1:
+        while (
+            committed_offsets(
+                brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4
+            )
+            < 1
+        ):
             assert time.monotonic() < deadline, "offset was not committed after the PUBACK"
             time.sleep(0.5)
     car.disconnect()
     car.loop_stop()
-    assert [(m.topic, m.payload, m.qos) for m in received] == [(f"{prefix}/car-7/commands", b'{"command": "lock"}', 1)]
+    assert [(m.topic, m.payload, m.qos) for m in received] == [
+        (f"{prefix}/car-7/commands", b'{"command": "lock"}', 1)
+    ]
 
 
 def test_two_ingest_processes_share_one_subscription(
@@ -326,7 +365,10 @@ def test_two_ingest_processes_share_one_subscription(
         publisher.wait_acked(len(messages))
         publisher.close()
         records = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages))
-        shares = [p.metrics()['fleetstream_ingest_received_total{rule="telemetry"}'] for p in (first, second)]
+        shares = [
+            p.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
+            for p in (first, second)
+        ]
     row = delivery_report("shared_subscription_x2", {k for _, _, k in messages}, records)
     print(f"messages per process: {shares}")  # noqa: T201
     assert row["lost"] == 0
@@ -335,7 +377,9 @@ def test_two_ingest_processes_share_one_subscription(
     assert sum(shares) == len(messages)
 
 
-def test_wrong_mqtt_password_is_one_clear_error(brokers: infra.InfraSettings, tmp_path: Path, rules: Path) -> None:
+def test_wrong_mqtt_password_is_one_clear_error(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path
+) -> None:
     env = {
         **os.environ,
         "FLEETSTREAM_MQTT_PORT": str(brokers.mqtt_auth_port),
@@ -345,7 +389,12 @@ def test_wrong_mqtt_password_is_one_clear_error(brokers: infra.InfraSettings, tm
         "FLEETSTREAM_INGEST_METRICS_PORT": "0",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "ingest"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "ingest"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]

@@ -103,7 +103,7 @@ def test_full_rule() -> None:
         ),
         (
             '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\n\n'
-            '[[mqtt_to_kafka]]\nmqtt = [1]\n',
+            "[[mqtt_to_kafka]]\nmqtt = [1]\n",
             7,
             "str",
         ),
