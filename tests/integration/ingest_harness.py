@@ -253,7 +253,7 @@ class KafkaRecord:
 def read_topic(
     bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0, settle_s: float = 2.0
 ) -> list[KafkaRecord]:
-    """Read a topic from the beginning until ``expect`` records arrived and nothing new for ``settle_s``."""
+    """Read a topic from the start until ``expect`` records arrived, then ``settle_s`` quiet."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

@@ -319,7 +319,12 @@ def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
     car = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
     )
-    car.on_message = lambda _c, _u, m: (received.append(m), got.set())
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        received.append(m)
+        got.set()
+
+    car.on_message = on_message
     car.on_subscribe = lambda *_a: subscribed.set()
     car.connect(brokers.host, brokers.mqtt_port)
     car.loop_start()
