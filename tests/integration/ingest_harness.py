@@ -303,7 +303,7 @@ def delivery_report(
     case: str, sent: set[tuple[str, int]], records: list[KafkaRecord], quarantined: int = 0
 ) -> dict[str, int]:
     """The row the fault tests print: sent, in_kafka, lost, duplicates."""
-    keys = Counter()
+    keys: Counter[tuple[str, int]] = Counter()
     for r in records:
         value = orjson.loads(r.value)
         keys[(value["vehicle_id"], value["seq"])] += 1

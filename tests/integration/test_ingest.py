@@ -110,7 +110,7 @@ def test_seed_demo_with_default_rules_and_mosquitto_pub(
     mine = [r for r in records if r.key is not None and r.key.decode() in set(cars)]
     got = {(r.key.decode(), r.timestamp): r.value for r in mine if r.key is not None}
     assert got == sent  # keyed per car, payload timestamp as record timestamp, value unchanged
-    per_car = {}
+    per_car: dict[bytes | None, set[int]] = {}
     for r in mine:
         per_car.setdefault(r.key, set()).add(r.partition)
     assert all(len(parts) == 1 for parts in per_car.values())
