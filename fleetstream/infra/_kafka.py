@@ -134,10 +134,9 @@ def _format_storage(settings: InfraSettings, config: Path) -> None:
             *_jvm_flags(settings),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(config),
+            # "=" form: a random id may start with "-", which argparse would read as a flag.
+            f"--cluster-id={cluster_id}",
+            f"--config={config}",
         ],
         capture_output=True,
         text=True,
