@@ -21,6 +21,7 @@ from simulator._formats import Format, render
 from simulator.errors import SimulatorError
 
 _log = logging.getLogger(__name__)
+_MAX_UNACKED = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +139,14 @@ class _Publisher:
         with self._lock:
             self.acked += 1
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=self.qos)
+    def publish(self, topic: str, payload: bytes, sent: int) -> None:
+        # paho's packet ids wrap at 65535: keep fewer than that unacknowledged (QoS 1).
+        while self.qos and sent - self.acked > _MAX_UNACKED:
+            time.sleep(0.002)
+        info = self.client.publish(topic, payload, qos=self.qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            msg = f"publish to {topic} failed: {mqtt.error_string(info.rc)}"
+            raise SimulatorError(msg)
 
     def close(self, sent: int, timeout_s: float = 30.0) -> None:
         if self.qos > 0:
@@ -181,8 +188,8 @@ def run_to_mqtt(
                 if delay > 0:
                     time.sleep(delay)
                 for record in records[k : k + step]:
-                    publisher.publish(topic.format(**record), render(record, fmt))
-                sent += len(records[k : k + step])
+                    publisher.publish(topic.format(**record), render(record, fmt), sent)
+                    sent += 1
             now = time.monotonic()
             if now - last_report >= report_every_s:
                 rate = (sent - last_count) / (now - last_report)
