@@ -77,13 +77,24 @@ def infra_jars() -> None:
 
 
 @app.command("demo")
-def demo() -> None:
-    """Run the local demo: start the brokers (the pipeline joins as later issues land)."""
-    infra_up()
-    typer.echo(
-        "demo: Kafka and Mosquitto are running. Simulator, ingest, processing and dashboard "
-        "are not built yet; stop the brokers with `fleetstream infra down`."
-    )
+def demo(
+    vehicles: int = typer.Option(50, "--vehicles", "-n", min=1, help="Simulated cars."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Seconds; default: until Ctrl-C."
+    ),
+    anomaly_rate: float = typer.Option(
+        6.0, "--anomaly-rate", help="Anomaly episodes per vehicle-day."
+    ),
+    seed: int = typer.Option(1, "--seed", help="Simulator seed."),
+) -> None:
+    """Run the local stack: brokers, ingest and a simulated fleet publishing in real time."""
+    from fleetstream.demo import run_demo
+
+    try:
+        run_demo(vehicles, duration, anomaly_rate, seed)
+    except (infra.InfraError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command("simulate")

@@ -1,0 +1,137 @@
+"""`fleetstream demo`: the local stack end to end, started by one command."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from fleetstream import infra
+from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
+
+_log = logging.getLogger("fleetstream.demo")
+TELEMETRY_TOPIC = "vehicle-telemetry"
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Records currently in a topic (sum of partition high watermarks minus low)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetstream-demo-probe"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return 0
+        total = 0
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+@contextlib.contextmanager
+def service(
+    name: str, argv: list[str], log_dir: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a fleetstream service as a child process; SIGTERM it on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+    _log.info("%s started (pid %d, log %s)", name, proc.pid, log_path)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        _log.info("%s stopped (exit %s)", name, proc.returncode)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"service exited with {proc.returncode}; see its log"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - localhost
+            if resp.status == 200:
+                return
+        time.sleep(0.3)
+    msg = f"{url} did not report healthy within {timeout_s:.0f} s"
+    raise RuntimeError(msg)
+
+
+def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed: int) -> None:
+    """Start brokers and ingest, publish a simulated fleet in real time, report progress."""
+    settings = infra.InfraSettings()
+    report = infra.up(settings)
+    _log.info("brokers up (kafka %.1f s, mosquitto %.1f s)", report.kafka_s, report.mosquitto_s)
+    logs = settings.run_dir / "demo"
+    env = {
+        "FLEETSTREAM_MQTT_HOST": settings.host,
+        "FLEETSTREAM_MQTT_PORT": str(settings.mqtt_port),
+        "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+        "FLEETSTREAM_MQTT_CLIENT_ID": "fleetstream-demo-ingest",
+    }
+    stop = threading.Event()
+    with service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest:
+        _wait_healthy("http://127.0.0.1:9464/healthz", ingest)
+        before = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC)
+
+        def progress() -> None:
+            while not stop.wait(10):
+                now = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before
+                _log.info("%s: +%d records since the demo started", TELEMETRY_TOPIC, now)
+
+        reporter = threading.Thread(target=progress, name="demo-progress", daemon=True)
+        reporter.start()
+        config = FleetConfig(
+            vehicles=vehicles,
+            seed=seed,
+            anomaly_rate=anomaly_rate,
+            duration_s=duration_s or 10 * 86400,
+        )
+        _log.info(
+            "publishing %d simulated cars at 1 Hz to MQTT%s",
+            vehicles,
+            "" if duration_s else " (Ctrl-C stops)",
+        )
+        sim = None
+        try:
+            sim = run_to_mqtt(
+                config,
+                target=MqttTarget(settings.host, settings.mqtt_port, None, None),
+                fmt=Format.V1,
+                topic="fleet/{vehicle_id}/telemetry",
+                qos=1,
+                labels=logs / "labels.jsonl",
+            )
+        except KeyboardInterrupt:
+            _log.info("stopping the demo")
+        finally:
+            stop.set()
+        time.sleep(2)  # let ingest confirm the last messages
+        added = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before
+    if sim is not None:
+        _log.info(
+            "published %d messages; %s grew by %d records", sim.messages, TELEMETRY_TOPIC, added
+        )
+    else:
+        _log.info("%s grew by %d records", TELEMETRY_TOPIC, added)
+    _log.info("brokers keep running; stop them with `fleetstream infra down`")
