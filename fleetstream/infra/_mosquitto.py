@@ -123,15 +123,22 @@ def start(settings: InfraSettings, timeout_s: float = 60.0) -> float:
     mosquitto = binary()
     config = _render(settings)
     began = time.monotonic()
-    if proc.pid() is None:
-        proc.start([mosquitto, "-c", str(config)], mosquitto_dir(settings) / "mosquitto.out")
     deadline = began + timeout_s
-    while time.monotonic() < deadline:
-        if healthy(settings, timeout_s=0.5):
-            return time.monotonic() - began
+    # A broker that exits at once (port still held by a previous instance that is
+    # shutting down) is started again a few times before giving up.
+    for attempt in range(3):
         if proc.pid() is None:
+            proc.start([mosquitto, "-c", str(config)], mosquitto_dir(settings) / "mosquitto.out")
+        while time.monotonic() < deadline:
+            if healthy(settings, timeout_s=0.5):
+                return time.monotonic() - began
+            if proc.pid() is None:
+                break
+            time.sleep(0.1)
+        if time.monotonic() >= deadline:
             break
-        time.sleep(0.1)
+        _log.warning("mosquitto exited during start-up (attempt %d); retrying", attempt + 1)
+        time.sleep(1.0)
     log = mosquitto_dir(settings) / "mosquitto.log"
     out = mosquitto_dir(settings) / "mosquitto.out"
     tail = "\n".join(

@@ -1,0 +1,410 @@
+"""Per-record rule detectors and the alert life cycle (raised once per episode, then cleared).
+
+Every detector is a small class with ``check(memory, record) -> Verdict``; its memory is a
+plain dict inside the car's state, so the whole car state serialises as JSON. The
+:class:`AlertBook` turns verdicts into ``raised``/``cleared`` records with deterministic
+ids, so a replay after a crash produces the same ids (duplicates are detectable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Final, TypedDict
+
+RULE_VERSION: Final = "1"
+SEVERITY: Final = {
+    "overheat": "critical",
+    "battery_drain": "high",
+    "fuel_loss": "high",
+    "tire_leak": "warning",
+    "high_consumption": "info",
+    "sensor_glitch": "info",
+}
+KINDS: Final = tuple(SEVERITY)
+
+
+class AlertRecord(TypedDict):
+    """One ``vehicle-alerts`` record."""
+
+    alert_id: str
+    episode_id: str
+    vehicle_id: str
+    kind: str
+    severity: str
+    ts: int
+    status: str
+    message: str
+    evidence: dict[str, Any]
+    detector: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A detector's opinion on the latest record."""
+
+    anomalous: bool
+    evidence: dict[str, Any]
+    message: str = ""
+    normal: bool = True  # False while the detector cannot say the episode is over
+
+    @classmethod
+    def quiet(cls) -> Verdict:
+        """Nothing to report, normal."""
+        return _QUIET
+
+
+_QUIET: Final = Verdict(anomalous=False, evidence={})
+
+
+def _ewma(old: float | None, value: float, dt_s: float, tau_s: float) -> float:
+    if old is None:
+        return value
+    alpha = 1.0 - math.exp(-max(dt_s, 0.0) / tau_s)
+    return old + alpha * (value - old)
+
+
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dlat, dlon = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dlat / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dlon / 2) ** 2
+    return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(a)))
+
+
+class SensorGlitch:
+    """Impossible speed, odometer going backwards, or a GPS jump no car can drive."""
+
+    kind = "sensor_glitch"
+    MAX_SPEED_KMH: Final = 300.0
+    ODOMETER_BACK_KM: Final = 0.01
+    CLEAR_AFTER_MS: Final = 10_000
+
+    def check(self, m: dict[str, Any], r: dict[str, Any]) -> Verdict:
+        ts, speed, odo, lat, lon = r["ts"], r["speed_kmh"], r["odometer_km"], r["lat"], r["lon"]
+        reasons: dict[str, Any] = {}
+        if speed is not None and speed > self.MAX_SPEED_KMH:
+            reasons["speed_kmh"] = speed
+        good = m.get("good")  # last sample that passed: [ts, odometer, lat, lon]
+        if good is not None:
+            hours = max((ts - good[0]) / 3_600_000.0, 1 / 3600.0)
+            if odo is not None and good[1] is not None:
+                if odo < good[1] - self.ODOMETER_BACK_KM:
+                    reasons["odometer_back_km"] = round(good[1] - odo, 4)
+                elif odo - good[1] > self.MAX_SPEED_KMH * hours + 1.0:
+                    reasons["odometer_jump_km"] = round(odo - good[1], 4)
+            if None not in (lat, lon, good[2], good[3]):
+                jump = _haversine_km(good[2], good[3], lat, lon)
+                if jump > self.MAX_SPEED_KMH * hours + 0.5:
+                    reasons["gps_jump_km"] = round(jump, 3)
+        if reasons:
+            m["last_bad"] = ts
+            parts = ", ".join(f"{k}={v}" for k, v in reasons.items())
+            return Verdict(True, reasons, f"implausible sensor values ({parts})", normal=False)
+        m["good"] = [ts, odo, lat, lon]
+        normal = ts - m.get("last_bad", -(10**15)) >= self.CLEAR_AFTER_MS
+        return Verdict(False, {}, normal=normal)
+
+
+class TireLeak:
+    """One tyre's share of the four-tyre mean falls below its own learned share.
+
+    Temperature changes all four pressures by the same factor, so the share is
+    temperature-free; a leak lowers one tyre's share.
+    """
+
+    kind = "tire_leak"
+    TAU_S: Final = 3600.0
+    WARMUP_S: Final = 600.0
+    RAISE_DROP: Final = 0.045
+    CLEAR_DROP: Final = 0.02
+    TYRES: Final = ("tpms_fl_bar", "tpms_fr_bar", "tpms_rl_bar", "tpms_rr_bar")
+
+    def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        pressures = [r[t] for t in self.TYRES]
+        if any(p is None or p <= 0 for p in pressures):
+            return Verdict.quiet()
+        mean = sum(pressures) / 4.0
+        shares = [p / mean for p in pressures]
+        base = m.get("base")
+        dt = (r["ts"] - m.get("ts", r["ts"])) / 1000.0
+        m["ts"] = r["ts"]
+        if base is None:
+            m["base"], m["age"] = shares, 0.0
+            return Verdict.quiet()
+        m["age"] = m.get("age", 0.0) + dt
+        drops = [b - s for b, s in zip(base, shares, strict=True)]
+        worst = max(range(4), key=lambda i: drops[i])
+        if not active and m["age"] >= self.WARMUP_S and drops[worst] > self.RAISE_DROP:
+            evidence = {
+                "tyre": self.TYRES[worst][5:7],
+                "pressure_bar": pressures[worst],
+                "share_drop": round(drops[worst], 4),
+            }
+            msg = f"tyre {self.TYRES[worst][5:7].upper()} is losing pressure ({pressures[worst]:.2f} bar)"
+            return Verdict(True, evidence, msg, normal=False)
+        if active:
+            return Verdict(False, {}, normal=drops[worst] < self.CLEAR_DROP)
+        m["base"] = [_ewma(b, s, dt, self.TAU_S) for b, s in zip(base, shares, strict=True)]
+        return Verdict.quiet()
+
+
+class LevelDrop:
+    """A parked car whose battery/fuel level falls faster than idle drain allows."""
+
+    def __init__(
+        self, kind: str, level_field: str, powertrain: str, raise_pct_h: float, min_span_s: float
+    ) -> None:
+        self.kind = kind
+        self.level_field = level_field
+        self.powertrain = powertrain
+        self.raise_pct_h = raise_pct_h
+        self.min_span_s = min_span_s
+
+    def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        level = r.get(self.level_field)
+        if (
+            r["powertrain"] != self.powertrain
+            or level is None
+            or r["state"] not in ("parked", "asleep")
+        ):
+            m.pop("anchor", None)
+            return Verdict.quiet()
+        anchor = m.get("anchor")
+        if anchor is None:
+            m["anchor"] = [r["ts"], level]
+            return Verdict(False, {}, normal=not active)
+        span_s = (r["ts"] - anchor[0]) / 1000.0
+        if span_s < self.min_span_s:
+            return Verdict(False, {}, normal=not active)
+        rate = (anchor[1] - level) / (span_s / 3600.0)
+        # Slide the anchor so the rate reflects the last few minutes.
+        m["anchor"] = [r["ts"], level]
+        evidence = {"drop_pct_per_h": round(rate, 3), "level_pct": level, "over_s": round(span_s)}
+        if rate > self.raise_pct_h:
+            what = "battery" if self.powertrain == "ev" else "fuel"
+            return Verdict(
+                True, evidence, f"parked, {what} level falling {rate:.1f} %/h", normal=False
+            )
+        return Verdict(False, {}, normal=rate < self.raise_pct_h / 3)
+
+
+class Overheat:
+    """Battery or coolant temperature far above the car's own recent temperature."""
+
+    kind = "overheat"
+    TAU_S: Final = 900.0
+    RAISE_C: Final = 9.0
+    CLEAR_C: Final = 3.0
+    COOLANT_MAX_C: Final = 102.0
+
+    def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        ev = r["powertrain"] == "ev"
+        temp = r["battery_temp_c"] if ev else r["coolant_temp_c"]
+        if temp is None:
+            return Verdict.quiet()
+        dt = (r["ts"] - m.get("ts", r["ts"])) / 1000.0
+        m["ts"] = r["ts"]
+        base = m.get("base")
+        driving_ice = not ev and r["state"] == "driving"
+        if base is None:
+            m["base"] = temp
+            return Verdict.quiet()
+        excess = temp - base
+        evidence = {"temp_c": temp, "baseline_c": round(base, 2), "excess_c": round(excess, 2)}
+        if driving_ice:
+            # An engine warming up rises 70 °C in minutes: judge coolant by its limit.
+            hot = temp > self.COOLANT_MAX_C
+            cool = temp < self.COOLANT_MAX_C - 5.0
+        else:
+            hot = excess > self.RAISE_C
+            cool = excess < self.CLEAR_C
+        if driving_ice and not active:
+            m["base"] = temp  # after the drive the engine only cools: start from here
+        elif not active:
+            m["base"] = _ewma(base, temp, dt, self.TAU_S)
+        elif cool:
+            m["base"] = temp
+        if hot and not active:
+            what = "battery" if ev else "coolant"
+            return Verdict(
+                True,
+                evidence,
+                f"{what} temperature {temp:.1f} °C is {excess:.1f} °C above normal",
+                normal=False,
+            )
+        return Verdict(False, {}, normal=cool)
+
+
+class AlertBook:
+    """Raise once per episode, clear once when the detector says the episode is over."""
+
+    CLEAR_HOLD_MS: Final = 60_000
+
+    def __init__(self, detector: str) -> None:
+        self.detector = detector
+
+    @staticmethod
+    def _id(*parts: object) -> str:
+        return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=10).hexdigest()
+
+    def update(
+        self, book: dict[str, Any], vehicle_id: str, kind: str, ts: int, verdict: Verdict
+    ) -> list[AlertRecord]:
+        """Apply a verdict; returns the alert records to emit (zero, one raised or one cleared)."""
+        active = book.get(kind)
+        if verdict.anomalous and active is None:
+            episode = self._id(vehicle_id, kind, ts)
+            book[kind] = {
+                "episode": episode,
+                "since": ts,
+                "normal_since": None,
+                "evidence": verdict.evidence,
+            }
+            return [
+                self._record(
+                    episode, vehicle_id, kind, ts, "raised", verdict.message, verdict.evidence
+                )
+            ]
+        if active is None:
+            return []
+        if not verdict.normal or verdict.anomalous:
+            active["normal_since"] = None
+            return []
+        if active["normal_since"] is None:
+            active["normal_since"] = ts
+        if ts - active["normal_since"] < self.CLEAR_HOLD_MS:
+            return []
+        del book[kind]
+        message = f"{kind.replace('_', ' ')} is over"
+        return [
+            self._record(
+                active["episode"], vehicle_id, kind, ts, "cleared", message, active["evidence"]
+            )
+        ]
+
+    def _record(
+        self,
+        episode: str,
+        vehicle_id: str,
+        kind: str,
+        ts: int,
+        status: str,
+        message: str,
+        evidence: dict[str, Any],
+    ) -> AlertRecord:
+        return AlertRecord(
+            alert_id=f"{episode}-{status}",
+            episode_id=episode,
+            vehicle_id=vehicle_id,
+            kind=kind,
+            severity=SEVERITY[kind],
+            ts=ts,
+            status=status,
+            message=f"{vehicle_id}: {message}",
+            evidence=evidence,
+            detector=self.detector,
+        )
+
+
+RULE_BOOK: Final = AlertBook(f"rule:v{RULE_VERSION}")
+GLITCH: Final = SensorGlitch()
+TIRES: Final = TireLeak()
+DRAIN: Final = LevelDrop(
+    "battery_drain", "battery_level_pct", "ev", raise_pct_h=0.9, min_span_s=300.0
+)
+FUEL: Final = LevelDrop("fuel_loss", "fuel_level_pct", "ice", raise_pct_h=3.0, min_span_s=180.0)
+HEAT: Final = Overheat()
+
+
+def detect(state: dict[str, Any], record: dict[str, Any]) -> list[AlertRecord]:
+    """Run every per-record rule for one car; ``state`` is the car's detector memory."""
+    book: dict[str, Any] = state.setdefault("alerts", {})
+    vid, ts = record["vehicle_id"], record["ts"]
+    out: list[AlertRecord] = []
+    out += RULE_BOOK.update(
+        book, vid, GLITCH.kind, ts, GLITCH.check(state.setdefault("glitch", {}), record)
+    )
+    if (
+        book.get(GLITCH.kind) is not None
+        and "good" in state["glitch"]
+        and state["glitch"].get("last_bad") == ts
+    ):
+        return out  # glitched values would poison the other detectors' baselines
+    for det in (TIRES, DRAIN, FUEL, HEAT):
+        memory = state.setdefault(det.kind, {})
+        verdict = det.check(memory, record, det.kind in book)
+        out += RULE_BOOK.update(book, vid, det.kind, ts, verdict)
+    return out
+
+
+class HighConsumption:
+    """Driving windows whose consumption is well above the car's own baseline.
+
+    Works on closed ``vehicle-stats`` windows; the baseline is a distance-weighted moving
+    average of the car's normal driving windows. ``score`` may come from the trained
+    model (models package); without one, the consumption ratio itself is the score.
+    """
+
+    kind = "high_consumption"
+    MIN_DISTANCE_KM: Final = 0.3
+    RAISE_RATIO: Final = 1.3
+    WARMUP_WINDOWS: Final = 5
+    ALPHA: Final = 0.1
+
+    def check(
+        self, m: dict[str, Any], stats: dict[str, Any], active: bool, threshold: float | None = None
+    ) -> Verdict:
+        value = (
+            stats["consumption_wh_per_km"]
+            if stats["powertrain"] == "ev"
+            else stats["consumption_l_per_100km"]
+        )
+        distance = stats["distance_km"] or 0.0
+        if value is None or distance < self.MIN_DISTANCE_KM:
+            m["streak"] = 0
+            return Verdict(False, {}, normal=True)
+        base = m.get("base")
+        count = m.get("n", 0)
+        if base is None:
+            m["base"], m["n"] = value, 1
+            return Verdict.quiet()
+        ratio = value / base
+        limit = threshold if threshold is not None else self.RAISE_RATIO
+        evidence = {
+            "consumption": round(value, 3),
+            "baseline": round(base, 3),
+            "ratio": round(ratio, 3),
+        }
+        high = ratio > limit and count >= self.WARMUP_WINDOWS
+        if high:
+            m["streak"] = m.get("streak", 0) + 1
+        else:
+            m["streak"] = 0
+            if not active:
+                m["base"] = base + self.ALPHA * (value - base)
+                m["n"] = count + 1
+        if high and m["streak"] >= 2 and not active:
+            unit = "Wh/km" if stats["powertrain"] == "ev" else "L/100 km"
+            return Verdict(
+                True,
+                evidence,
+                f"consumption {value:.1f} {unit} is {ratio:.2f}x the car's normal",
+                normal=False,
+            )
+        return Verdict(False, {}, normal=ratio < (limit + 1.0) / 2)
+
+
+CONSUMPTION: Final = HighConsumption()
+
+
+def detect_window(
+    state: dict[str, Any], stats: dict[str, Any], book_name: str = "alerts"
+) -> list[AlertRecord]:
+    """Run the window-level detectors for one car's closed window."""
+    book: dict[str, Any] = state.setdefault(book_name, {})
+    memory = state.setdefault(CONSUMPTION.kind, {})
+    verdict = CONSUMPTION.check(memory, stats, CONSUMPTION.kind in book)
+    return RULE_BOOK.update(
+        book, stats["vehicle_id"], CONSUMPTION.kind, stats["window_end"] - 1, verdict
+    )

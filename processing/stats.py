@@ -1,0 +1,189 @@
+"""Per-vehicle window statistics: the formulas of docs/processing.md, as pure functions.
+
+The pipeline collects a compact :data:`Sample` per message in each tumbling window and
+calls :func:`window_stats` when the window closes. The models package builds its
+training features with the same :func:`window_features`, so training and scoring agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypedDict
+
+# Compact sample kept in window state (a list, so it serialises small):
+# [ts, seq, odometer_km, speed_kmh, rate, level_pct, temp_c, min_tpms_bar, outside_temp_c]
+# where rate is power_kw (EV) or fuel_rate_lph (ICE), and temp is battery/coolant temp.
+Sample = list[Any]
+TS, SEQ, ODO, SPEED, RATE, LEVEL, TEMP, TPMS, OUTSIDE = range(9)
+MIN_DISTANCE_KM: Final = 0.1
+_MS_PER_HOUR: Final = 3_600_000.0
+
+
+class WindowStats(TypedDict):
+    """One ``vehicle-stats`` record."""
+
+    vehicle_id: str
+    powertrain: str
+    window_start: int
+    window_end: int
+    samples: int
+    first_seq: int | None
+    last_seq: int | None
+    missing: int | None
+    duplicates: int
+    distance_km: float | None
+    avg_speed_kmh: float | None
+    max_speed_kmh: float | None
+    energy_used_kwh: float | None
+    energy_added_kwh: float | None
+    consumption_wh_per_km: float | None
+    fuel_used_l: float | None
+    consumption_l_per_100km: float | None
+    level_start_pct: float | None
+    level_end_pct: float | None
+    level_min_pct: float | None
+    level_max_pct: float | None
+    max_temp_c: float | None
+    min_tpms_bar: float | None
+    avg_outside_temp_c: float | None
+
+
+def to_sample(record: dict[str, Any]) -> Sample:
+    """The compact window sample of one validated v1 record."""
+    ev = record["powertrain"] == "ev"
+    tyres = [
+        p
+        for p in (
+            record["tpms_fl_bar"],
+            record["tpms_fr_bar"],
+            record["tpms_rl_bar"],
+            record["tpms_rr_bar"],
+        )
+        if p is not None
+    ]
+    return [
+        record["ts"],
+        record["seq"],
+        record["odometer_km"],
+        record["speed_kmh"],
+        record["power_kw"] if ev else record["fuel_rate_lph"],
+        record["battery_level_pct"] if ev else record["fuel_level_pct"],
+        record["battery_temp_c"] if ev else record["coolant_temp_c"],
+        min(tyres) if tyres else None,
+        record["outside_temp_c"],
+    ]
+
+
+def dedupe_sorted(samples: list[Sample]) -> tuple[list[Sample], int]:
+    """Drop repeated seqs (the first arrival wins) and order by ts.
+
+    Samples without a seq (sources that have none) are deduplicated by ts.
+
+    Returns:
+        The distinct samples ordered by (ts, seq) and the number of duplicates dropped.
+    """
+    seen: set[Any] = set()
+    distinct: list[Sample] = []
+    for sample in samples:
+        ident = ("s", sample[SEQ]) if sample[SEQ] is not None else ("t", sample[TS])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        distinct.append(sample)
+    distinct.sort(key=lambda s: (s[TS], s[SEQ] if s[SEQ] is not None else -1))
+    return distinct, len(samples) - len(distinct)
+
+
+def _values(samples: list[Sample], index: int) -> list[float]:
+    return [s[index] for s in samples if s[index] is not None]
+
+
+def window_stats(
+    vehicle_id: str, powertrain: str, window_start: int, window_end: int, samples: list[Sample]
+) -> WindowStats:
+    """Statistics of one vehicle's samples in ``[window_start, window_end)``."""
+    distinct, duplicates = dedupe_sorted(samples)
+    seqs = [s[SEQ] for s in distinct if s[SEQ] is not None]
+    first_seq = min(seqs) if seqs else None
+    last_seq = max(seqs) if seqs else None
+    missing = (last_seq - first_seq + 1) - len(seqs) if seqs else None  # type: ignore[operator]
+
+    odometers = [s for s in distinct if s[ODO] is not None]
+    distance = max(0.0, odometers[-1][ODO] - odometers[0][ODO]) if odometers else None
+    speeds = _values(distinct, SPEED)
+
+    # Left Riemann sums: the rate reported at sample i-1 holds until sample i.
+    used = 0.0
+    added = 0.0
+    for prev, cur in zip(distinct, distinct[1:], strict=False):
+        rate = prev[RATE]
+        if rate is None:
+            continue
+        hours = (cur[TS] - prev[TS]) / _MS_PER_HOUR
+        used += max(rate, 0.0) * hours
+        added += max(-rate, 0.0) * hours
+    ev = powertrain == "ev"
+    long_enough = distance is not None and distance >= MIN_DISTANCE_KM
+    levels = _values(distinct, LEVEL)
+    temps = _values(distinct, TEMP)
+    tyres = _values(distinct, TPMS)
+    outside = _values(distinct, OUTSIDE)
+    return WindowStats(
+        vehicle_id=vehicle_id,
+        powertrain=powertrain,
+        window_start=window_start,
+        window_end=window_end,
+        samples=len(distinct),
+        first_seq=first_seq,
+        last_seq=last_seq,
+        missing=missing,
+        duplicates=duplicates,
+        distance_km=distance,
+        avg_speed_kmh=sum(speeds) / len(speeds) if speeds else None,
+        max_speed_kmh=max(speeds) if speeds else None,
+        energy_used_kwh=used if ev else None,
+        energy_added_kwh=added if ev else None,
+        consumption_wh_per_km=1000.0 * used / distance if ev and long_enough and distance else None,
+        fuel_used_l=None if ev else used,
+        consumption_l_per_100km=100.0 * used / distance
+        if not ev and long_enough and distance
+        else None,
+        level_start_pct=levels[0] if levels else None,
+        level_end_pct=levels[-1] if levels else None,
+        level_min_pct=min(levels) if levels else None,
+        level_max_pct=max(levels) if levels else None,
+        max_temp_c=max(temps) if temps else None,
+        min_tpms_bar=min(tyres) if tyres else None,
+        avg_outside_temp_c=sum(outside) / len(outside) if outside else None,
+    )
+
+
+FEATURES: Final = (
+    "consumption_ratio",
+    "avg_speed_kmh",
+    "avg_outside_temp_c",
+    "distance_km",
+)
+
+
+def consumption(stats: WindowStats) -> float | None:
+    """The window's consumption in the powertrain's unit (Wh/km or L/100 km)."""
+    if stats["powertrain"] == "ev":
+        return stats["consumption_wh_per_km"]
+    return stats["consumption_l_per_100km"]
+
+
+def window_features(stats: WindowStats, baseline: float | None) -> dict[str, float] | None:
+    """Features of a driving window for the consumption model, relative to the car's baseline.
+
+    Returns None for windows that are not driving windows (no consumption) or before the
+    car has a baseline.
+    """
+    value = consumption(stats)
+    if value is None or baseline is None or baseline <= 0:
+        return None
+    return {
+        "consumption_ratio": value / baseline,
+        "avg_speed_kmh": float(stats["avg_speed_kmh"] or 0.0),
+        "avg_outside_temp_c": float(stats["avg_outside_temp_c"] or 0.0),
+        "distance_km": float(stats["distance_km"] or 0.0),
+    }
