@@ -112,3 +112,35 @@ def format_scores(scores: Mapping[str, KindScore]) -> str:
             f"{s.kind:<18}{s.labels:>7}{s.alerts:>8}{s.precision:>11.3f}{s.recall:>8.3f}{s.f1:>7.3f}{delay:>16}"
         )
     return "\n".join(lines)
+
+
+def read_alerts_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Read every alert currently in a topic (committed records only)."""
+    import uuid  # noqa: PLC0415 - only the CLI path needs Kafka
+
+    import orjson  # noqa: PLC0415
+    from confluent_kafka import Consumer  # noqa: PLC0415
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fleetstream-evaluate-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[dict[str, Any]] = []
+    try:
+        import time  # noqa: PLC0415
+
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    out.append(orjson.loads(message.value()))
+                    last = time.monotonic()
+    finally:
+        consumer.close()
+    return out

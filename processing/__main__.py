@@ -1,0 +1,7 @@
+"""``python -m processing``."""
+
+import sys
+
+from processing import main
+
+sys.exit(main())

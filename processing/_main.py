@@ -1,0 +1,85 @@
+"""Wiring: topics, Application and metrics endpoint around :func:`define_pipeline`."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+from quixstreams import Application
+from quixstreams.models import TopicConfig
+
+from processing._settings import ProcessingSettings
+from processing.metrics import ProcessingMetrics
+from processing.pipeline import PipelineConfig, define_pipeline
+from telemetry.logs import configure_logging
+
+_log = logging.getLogger("processing")
+
+
+def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Application:
+    """Create the Application with every topic wired to the pipeline's branches."""
+    connection = settings.kafka_client_config()
+    app = Application(
+        broker_address=connection.pop("bootstrap.servers"),
+        consumer_extra_config=connection,
+        producer_extra_config=connection,
+        consumer_group=settings.processing_consumer_group,
+        auto_offset_reset=settings.processing_auto_offset_reset,
+        processing_guarantee=settings.processing_guarantee,
+        commit_interval=settings.processing_commit_interval_s,
+        state_dir=settings.processing_state_dir,
+        loglevel="WARNING",
+    )
+    config = TopicConfig(
+        num_partitions=settings.processing_partitions, replication_factor=settings.processing_replication_factor
+    )
+    source = app.topic(settings.processing_input_topic, value_deserializer="bytes", config=config)
+    outputs = {
+        name: app.topic(topic, value_serializer="json", config=config)
+        for name, topic in (
+            ("stats", settings.processing_stats_topic),
+            ("sessions", settings.processing_sessions_topic),
+            ("alerts", settings.processing_alerts_topic),
+        )
+    }
+    quarantine = app.topic(settings.processing_quarantine_topic, value_serializer="bytes", config=config)
+    pipeline = define_pipeline(
+        app.dataframe(source),
+        PipelineConfig(
+            window_ms=settings.processing_window_s * 1000,
+            grace_ms=settings.processing_grace_s * 1000,
+            metrics=metrics,
+        ),
+    )
+    pipeline.stats.to_topic(outputs["stats"])
+    pipeline.sessions.to_topic(outputs["sessions"])
+    pipeline.alerts.to_topic(outputs["alerts"])
+    pipeline.window_alerts.to_topic(outputs["alerts"])
+    pipeline.quarantine.to_topic(quarantine)
+    return app
+
+
+def main() -> int:
+    """Run processing until SIGTERM/SIGINT; returns the exit code."""
+    configure_logging()
+    try:
+        settings = ProcessingSettings()
+    except ValidationError as exc:
+        _log.error("invalid settings: %s", exc)
+        return 2
+    metrics = ProcessingMetrics()
+    if settings.processing_metrics_port:
+        start_http_server(settings.processing_metrics_port, settings.processing_metrics_host, registry=metrics.registry)
+    app = build_app(settings, metrics)
+    _log.info(
+        "processing %s -> %s, %s, %s (%s)",
+        settings.processing_input_topic,
+        settings.processing_stats_topic,
+        settings.processing_sessions_topic,
+        settings.processing_alerts_topic,
+        settings.processing_guarantee,
+    )
+    app.run()
+    _log.info("processing stopped")
+    return 0

@@ -1,0 +1,34 @@
+"""Settings of the processing service (env prefix ``FLEETSTREAM_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
+
+
+class ProcessingSettings(KafkaConnectionSettings):
+    """Everything ``fleetstream process`` reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    processing_input_topic: str = "vehicle-telemetry"
+    processing_stats_topic: str = "vehicle-stats"
+    processing_sessions_topic: str = "vehicle-sessions"
+    processing_alerts_topic: str = "vehicle-alerts"
+    processing_quarantine_topic: str = "vehicle-telemetry.processing-quarantine"
+    processing_partitions: int = Field(default=4, ge=1, description="Partitions of topics processing creates.")
+    processing_replication_factor: int = Field(default=1, ge=1)
+    processing_consumer_group: str = "fleetstream-processing"
+    processing_state_dir: Path = Path(".run/processing-state")
+    processing_window_s: int = Field(default=60, ge=1)
+    processing_grace_s: int = Field(default=10, ge=0)
+    processing_commit_interval_s: float = Field(default=1.0, gt=0)
+    processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    processing_metrics_host: str = "127.0.0.1"
+    processing_metrics_port: int = Field(default=9465, ge=0, le=65535, description="0 disables /metrics.")

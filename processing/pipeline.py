@@ -1,0 +1,148 @@
+"""The processing pipeline as a pure function over a StreamingDataFrame.
+
+``define_pipeline(sdf, config)`` builds every branch and returns them; topics and the
+``Application`` are wired only in :mod:`processing._main`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from quixstreams import State
+from quixstreams.dataframe import StreamingDataFrame
+from quixstreams.dataframe.windows import Collect
+
+from processing.detectors import detect, detect_window
+from processing.metrics import ProcessingMetrics
+from processing.sessions import track
+from processing.stats import to_sample, window_stats
+from telemetry.contract import ContractError, decode, validate
+
+_log = logging.getLogger("processing")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Tunables of the pipeline."""
+
+    window_ms: int = 60_000
+    grace_ms: int = 10_000
+    metrics: ProcessingMetrics = field(default_factory=ProcessingMetrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The branches ``main()`` sends to topics."""
+
+    stats: StreamingDataFrame
+    sessions: StreamingDataFrame
+    alerts: StreamingDataFrame
+    window_alerts: StreamingDataFrame
+    quarantine: StreamingDataFrame
+
+
+def parse(value: bytes) -> dict[str, Any]:
+    """Decode and validate one ``vehicle-telemetry`` value; invalid ones are marked, not raised."""
+    try:
+        record = validate(decode(value), require_seq=False)
+    except ContractError as exc:
+        return {"_invalid": exc.reason, "_detail": str(exc), "_raw": value}
+    return dict(record)
+
+
+def _quarantine_record(value: dict[str, Any]) -> bytes:
+    return bytes(value["_raw"])
+
+
+def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
+    """Build the stats, sessions, alerts and quarantine branches from the telemetry stream."""
+    cfg = config or PipelineConfig()
+    metrics = cfg.metrics
+
+    def counted_parse(value: bytes) -> dict[str, Any]:
+        metrics.records_in.inc()
+        record = parse(value)
+        if "_invalid" in record:
+            metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
+            _log.warning("quarantining an invalid record: %s", record["_detail"])
+        return record
+
+    sdf = sdf.apply(counted_parse)
+    quarantine = sdf.filter(lambda v: "_invalid" in v)
+    records = sdf.filter(lambda v: "_invalid" not in v)
+
+    def per_record(value: dict[str, Any], state: State) -> dict[str, list[Any]]:
+        car: dict[str, Any] = state.get("car") or {}
+        alerts = detect(car, value)
+        sessions = track(car, value)
+        state.set("car", car)
+        return {"alerts": alerts, "sessions": sessions}
+
+    events = records.apply(per_record, stateful=True)
+    alerts = events.apply(lambda e: e["alerts"], expand=True)
+    sessions = events.apply(lambda e: e["sessions"], expand=True)
+
+    def on_late(
+        value: Any,  # noqa: ANN401 - the callback protocol's signature
+        key: Any,  # noqa: ANN401
+        timestamp_ms: int,
+        late_by_ms: int,
+        start: int,
+        end: int,
+        store_name: str,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> bool:
+        vid = key.decode() if isinstance(key, bytes) else str(key)
+        metrics.late.labels(vehicle_id=vid).inc()
+        _log.info("late record for %s at %d (%d ms past the window's grace); counted", vid, timestamp_ms, late_by_ms)
+        return False
+
+    windows = (
+        records.apply(lambda v: [*to_sample(v), v["powertrain"]])
+        .tumbling_window(cfg.window_ms, grace_ms=cfg.grace_ms, name="stats", on_late=on_late)
+        .agg(samples=Collect())
+        # Close on the partition's clock: a car that stops sending still gets its window.
+        .final(closing_strategy="partition")
+    )
+
+    def to_stats(window: dict[str, Any], key: Any, _ts: int, _headers: Any) -> dict[str, Any]:  # noqa: ANN401
+        samples = window["samples"]
+        powertrain = samples[0][-1]
+        vid = key.decode() if isinstance(key, bytes) else str(key)
+        stats = window_stats(vid, powertrain, window["start"], window["end"], [s[:-1] for s in samples])
+        metrics.windows.inc()
+        metrics.window_latency.observe(max(0.0, time.time() - window["end"] / 1000.0))
+        return dict(stats)
+
+    stats = windows.apply(to_stats, metadata=True)
+
+    def per_window(stats_value: dict[str, Any], state: State) -> list[Any]:
+        memory: dict[str, Any] = state.get("window_detectors") or {}
+        out = detect_window(memory, stats_value)
+        state.set("window_detectors", memory)
+        return out
+
+    window_alerts = stats.apply(per_window, stateful=True).apply(lambda a: a, expand=True)
+
+    def count_alert(alert: dict[str, Any]) -> dict[str, Any]:
+        metrics.alerts.labels(kind=alert["kind"], status=alert["status"]).inc()
+        return alert
+
+    return Pipeline(
+        stats=stats,
+        sessions=sessions,
+        alerts=alerts.apply(count_alert),
+        window_alerts=window_alerts.apply(count_alert),
+        quarantine=quarantine.apply(_quarantine_record),
+    )
+
+
+def encode(value: Any) -> bytes:  # noqa: ANN401 - any JSON value
+    """Serialise an output record."""
+    return orjson.dumps(value)
