@@ -321,6 +321,9 @@ def detect(state: dict[str, Any], record: dict[str, Any]) -> list[AlertRecord]:
     """Run every per-record rule for one car; ``state`` is the car's detector memory."""
     book: dict[str, Any] = state.setdefault("alerts", {})
     vid, ts = record["vehicle_id"], record["ts"]
+    if ts <= state.get("last_ts", -1):
+        return []  # a redelivered duplicate or an out-of-order record: rules follow the car's clock
+    state["last_ts"] = ts
     out: list[AlertRecord] = []
     out += RULE_BOOK.update(
         book, vid, GLITCH.kind, ts, GLITCH.check(state.setdefault("glitch", {}), record)
@@ -348,8 +351,9 @@ class HighConsumption:
 
     kind = "high_consumption"
     MIN_DISTANCE_KM: Final = 0.3
-    RAISE_RATIO: Final = 1.3
+    RAISE_RATIO: Final = 1.35
     WARMUP_WINDOWS: Final = 5
+    STREAK: Final = 3
     ALPHA: Final = 0.1
 
     def check(
@@ -384,7 +388,7 @@ class HighConsumption:
             if not active:
                 m["base"] = base + self.ALPHA * (value - base)
                 m["n"] = count + 1
-        if high and m["streak"] >= 2 and not active:
+        if high and m["streak"] >= self.STREAK and not active:
             unit = "Wh/km" if stats["powertrain"] == "ev" else "L/100 km"
             return Verdict(
                 True,
