@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def processed_day(brokers: infra.InfraSettings, tmp_path_factory: pytest.TempPat
         key = rows[position][0]
         bad.append(BAD_PAYLOADS[i % len(BAD_PAYLOADS)])
         rows.insert(position, (key, BAD_PAYLOADS[i % len(BAD_PAYLOADS)], rows[position][2]))
-    run = ProcessingRun(brokers.kafka_bootstrap, f"pr{rng.randrange(10**8)}", workdir)
+    run = ProcessingRun(brokers.kafka_bootstrap, f"pr{uuid.uuid4().hex[:10]}", workdir)
     create_topic(brokers.kafka_bootstrap, run.topics["input"])
     produce(brokers.kafka_bootstrap, run.topics["input"], rows)
     run.start()
@@ -234,7 +235,7 @@ def test_kill_minus_nine_gives_the_same_outputs_as_a_clean_run(
 ) -> None:
     config = FleetConfig(vehicles=10, duration_s=4 * 3600, rate_hz=1.0, seed=31, anomaly_rate=6.0)
     records, _ = _simulate(config)
-    prefix = f"eo{random.randrange(10**8)}"
+    prefix = f"eo{uuid.uuid4().hex[:10]}"
     clean = ProcessingRun(brokers.kafka_bootstrap, prefix, tmp_path, group=f"{prefix}-clean")
     crashy = ProcessingRun(brokers.kafka_bootstrap, prefix, tmp_path, group=f"{prefix}-crashy")
     create_topic(brokers.kafka_bootstrap, clean.topics["input"])
@@ -246,15 +247,14 @@ def test_kill_minus_nine_gives_the_same_outputs_as_a_clean_run(
     crashy.start()
     crashy.wait_consumed(1)  # metrics restart at 0 after the crash; wait for the rest below
     clean.wait_consumed(len(records))
-    # The restarted process resumes from the last committed checkpoint.
-    outputs = {}
-    for run in (clean, crashy):
-        run_stats = read_topic(brokers.kafka_bootstrap, run.topics["stats"], expect=1, settle_s=5)
-        outputs[run.group] = run_stats
-    crashy.stop()
     clean.stop()
     clean_stats = sorted(r.value for r in read_topic(brokers.kafka_bootstrap, clean.topics["stats"], expect=1))
-    crashy_stats = sorted(r.value for r in read_topic(brokers.kafka_bootstrap, crashy.topics["stats"], expect=1))
+    # The restarted process resumes from its last committed checkpoint; wait until it caught up.
+    crashy_records = read_topic(
+        brokers.kafka_bootstrap, crashy.topics["stats"], expect=len(clean_stats), timeout_s=180, settle_s=5
+    )
+    crashy.stop()
+    crashy_stats = sorted(r.value for r in crashy_records)
     assert clean_stats == crashy_stats
     clean_alerts = [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, clean.topics["alerts"], expect=1)]
     crashy_alerts = [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, crashy.topics["alerts"], expect=1)]
