@@ -221,11 +221,21 @@ def process() -> None:
 
 @app.command("evaluate")
 def evaluate(
-    labels: Path = typer.Option(..., "--labels", help="Labels JSON lines from `fleetstream simulate --labels`."),
-    alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Read alerts from this Kafka topic."),
-    alerts: Path | None = typer.Option(None, "--alerts", help="Read alerts from a JSON-lines file."),
-    window_s: int = typer.Option(60, "--window-s", help="Window length (matching slack is 2 windows)."),
-    bootstrap: str = typer.Option("127.0.0.1:9092", "--bootstrap", envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS"),
+    labels: Path = typer.Option(
+        ..., "--labels", help="Labels JSON lines from `fleetstream simulate --labels`."
+    ),
+    alerts_topic: str | None = typer.Option(
+        None, "--alerts-topic", help="Read alerts from this Kafka topic."
+    ),
+    alerts: Path | None = typer.Option(
+        None, "--alerts", help="Read alerts from a JSON-lines file."
+    ),
+    window_s: int = typer.Option(
+        60, "--window-s", help="Window length (matching slack is 2 windows)."
+    ),
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092", "--bootstrap", envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS"
+    ),
 ) -> None:
     """Event-level precision, recall, F1 and detection delay of alerts against labels."""
     import orjson
@@ -238,7 +248,9 @@ def evaluate(
         raise typer.BadParameter(msg)
     label_rows = [orjson.loads(line) for line in labels.read_bytes().splitlines() if line.strip()]
     if alerts is not None:
-        alert_rows = [orjson.loads(line) for line in alerts.read_bytes().splitlines() if line.strip()]
+        alert_rows = [
+            orjson.loads(line) for line in alerts.read_bytes().splitlines() if line.strip()
+        ]
     else:
         alert_rows = read_alerts_topic(bootstrap, alerts_topic or "")
     typer.echo(format_scores(score(label_rows, alert_rows, window_ms=window_s * 1000)))

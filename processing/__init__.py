@@ -7,4 +7,11 @@ from processing._main import build_app, main
 from processing._settings import ProcessingSettings
 from processing.pipeline import Pipeline, PipelineConfig, define_pipeline
 
-__all__ = ["Pipeline", "PipelineConfig", "ProcessingSettings", "build_app", "define_pipeline", "main"]
+__all__ = [
+    "Pipeline",
+    "PipelineConfig",
+    "ProcessingSettings",
+    "build_app",
+    "define_pipeline",
+    "main",
+]

@@ -32,7 +32,8 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
         loglevel="WARNING",
     )
     config = TopicConfig(
-        num_partitions=settings.processing_partitions, replication_factor=settings.processing_replication_factor
+        num_partitions=settings.processing_partitions,
+        replication_factor=settings.processing_replication_factor,
     )
     source = app.topic(settings.processing_input_topic, value_deserializer="bytes", config=config)
     outputs = {
@@ -43,13 +44,16 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
             ("alerts", settings.processing_alerts_topic),
         )
     }
-    quarantine = app.topic(settings.processing_quarantine_topic, value_serializer="bytes", config=config)
+    quarantine = app.topic(
+        settings.processing_quarantine_topic, value_serializer="bytes", config=config
+    )
     pipeline = define_pipeline(
         app.dataframe(source),
         PipelineConfig(
             window_ms=settings.processing_window_s * 1000,
             grace_ms=settings.processing_grace_s * 1000,
             metrics=metrics,
+            model_dir=settings.processing_model_dir,
         ),
     )
     pipeline.stats.to_topic(outputs["stats"])
@@ -70,7 +74,11 @@ def main() -> int:
         return 2
     metrics = ProcessingMetrics()
     if settings.processing_metrics_port:
-        start_http_server(settings.processing_metrics_port, settings.processing_metrics_host, registry=metrics.registry)
+        start_http_server(
+            settings.processing_metrics_port,
+            settings.processing_metrics_host,
+            registry=metrics.registry,
+        )
     app = build_app(settings, metrics)
     _log.info(
         "processing %s -> %s, %s, %s (%s)",

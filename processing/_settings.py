@@ -21,7 +21,9 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_sessions_topic: str = "vehicle-sessions"
     processing_alerts_topic: str = "vehicle-alerts"
     processing_quarantine_topic: str = "vehicle-telemetry.processing-quarantine"
-    processing_partitions: int = Field(default=4, ge=1, description="Partitions of topics processing creates.")
+    processing_partitions: int = Field(
+        default=4, ge=1, description="Partitions of topics processing creates."
+    )
     processing_replication_factor: int = Field(default=1, ge=1)
     processing_consumer_group: str = "fleetstream-processing"
     processing_state_dir: Path = Path(".run/processing-state")
@@ -30,5 +32,10 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_commit_interval_s: float = Field(default=1.0, gt=0)
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    processing_model_dir: Path | None = Field(
+        default=None, description="Model registry folder; its promoted version scores windows."
+    )
     processing_metrics_host: str = "127.0.0.1"
-    processing_metrics_port: int = Field(default=9465, ge=0, le=65535, description="0 disables /metrics.")
+    processing_metrics_port: int = Field(
+        default=9465, ge=0, le=65535, description="0 disables /metrics."
+    )

@@ -11,7 +11,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final, TypedDict
+
+from processing.stats import window_features
+
+if TYPE_CHECKING:
+    from models.registry import LoadedModel
 
 RULE_VERSION: Final = "1"
 SEVERITY: Final = {
@@ -81,6 +86,7 @@ class SensorGlitch:
     CLEAR_AFTER_MS: Final = 10_000
 
     def check(self, m: dict[str, Any], r: dict[str, Any]) -> Verdict:
+        """Judge one record against the last plausible one."""
         ts, speed, odo, lat, lon = r["ts"], r["speed_kmh"], r["odometer_km"], r["lat"], r["lon"]
         reasons: dict[str, Any] = {}
         if speed is not None and speed > self.MAX_SPEED_KMH:
@@ -121,6 +127,7 @@ class TireLeak:
     TYRES: Final = ("tpms_fl_bar", "tpms_fr_bar", "tpms_rl_bar", "tpms_rr_bar")
 
     def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        """Judge one record's tyre pressures against the learned shares."""
         pressures = [r[t] for t in self.TYRES]
         if any(p is None or p <= 0 for p in pressures):
             return Verdict.quiet()
@@ -141,7 +148,8 @@ class TireLeak:
                 "pressure_bar": pressures[worst],
                 "share_drop": round(drops[worst], 4),
             }
-            msg = f"tyre {self.TYRES[worst][5:7].upper()} is losing pressure ({pressures[worst]:.2f} bar)"
+            tyre = self.TYRES[worst][5:7].upper()
+            msg = f"tyre {tyre} is losing pressure ({pressures[worst]:.2f} bar)"
             return Verdict(True, evidence, msg, normal=False)
         if active:
             return Verdict(False, {}, normal=drops[worst] < self.CLEAR_DROP)
@@ -162,6 +170,7 @@ class LevelDrop:
         self.min_span_s = min_span_s
 
     def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        """Judge the level trend of a parked car."""
         level = r.get(self.level_field)
         if (
             r["powertrain"] != self.powertrain
@@ -199,6 +208,7 @@ class Overheat:
     COOLANT_MAX_C: Final = 102.0
 
     def check(self, m: dict[str, Any], r: dict[str, Any], active: bool) -> Verdict:
+        """Judge one record's battery or coolant temperature."""
         ev = r["powertrain"] == "ev"
         temp = r["battery_temp_c"] if ev else r["coolant_temp_c"]
         if temp is None:
@@ -283,7 +293,7 @@ class AlertBook:
             )
         ]
 
-    def _record(
+    def _record(  # noqa: PLR0917 - one alert field per parameter
         self,
         episode: str,
         vehicle_id: str,
@@ -344,9 +354,10 @@ def detect(state: dict[str, Any], record: dict[str, Any]) -> list[AlertRecord]:
 class HighConsumption:
     """Driving windows whose consumption is well above the car's own baseline.
 
-    Works on closed ``vehicle-stats`` windows; the baseline is a distance-weighted moving
-    average of the car's normal driving windows. ``score`` may come from the trained
-    model (models package); without one, the consumption ratio itself is the score.
+    Works on closed ``vehicle-stats`` windows; the baseline is a moving average of the
+    car's normal driving windows. With a trained model (models package) the window's
+    features relative to that baseline are scored by the model; without one, the
+    consumption ratio is compared with a fixed limit.
     """
 
     kind = "high_consumption"
@@ -356,16 +367,31 @@ class HighConsumption:
     STREAK: Final = 3
     ALPHA: Final = 0.1
 
+    @staticmethod
+    def _value(stats: dict[str, Any]) -> float | None:
+        ev = stats["powertrain"] == "ev"
+        value = stats["consumption_wh_per_km"] if ev else stats["consumption_l_per_100km"]
+        return None if value is None else float(value)
+
+    def features(self, m: dict[str, Any], stats: dict[str, Any]) -> dict[str, float] | None:
+        """Model features of a driving window against the car's current baseline, if it has one."""
+        value = self._value(stats)
+        if value is None or (stats["distance_km"] or 0.0) < self.MIN_DISTANCE_KM:
+            return None
+        if m.get("base") is None or m.get("n", 0) < self.WARMUP_WINDOWS:
+            return None
+        return window_features(stats, m["base"])  # type: ignore[arg-type]
+
     def check(
-        self, m: dict[str, Any], stats: dict[str, Any], active: bool, threshold: float | None = None
+        self,
+        m: dict[str, Any],
+        stats: dict[str, Any],
+        active: bool,
+        model: LoadedModel | None = None,
     ) -> Verdict:
-        value = (
-            stats["consumption_wh_per_km"]
-            if stats["powertrain"] == "ev"
-            else stats["consumption_l_per_100km"]
-        )
-        distance = stats["distance_km"] or 0.0
-        if value is None or distance < self.MIN_DISTANCE_KM:
+        """Judge one closed window, then (if normal) fold it into the car's baseline."""
+        value = self._value(stats)
+        if value is None or (stats["distance_km"] or 0.0) < self.MIN_DISTANCE_KM:
             m["streak"] = 0
             return Verdict(False, {}, normal=True)
         base = m.get("base")
@@ -374,13 +400,19 @@ class HighConsumption:
             m["base"], m["n"] = value, 1
             return Verdict.quiet()
         ratio = value / base
-        limit = threshold if threshold is not None else self.RAISE_RATIO
-        evidence = {
+        evidence: dict[str, Any] = {
             "consumption": round(value, 3),
             "baseline": round(base, 3),
             "ratio": round(ratio, 3),
         }
-        high = ratio > limit and count >= self.WARMUP_WINDOWS
+        features = self.features(m, stats)
+        if model is not None and features is not None:
+            row = [[features[name] for name in model.features]]
+            score = float(model.estimator.score_samples(row)[0])
+            evidence["score"] = round(score, 4)
+            high = score < model.threshold and ratio > 1.0
+        else:
+            high = ratio > self.RAISE_RATIO and count >= self.WARMUP_WINDOWS
         if high:
             m["streak"] = m.get("streak", 0) + 1
         else:
@@ -390,25 +422,28 @@ class HighConsumption:
                 m["n"] = count + 1
         if high and m["streak"] >= self.STREAK and not active:
             unit = "Wh/km" if stats["powertrain"] == "ev" else "L/100 km"
-            return Verdict(
-                True,
-                evidence,
-                f"consumption {value:.1f} {unit} is {ratio:.2f}x the car's normal",
-                normal=False,
-            )
-        return Verdict(False, {}, normal=ratio < (limit + 1.0) / 2)
+            message = f"consumption {value:.1f} {unit} is {ratio:.2f}x the car's normal"
+            return Verdict(True, evidence, message, normal=False)
+        return Verdict(False, {}, normal=not high and ratio < (self.RAISE_RATIO + 1.0) / 2)
 
 
 CONSUMPTION: Final = HighConsumption()
 
 
 def detect_window(
-    state: dict[str, Any], stats: dict[str, Any], book_name: str = "alerts"
+    state: dict[str, Any], stats: dict[str, Any], model: LoadedModel | None = None
 ) -> list[AlertRecord]:
-    """Run the window-level detectors for one car's closed window."""
-    book: dict[str, Any] = state.setdefault(book_name, {})
+    """Run the window-level detectors for one car's closed window.
+
+    Args:
+        state: The car's window-detector memory.
+        stats: The closed window's ``vehicle-stats`` record.
+        model: The promoted consumption model, if any; alerts then carry ``model:<version>``.
+    """
+    book: dict[str, Any] = state.setdefault("alerts", {})
     memory = state.setdefault(CONSUMPTION.kind, {})
-    verdict = CONSUMPTION.check(memory, stats, CONSUMPTION.kind in book)
-    return RULE_BOOK.update(
+    verdict = CONSUMPTION.check(memory, stats, CONSUMPTION.kind in book, model)
+    alert_book = RULE_BOOK if model is None else AlertBook(f"model:{model.version}")
+    return alert_book.update(
         book, stats["vehicle_id"], CONSUMPTION.kind, stats["window_end"] - 1, verdict
     )

@@ -9,10 +9,15 @@ alert ts - label start_ts.
 from __future__ import annotations
 
 import statistics
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
+from confluent_kafka import Consumer
 
 from processing.detectors import KINDS
 
@@ -104,7 +109,8 @@ def evaluate(
 def format_scores(scores: Mapping[str, KindScore]) -> str:
     """A plain-text table of the scores."""
     lines = [
-        f"{'kind':<18}{'labels':>7}{'alerts':>8}{'precision':>11}{'recall':>8}{'F1':>7}{'median delay s':>16}"
+        f"{'kind':<18}{'labels':>7}{'alerts':>8}{'precision':>11}{'recall':>8}{'F1':>7}"
+        f"{'median delay s':>16}"
     ]
     for s in scores.values():
         delay = f"{s.median_delay_s:.0f}" if s.median_delay_s is not None else "-"
@@ -116,11 +122,6 @@ def format_scores(scores: Mapping[str, KindScore]) -> str:
 
 def read_alerts_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
     """Read every alert currently in a topic (committed records only)."""
-    import uuid  # noqa: PLC0415 - only the CLI path needs Kafka
-
-    import orjson  # noqa: PLC0415
-    from confluent_kafka import Consumer  # noqa: PLC0415
-
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -133,8 +134,6 @@ def read_alerts_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[d
     consumer.subscribe([topic])
     out: list[dict[str, Any]] = []
     try:
-        import time  # noqa: PLC0415
-
         last = time.monotonic()
         while time.monotonic() - last < idle_s:
             for message in consumer.consume(1000, 0.5):

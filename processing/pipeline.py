@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
-from quixstreams import State
+from quixstreams import State, message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.dataframe.windows import Collect
 
 from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
+from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
 from telemetry.contract import ContractError, decode, validate
@@ -32,6 +34,7 @@ class PipelineConfig:
     window_ms: int = 60_000
     grace_ms: int = 10_000
     metrics: ProcessingMetrics = field(default_factory=ProcessingMetrics)
+    model_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +66,35 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     cfg = config or PipelineConfig()
     metrics = cfg.metrics
 
-    def counted_parse(value: bytes) -> dict[str, Any]:
+    window_ms, grace_ms = cfg.window_ms, cfg.grace_ms
+    # Highest event time seen per partition: a record whose window already closed on that
+    # clock is late. Quix does not report all of those (it drops some silently), so
+    # lateness is counted here, before the window.
+    partition_clock: dict[tuple[str, int], int] = {}
+
+    def counted_parse(value: bytes, key: Any, timestamp: int, _headers: Any) -> dict[str, Any]:
         metrics.records_in.inc()
+        ctx = message_context()
+        where = (ctx.topic, ctx.partition) if ctx is not None else ("", 0)
+        clock = partition_clock.get(where, 0)
+        if timestamp - timestamp % window_ms + window_ms + grace_ms <= clock:
+            vid = key.decode() if isinstance(key, bytes) else str(key)
+            metrics.late.labels(vehicle_id=vid).inc()
+            _log.info(
+                "late record for %s at %d; counted in fleetstream_processing_late", vid, timestamp
+            )
+        partition_clock[where] = max(clock, timestamp)
         record = parse(value)
         if "_invalid" in record:
             metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
             _log.warning("quarantining an invalid record: %s", record["_detail"])
         return record
 
-    sdf = sdf.apply(counted_parse)
+    sdf = sdf.apply(counted_parse, metadata=True)
     quarantine = sdf.filter(lambda v: "_invalid" in v)
     records = sdf.filter(lambda v: "_invalid" not in v)
 
-    def per_record(value: dict[str, Any], state: State) -> dict[str, list[Any]]:
+    def per_record(value: dict[str, Any], state: State[str, Any]) -> dict[str, list[Any]]:
         car: dict[str, Any] = state.get("car") or {}
         alerts = detect(car, value)
         sessions = track(car, value)
@@ -87,8 +106,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     sessions = events.apply(lambda e: e["sessions"], expand=True)
 
     def on_late(
-        value: Any,  # noqa: ANN401 - the callback protocol's signature
-        key: Any,  # noqa: ANN401
+        value: Any,
+        key: Any,
         timestamp_ms: int,
         late_by_ms: int,
         start: int,
@@ -98,10 +117,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         partition: int,
         offset: int,
     ) -> bool:
-        vid = key.decode() if isinstance(key, bytes) else str(key)
-        metrics.late.labels(vehicle_id=vid).inc()
-        _log.info("late record for %s at %d (%d ms past the window's grace); counted", vid, timestamp_ms, late_by_ms)
-        return False
+        return False  # counted before the window (see counted_parse)
 
     windows = (
         records.apply(lambda v: [*to_sample(v), v["powertrain"]])
@@ -111,20 +127,24 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         .final(closing_strategy="partition")
     )
 
-    def to_stats(window: dict[str, Any], key: Any, _ts: int, _headers: Any) -> dict[str, Any]:  # noqa: ANN401
+    def to_stats(window: dict[str, Any], key: Any, _ts: int, _headers: Any) -> dict[str, Any]:
         samples = window["samples"]
         powertrain = samples[0][-1]
         vid = key.decode() if isinstance(key, bytes) else str(key)
-        stats = window_stats(vid, powertrain, window["start"], window["end"], [s[:-1] for s in samples])
+        stats = window_stats(
+            vid, powertrain, window["start"], window["end"], [s[:-1] for s in samples]
+        )
         metrics.windows.inc()
         metrics.window_latency.observe(max(0.0, time.time() - window["end"] / 1000.0))
         return dict(stats)
 
     stats = windows.apply(to_stats, metadata=True)
 
-    def per_window(stats_value: dict[str, Any], state: State) -> list[Any]:
+    models = ModelWatcher(cfg.model_dir, metrics)
+
+    def per_window(stats_value: dict[str, Any], state: State[str, Any]) -> list[Any]:
         memory: dict[str, Any] = state.get("window_detectors") or {}
-        out = detect_window(memory, stats_value)
+        out = detect_window(memory, stats_value, models.current())
         state.set("window_detectors", memory)
         return out
 
@@ -143,6 +163,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     )
 
 
-def encode(value: Any) -> bytes:  # noqa: ANN401 - any JSON value
+def encode(value: Any) -> bytes:
     """Serialise an output record."""
     return orjson.dumps(value)

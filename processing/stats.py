@@ -7,6 +7,7 @@ training features with the same :func:`window_features`, so training and scoring
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, Final, TypedDict
 
 # Compact sample kept in window state (a list, so it serialises small):
@@ -114,7 +115,7 @@ def window_stats(
     # Left Riemann sums: the rate reported at sample i-1 holds until sample i.
     used = 0.0
     added = 0.0
-    for prev, cur in zip(distinct, distinct[1:], strict=False):
+    for prev, cur in pairwise(distinct):
         rate = prev[RATE]
         if rate is None:
             continue

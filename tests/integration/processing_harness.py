@@ -61,7 +61,9 @@ class ProcessingRun:
 
     def start(self) -> None:
         log = (self.workdir / f"{self.group}.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "processing"], env=self.env(), stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "processing"], env=self.env(), stdout=log, stderr=log
+        )
 
     def records_in(self) -> float:
         try:
@@ -110,13 +112,29 @@ def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
 def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, int]]) -> None:
     """Produce (key, value, timestamp) rows in order and wait for all of them."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4", "enable.idempotence": True}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }
     )
     errors: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
     for key, value, ts in rows:
         while True:
             try:
-                producer.produce(topic, key=key, value=value, timestamp=ts, on_delivery=lambda e, _m: e and errors.append(e))
+                producer.produce(
+                    topic,
+                    key=key,
+                    value=value,
+                    timestamp=ts,
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:
                 producer.poll(0.1)

@@ -70,10 +70,14 @@ BAD_PAYLOADS = [
 
 
 @pytest.fixture(scope="module")
-def processed_day(brokers: infra.InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A seeded simulated day (40 cars, 0.2 Hz) with duplicates, disorder and bad records, processed once."""
+def processed_day(
+    brokers: infra.InfraSettings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A seeded day (30 cars, 0.2 Hz) with duplicates, disorder and bad records, processed once."""
     workdir = tmp_path_factory.mktemp("processing")
-    config = FleetConfig(vehicles=30, duration_s=86400, rate_hz=0.2, seed=UNSEEN_SEED, anomaly_rate=4.0)
+    config = FleetConfig(
+        vehicles=30, duration_s=86400, rate_hz=0.2, seed=UNSEEN_SEED, anomaly_rate=4.0
+    )
     records, labels = _simulate(config)
     rng = random.Random(1)
     stream = _disorder(records, rng)
@@ -96,9 +100,17 @@ def processed_day(brokers: infra.InfraSettings, tmp_path_factory: pytest.TempPat
         "labels": labels,
         "exit_code": exit_code,
         "bad": bad,
-        "stats": [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, t["stats"], expect=1)],
-        "alerts": [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, t["alerts"], expect=1)],
-        "sessions": [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, t["sessions"], expect=1)],
+        "stats": [
+            orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, t["stats"], expect=1)
+        ],
+        "alerts": [
+            orjson.loads(r.value)
+            for r in read_topic(brokers.kafka_bootstrap, t["alerts"], expect=1)
+        ],
+        "sessions": [
+            orjson.loads(r.value)
+            for r in read_topic(brokers.kafka_bootstrap, t["sessions"], expect=1)
+        ],
         "quarantine": read_topic(brokers.kafka_bootstrap, t["quarantine"], expect=len(bad)),
         "log": run.log(),
     }
@@ -109,10 +121,13 @@ def _pandas_stats(records: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(records)
     df["window_start"] = df["ts"] - df["ts"] % WINDOW_MS
     df["arrival"] = np.arange(len(df))
-    dup_counts = df.groupby(["vehicle_id", "window_start"]).size() - df.groupby(
-        ["vehicle_id", "window_start"]
-    )["seq"].nunique()
-    df = df.sort_values("arrival").drop_duplicates(["vehicle_id", "window_start", "seq"], keep="first")
+    dup_counts = (
+        df.groupby(["vehicle_id", "window_start"]).size()
+        - df.groupby(["vehicle_id", "window_start"])["seq"].nunique()
+    )
+    df = df.sort_values("arrival").drop_duplicates(
+        ["vehicle_id", "window_start", "seq"], keep="first"
+    )
     df = df.sort_values(["vehicle_id", "window_start", "ts", "seq"])
     ev = df["powertrain"] == "ev"
     df["rate"] = np.where(ev, df["power_kw"], df["fuel_rate_lph"])
@@ -157,9 +172,10 @@ def _pandas_stats(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 COMPARED = (
-    "samples", "first_seq", "last_seq", "missing", "duplicates", "distance_km", "avg_speed_kmh", "max_speed_kmh",
-    "energy_used_kwh", "energy_added_kwh", "fuel_used_l", "consumption_wh_per_km", "consumption_l_per_100km",
-    "level_start_pct", "level_end_pct", "level_min_pct", "level_max_pct", "max_temp_c", "min_tpms_bar",
+    "samples", "first_seq", "last_seq", "missing", "duplicates", "distance_km", "avg_speed_kmh",
+    "max_speed_kmh", "energy_used_kwh", "energy_added_kwh", "fuel_used_l", "consumption_wh_per_km",
+    "consumption_l_per_100km", "level_start_pct", "level_end_pct", "level_min_pct", "level_max_pct",
+    "max_temp_c", "min_tpms_bar",
 )  # fmt: skip
 
 
@@ -190,7 +206,9 @@ def test_every_stats_record_equals_the_pandas_computation(processed_day: dict[st
     assert sum(1 for s in stats if s["consumption_wh_per_km"] is not None) > 100
 
 
-def test_bad_records_are_quarantined_and_the_app_never_crashed(processed_day: dict[str, Any]) -> None:
+def test_bad_records_are_quarantined_and_the_app_never_crashed(
+    processed_day: dict[str, Any],
+) -> None:
     assert processed_day["exit_code"] == 0, processed_day["log"]
     quarantined = processed_day["quarantine"]
     assert len(quarantined) == len(processed_day["bad"])
@@ -200,7 +218,7 @@ def test_bad_records_are_quarantined_and_the_app_never_crashed(processed_day: di
 def test_detection_quality_on_an_unseen_seed(processed_day: dict[str, Any]) -> None:
     alerts = processed_day["alerts"]
     scores = evaluate(processed_day["labels"], alerts)
-    print("\n" + format_scores(scores))
+    print("\n" + format_scores(scores))  # noqa: T201 - the report row of this test
     assert scores["overall"].f1 >= 0.9
     for kind, score in scores.items():
         assert score.labels > 0, kind
@@ -212,7 +230,11 @@ def test_detection_quality_on_an_unseen_seed(processed_day: dict[str, Any]) -> N
     assert all(n == 1 for n in raised.values())
     assert set(cleared) <= set(raised)
     for alert in alerts[:50]:
-        assert alert["message"] and alert["evidence"] and alert["detector"].startswith(("rule:", "model:"))
+        assert (
+            alert["message"]
+            and alert["evidence"]
+            and alert["detector"].startswith(("rule:", "model:"))
+        )
 
 
 def test_sessions_are_consistent(processed_day: dict[str, Any]) -> None:
@@ -248,16 +270,28 @@ def test_kill_minus_nine_gives_the_same_outputs_as_a_clean_run(
     crashy.wait_consumed(1)  # metrics restart at 0 after the crash; wait for the rest below
     clean.wait_consumed(len(records))
     clean.stop()
-    clean_stats = sorted(r.value for r in read_topic(brokers.kafka_bootstrap, clean.topics["stats"], expect=1))
+    clean_stats = sorted(
+        r.value for r in read_topic(brokers.kafka_bootstrap, clean.topics["stats"], expect=1)
+    )
     # The restarted process resumes from its last committed checkpoint; wait until it caught up.
     crashy_records = read_topic(
-        brokers.kafka_bootstrap, crashy.topics["stats"], expect=len(clean_stats), timeout_s=180, settle_s=5
+        brokers.kafka_bootstrap,
+        crashy.topics["stats"],
+        expect=len(clean_stats),
+        timeout_s=180,
+        settle_s=5,
     )
     crashy.stop()
     crashy_stats = sorted(r.value for r in crashy_records)
     assert clean_stats == crashy_stats
-    clean_alerts = [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, clean.topics["alerts"], expect=1)]
-    crashy_alerts = [orjson.loads(r.value) for r in read_topic(brokers.kafka_bootstrap, crashy.topics["alerts"], expect=1)]
+    clean_alerts = [
+        orjson.loads(r.value)
+        for r in read_topic(brokers.kafka_bootstrap, clean.topics["alerts"], expect=1)
+    ]
+    crashy_alerts = [
+        orjson.loads(r.value)
+        for r in read_topic(brokers.kafka_bootstrap, crashy.topics["alerts"], expect=1)
+    ]
     crashy_ids = [a["alert_id"] for a in crashy_alerts]
     assert len(crashy_ids) == len(set(crashy_ids)), "duplicate alert ids after the crash"
     assert sorted(crashy_ids) == sorted(a["alert_id"] for a in clean_alerts)

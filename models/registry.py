@@ -1,0 +1,132 @@
+"""Versioned model artifacts saved with skops (never pickle) and a ``current`` pointer.
+
+Layout of a registry folder::
+
+    <root>/<version>/model.skops      the estimator (skops format)
+    <root>/<version>/metadata.json    version, created_at, features, threshold, versions
+    <root>/current                    the promoted version's name
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import sklearn
+import skops
+import skops.io as sio
+
+from models.errors import ModelError
+
+# Types a detector artifact may contain beyond skops' defaults. Anything else is refused.
+TRUSTED_TYPES: Final = ["sklearn.tree._tree.Tree"]
+MODEL_FILE: Final = "model.skops"
+METADATA_FILE: Final = "metadata.json"
+CURRENT: Final = "current"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """An estimator with its metadata."""
+
+    version: str
+    estimator: Any
+    metadata: dict[str, Any]
+
+    @property
+    def features(self) -> list[str]:
+        """Feature names in the order the estimator expects."""
+        return list(self.metadata["features"])
+
+    @property
+    def threshold(self) -> float:
+        """Scores below this are anomalous."""
+        return float(self.metadata["threshold"])
+
+
+def new_version() -> str:
+    """A sortable version name from the current UTC time."""
+    return datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ")
+
+
+def save(estimator: Any, metadata: dict[str, Any], root: Path, version: str | None = None) -> Path:
+    """Write a new version folder; returns it. Does not promote it."""
+    version = version or new_version()
+    folder = root / version
+    folder.mkdir(parents=True, exist_ok=False)
+    sio.dump(estimator, folder / MODEL_FILE)
+    meta = {
+        **metadata,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "library_versions": {
+            "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (folder / METADATA_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    return folder
+
+
+def promote(root: Path, version: str) -> None:
+    """Point ``current`` at ``version`` atomically (the pipeline picks it up)."""
+    load(root / version)  # refuse to promote something that would not load
+    tmp = root / f".{CURRENT}.tmp"
+    tmp.write_text(version + "\n", "utf-8")
+    os.replace(tmp, root / CURRENT)
+
+
+def current_version(root: Path) -> str | None:
+    """The promoted version, or None."""
+    try:
+        return (root / CURRENT).read_text("utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def list_versions(root: Path) -> list[str]:
+    """All version folders, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
+
+
+def load(folder: Path) -> LoadedModel:
+    """Load one version, refusing artifacts with types outside :data:`TRUSTED_TYPES`.
+
+    Raises:
+        ModelError: Missing, corrupt or untrusted artifact.
+    """
+    model_file = folder / MODEL_FILE
+    try:
+        metadata = orjson.loads((folder / METADATA_FILE).read_bytes())
+        untrusted = sio.get_untrusted_types(file=model_file)
+    except (OSError, orjson.JSONDecodeError, ValueError, KeyError) as exc:
+        msg = f"cannot read model artifact {folder}: {exc}"
+        raise ModelError(msg) from exc
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        msg = f"model artifact {folder} contains untrusted types {unexpected}; refusing to load it"
+        raise ModelError(msg)
+    try:
+        estimator = sio.load(model_file, trusted=TRUSTED_TYPES)
+    except Exception as exc:  # any deserialisation failure means corrupt
+        msg = f"model artifact {folder} is corrupt: {exc}"
+        raise ModelError(msg) from exc
+    for key in ("features", "threshold"):
+        if key not in metadata:
+            msg = f"model artifact {folder} lacks metadata '{key}'"
+            raise ModelError(msg)
+    return LoadedModel(str(metadata.get("version", folder.name)), estimator, metadata)
+
+
+def load_current(root: Path) -> LoadedModel | None:
+    """Load the promoted version, or None when nothing is promoted."""
+    version = current_version(root)
+    return None if version is None else load(root / version)
