@@ -158,12 +158,7 @@ def window_stats(
     )
 
 
-FEATURES: Final = (
-    "consumption_ratio",
-    "avg_speed_kmh",
-    "avg_outside_temp_c",
-    "distance_km",
-)
+FEATURES: Final = ("consumption_ratio", "avg_speed_kmh")
 
 
 def consumption(stats: WindowStats) -> float | None:

@@ -29,6 +29,7 @@ class ProcessingRun:
     group: str = ""
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    model_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.group = self.group or f"{self.prefix}-group"
@@ -57,6 +58,7 @@ class ProcessingRun:
             "FLEETSTREAM_PROCESSING_CONSUMER_GROUP": self.group,
             "FLEETSTREAM_PROCESSING_STATE_DIR": str(self.workdir / f"state-{self.group}"),
             "FLEETSTREAM_PROCESSING_METRICS_PORT": str(self.port),
+            **({"FLEETSTREAM_PROCESSING_MODEL_DIR": str(self.model_dir)} if self.model_dir else {}),
         }
 
     def start(self) -> None:

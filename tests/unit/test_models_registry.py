@@ -1,0 +1,90 @@
+"""skops registry: save, promote, load; tampered or corrupt artifacts are refused."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from models.errors import ModelError
+from models.registry import (
+    MODEL_FILE,
+    current_version,
+    list_versions,
+    load,
+    load_current,
+    promote,
+    save,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class Sneaky:
+    """A callable class from outside the trusted list."""
+
+    def __call__(self, x: object) -> object:
+        return x
+
+
+META = {"features": ["consumption_ratio", "avg_speed_kmh"], "threshold": -0.6}
+
+
+def _forest() -> IsolationForest:
+    rng = np.random.default_rng(0)
+    return IsolationForest(n_estimators=10, random_state=0).fit(rng.random((50, 2)))
+
+
+def test_save_promote_load_round_trip(tmp_path: Path) -> None:
+    folder = save(_forest(), META, tmp_path, version="v1")
+    assert list_versions(tmp_path) == ["v1"]
+    assert load_current(tmp_path) is None
+    promote(tmp_path, "v1")
+    assert current_version(tmp_path) == "v1"
+    model = load_current(tmp_path)
+    assert model is not None
+    assert model.version == "v1"
+    assert model.features == META["features"]
+    assert model.threshold == -0.6
+    assert "scikit-learn" in model.metadata["library_versions"]
+    score = model.estimator.score_samples([[0.5, 0.5]])
+    assert score.shape == (1,)
+    assert (folder / MODEL_FILE).is_file()
+
+
+def test_artifact_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+    folder = save(_forest(), META, tmp_path, version="v1")
+    # Replace the estimator by one carrying a type nobody vetted (it could run any code).
+    sio.dump(make_pipeline(FunctionTransformer(Sneaky()), _forest()), folder / MODEL_FILE)
+    with pytest.raises(ModelError, match="untrusted types"):
+        load(folder)
+    with pytest.raises(ModelError):
+        promote(tmp_path, "v1")
+    assert current_version(tmp_path) is None
+
+
+def test_corrupt_artifact_is_refused(tmp_path: Path) -> None:
+    folder = save(_forest(), META, tmp_path, version="v1")
+    (folder / MODEL_FILE).write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="cannot read|corrupt"):
+        load(folder)
+
+
+def test_truncated_zip_is_refused(tmp_path: Path) -> None:
+    folder = save(_forest(), META, tmp_path, version="v1")
+    with zipfile.ZipFile(folder / MODEL_FILE, "w") as broken:
+        broken.writestr("schema.json", "{}")
+    with pytest.raises(ModelError):
+        load(folder)
+
+
+def test_missing_metadata_is_refused(tmp_path: Path) -> None:
+    folder = save(_forest(), {"features": ["a"]}, tmp_path, version="v1")
+    with pytest.raises(ModelError, match="threshold"):
+        load(folder)

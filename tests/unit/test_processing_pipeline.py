@@ -1,0 +1,280 @@
+"""The processing pipeline without brokers: ``parse``, then every branch via ``sdf.test()``.
+
+``define_pipeline`` is built on a real Quix Streams ``Application`` whose broker address
+points nowhere; the input ``Topic`` is made by hand (``app.topic()`` would ask a broker for
+its configuration), changelog topics are off, and the state stores (RocksDB in a temporary
+directory) are assigned to partition 0 by hand, which is what a consumer rebalance does.
+Messages are then pushed one at a time with ``StreamingDataFrame.test()``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from quixstreams import Application
+from quixstreams.models import TopicConfig
+from quixstreams.models.messagecontext import MessageContext
+from quixstreams.models.topics import Topic
+
+from processing.detectors import detect
+from processing.metrics import ProcessingMetrics
+from processing.pipeline import PipelineConfig, define_pipeline, encode, parse
+from processing.sessions import track
+from processing.stats import to_sample, window_stats
+from simulator import Fleet, FleetConfig
+from telemetry.contract import validate
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_767_225_600_000  # a multiple of the window
+WINDOW_MS = 60_000
+GRACE_MS = 10_000
+BRANCHES = ("stats", "sessions", "alerts", "window_alerts", "quarantine")
+
+
+def ev(s: int, **fields: Any) -> dict[str, Any]:
+    """A valid EV record ``s`` seconds after T0."""
+    record: dict[str, Any] = {
+        "schema": 1, "vehicle_id": "car-1", "ts": T0 + s * 1000, "seq": s,
+        "powertrain": "ev", "state": "parked", "lat": 48.1, "lon": 11.5, "speed_kmh": 0.0,
+        "odometer_km": 1000.0, "heading_deg": 0.0, "elevation_m": 500.0,
+        "outside_temp_c": 10.0, "inside_temp_c": 20.0, "tpms_fl_bar": 2.5, "tpms_fr_bar": 2.5,
+        "tpms_rl_bar": 2.5, "tpms_rr_bar": 2.5, "battery_level_pct": 80.0,
+        "battery_capacity_kwh": 75.0, "power_kw": 0.3, "range_est_km": 300.0,
+        "battery_temp_c": 20.0, "charger_power_kw": 0.0, "charge_energy_added_kwh": 0.0,
+    }  # fmt: skip
+    record.update(fields)
+    return dict(validate(record))
+
+
+# ---------------------------------------------------------------------------------- parse
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not_json"),
+        (b"", "not_json"),
+        (b"\xff\xfe\xfd", "not_json"),
+        (b"[1, 2, 3]", "not_object"),
+        (b'{"schema": 2}', "unknown_schema:schema"),
+        (b'{"vehicle_id": "car-1"}', "missing:schema"),
+        (orjson.dumps({**ev(0), "schema": 2}), "unknown_schema:schema"),
+        (orjson.dumps({**ev(0), "speed_kmh": 1001}), "out_of_range:speed_kmh"),
+        (orjson.dumps({**ev(0), "speed_kmh": True}), "wrong_type:speed_kmh"),
+        (orjson.dumps({**ev(0), "state": "flying"}), "bad_value:state"),
+        (orjson.dumps({**ev(0), "vehicle_id": None}), "null:vehicle_id"),
+        (orjson.dumps({k: v for k, v in ev(0).items() if k != "power_kw"}), "missing:power_kw"),
+        (b"{" + b'"pad": "' + b"x" * 70_000 + b'"}', "oversize"),
+    ],
+)
+def test_parse_marks_invalid_payloads(payload: bytes, reason: str) -> None:
+    result = parse(payload)
+    assert result["_invalid"] == reason
+    assert result["_raw"] == payload
+    assert isinstance(result["_detail"], str)
+    assert result["_detail"].startswith(reason.split(":", maxsplit=1)[0])
+
+
+def test_parse_returns_the_record_as_a_dict() -> None:
+    record = {**ev(7), "extra_field": "kept"}
+    result = parse(orjson.dumps(record))
+    assert type(result) is dict
+    assert "_invalid" not in result
+    assert result == record
+
+
+def test_parse_accepts_a_record_without_seq() -> None:
+    # Sources without sequence numbers (the tesla adapter) send seq: null.
+    record = {**ev(7), "seq": None, "odometer_km": None}
+    assert parse(orjson.dumps(record)) == record
+
+
+def test_encode_is_compact_json() -> None:
+    assert encode({"a": 1, "b": [None, 1.5]}) == b'{"a":1,"b":[null,1.5]}'
+
+
+# ----------------------------------------------------------------------- the whole pipeline
+
+
+class Harness:
+    """``define_pipeline`` on a broker-less Application; ``send`` runs one message through."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.metrics = ProcessingMetrics()
+        self.app = Application(
+            broker_address="127.0.0.1:1",  # never contacted: no topic is created or consumed
+            consumer_group="unit",
+            state_dir=state_dir,
+            use_changelog_topics=False,
+            loglevel=None,
+        )
+        self.topic = Topic("vehicle-telemetry", value_deserializer="bytes")
+        self.topic.broker_config = TopicConfig(
+            num_partitions=1,
+            replication_factor=1,
+            extra_config={"retention.ms": "-1", "retention.bytes": "-1"},
+        )
+        self.sdf = self.app.dataframe(self.topic)
+        pipeline = define_pipeline(
+            self.sdf, PipelineConfig(window_ms=WINDOW_MS, grace_ms=GRACE_MS, metrics=self.metrics)
+        )
+        for name in BRANCHES:
+            getattr(pipeline, name).apply(self._tag(name))
+        self.app._state_manager.on_partition_assign(self.sdf.stream_id, 0, {})
+        self.app._processing_context.init_checkpoint()  # type: ignore[no-untyped-call]
+        self.offset = 0
+        self.out: dict[str, list[Any]] = defaultdict(list)
+
+    @staticmethod
+    def _tag(name: str) -> Callable[[Any], tuple[str, Any]]:
+        return lambda value: (name, value)
+
+    def send(self, value: bytes | dict[str, Any], key: str = "car-1") -> dict[str, list[Any]]:
+        """Process one message; returns (and records) what each branch emitted."""
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        ts = orjson.loads(raw)["ts"] if not isinstance(value, bytes) else 0
+        ctx = MessageContext(self.topic.name, 0, self.offset, len(raw))
+        self.offset += 1
+        emitted: dict[str, list[Any]] = defaultdict(list)
+        for (name, result), *_ in self.sdf.test(raw, key=key.encode(), timestamp=ts, ctx=ctx):
+            emitted[name].append(result)
+            self.out[name].append(result)
+        return emitted
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The current value of a processing metric."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        """Close the state stores."""
+        self.app._state_manager.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path / "state")
+    yield h
+    h.close()
+
+
+def test_invalid_payloads_go_to_quarantine_only(harness: Harness) -> None:
+    for payload in (b"not json", b'{"schema": 2}', orjson.dumps({**ev(0), "speed_kmh": -5})):
+        emitted = harness.send(payload)
+        assert dict(emitted) == {"quarantine": [payload]}
+    assert harness.metric("fleetstream_processing_records_in_total") == 3
+    quarantined = "fleetstream_processing_quarantined_total"
+    assert harness.metric(quarantined, reason="not_json") == 1
+    assert harness.metric(quarantined, reason="unknown_schema") == 1
+    assert harness.metric(quarantined, reason="out_of_range") == 1
+
+
+def car_sequence() -> list[dict[str, Any]]:
+    """180 s of one EV: driving at 36 km/h until 90 s, then parked; a speed glitch at 30 s."""
+    records = []
+    for s in range(180):
+        driving = s < 90
+        records.append(
+            ev(
+                s,
+                state="driving" if driving else "parked",
+                speed_kmh=400.0 if s == 30 else (36.0 if driving else 0.0),
+                odometer_km=round(1000.0 + 0.01 * min(s, 89), 4),
+                power_kw=12.0 if driving else 0.3,
+                battery_level_pct=round(80.0 - 0.01 * min(s, 89), 4),
+            )
+        )
+    return records
+
+
+def test_sessions_alerts_and_windows_match_the_pure_functions(harness: Harness) -> None:
+    records = car_sequence()
+    stream = list(records)
+    stream.insert(26, records[20])  # a redelivered duplicate, six messages late
+    for record in stream:
+        harness.send(record)
+
+    # Sessions and alerts: exactly what the pure functions give for the car's records.
+    car: dict[str, Any] = {}
+    sessions: list[Any] = []
+    alerts: list[Any] = []
+    for record in stream:
+        alerts += detect(car, record)
+        sessions += track(car, record)
+    assert [s["kind"] for s in sessions] == ["drive"]
+    assert harness.out["sessions"] == sessions
+    assert sessions[0]["distance_km"] == pytest.approx(0.89)
+    assert [(a["kind"], a["status"], (a["ts"] - T0) // 1000) for a in alerts] == [
+        ("sensor_glitch", "raised", 30),
+        ("sensor_glitch", "cleared", 100),
+    ]
+    assert harness.out["alerts"] == alerts
+
+    # Windows [0, 60) s and [60, 120) s have closed (partition time 179 s >= 120 + 10 s);
+    # [120, 180) s has not.
+    stats = harness.out["stats"]
+    assert [(w["window_start"] - T0, w["window_end"] - T0) for w in stats] == [
+        (0, WINDOW_MS),
+        (WINDOW_MS, 2 * WINDOW_MS),
+    ]
+    for window in stats:
+        start = window["window_start"]
+        samples = [to_sample(r) for r in stream if start <= r["ts"] < start + WINDOW_MS]
+        assert window == window_stats("car-1", "ev", start, start + WINDOW_MS, samples)
+    assert stats[0]["duplicates"] == 1
+    assert stats[0]["samples"] == 60
+    assert stats[1]["duplicates"] == 0
+    assert harness.out["window_alerts"] == []
+    assert harness.out["quarantine"] == []
+    assert harness.metric("fleetstream_processing_windows_total") == 2
+    assert harness.metric("fleetstream_processing_records_in_total") == len(stream)
+    assert harness.metric("fleetstream_processing_alerts_total", kind="sensor_glitch",
+                          status="raised") == 1  # fmt: skip
+
+
+def test_a_record_later_than_the_grace_is_counted_not_windowed(harness: Harness) -> None:
+    records = [ev(s) for s in range(0, 140)]
+    for record in records:
+        harness.send(record)
+    assert len(harness.out["stats"]) == 2
+    late = ev(5, seq=10_000)  # a new message for a window closed long ago
+    emitted = harness.send(late)
+    assert dict(emitted) == {}
+    assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 1
+    # The next window closes without it.
+    for s in range(140, 200):
+        harness.send(ev(s))
+    assert [w["samples"] for w in harness.out["stats"]] == [60, 60, 60]
+
+
+def test_simulated_cars_get_per_car_windows(harness: Harness) -> None:
+    config = FleetConfig(vehicles=3, duration_s=200, seed=4)
+    fleet = Fleet(config)
+    records = [r for _ in range(200) for r in fleet.tick()]
+    for record in records:
+        harness.send(record, key=record["vehicle_id"])
+    stats = harness.out["stats"]
+    closed = {(w["vehicle_id"], w["window_start"]) for w in stats}
+    starts = {r["ts"] // WINDOW_MS * WINDOW_MS for r in records}
+    latest = max(r["ts"] for r in records)
+    expected = {
+        (vid, start)
+        for vid in fleet.vehicle_ids
+        for start in starts
+        if start + WINDOW_MS + GRACE_MS <= latest
+    }
+    assert len(expected) == 9  # 3 cars x windows [0, 60), [60, 120), [120, 180) s
+    assert closed == expected
+    assert len(stats) == len(closed)
+    for window in stats:
+        vid, start = window["vehicle_id"], window["window_start"]
+        mine = [
+            r for r in records if r["vehicle_id"] == vid and start <= r["ts"] < start + WINDOW_MS
+        ]
+        samples = [to_sample(r) for r in mine]
+        assert window == window_stats(vid, mine[0]["powertrain"], start, start + WINDOW_MS, samples)
