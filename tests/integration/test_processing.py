@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from fleetstream import infra
-from processing.evaluate import evaluate, format_scores
 from models.consumption import MODEL_FEATURES, train_isolation_forest, window_feature_rows
 from models.registry import promote, save
+from processing.evaluate import evaluate, format_scores
 from simulator import Fleet, FleetConfig, iter_records
 
 from .ingest_harness import read_topic

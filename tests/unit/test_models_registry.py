@@ -72,7 +72,7 @@ def test_artifact_with_untrusted_types_is_refused(tmp_path: Path) -> None:
 def test_corrupt_artifact_is_refused(tmp_path: Path) -> None:
     folder = save(_forest(), META, tmp_path, version="v1")
     (folder / MODEL_FILE).write_bytes(b"not a zip file")
-    with pytest.raises(ModelError, match="cannot read|corrupt"):
+    with pytest.raises(ModelError, match=r"cannot read|corrupt"):
         load(folder)
 
 
