@@ -21,6 +21,7 @@ from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 
 _log = logging.getLogger("fleetstream.demo")
 TELEMETRY_TOPIC = "vehicle-telemetry"
+OUTPUT_TOPICS = (TELEMETRY_TOPIC, "vehicle-stats", "vehicle-sessions", "vehicle-alerts")
 
 
 def topic_size(bootstrap: str, topic: str) -> int:
@@ -89,15 +90,21 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
         "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "FLEETSTREAM_MQTT_CLIENT_ID": "fleetstream-demo-ingest",
     }
+    env["FLEETSTREAM_PROCESSING_STATE_DIR"] = str(settings.run_dir / "processing-state")
     stop = threading.Event()
-    with service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest:
+    with (
+        service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest,
+        service("processing", [sys.executable, "-m", "processing"], logs, env),
+    ):
         _wait_healthy("http://127.0.0.1:9464/healthz", ingest)
-        before = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC)
+        before = {t: topic_size(settings.kafka_bootstrap, t) for t in OUTPUT_TOPICS}
 
         def progress() -> None:
             while not stop.wait(10):
-                now = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before
-                _log.info("%s: +%d records since the demo started", TELEMETRY_TOPIC, now)
+                grown = {t: topic_size(settings.kafka_bootstrap, t) - n for t, n in before.items()}
+                _log.info(
+                    "since the demo started: %s", ", ".join(f"{t} +{n}" for t, n in grown.items())
+                )
 
         reporter = threading.Thread(target=progress, name="demo-progress", daemon=True)
         reporter.start()
@@ -127,7 +134,7 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
         finally:
             stop.set()
         time.sleep(2)  # let ingest confirm the last messages
-        added = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before
+        added = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before[TELEMETRY_TOPIC]
     if sim is not None:
         _log.info(
             "published %d messages; %s grew by %d records", sim.messages, TELEMETRY_TOPIC, added
