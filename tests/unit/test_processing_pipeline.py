@@ -27,7 +27,8 @@ from processing.pipeline import PipelineConfig, define_pipeline, encode, parse
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
 from simulator import Fleet, FleetConfig
-from telemetry.contract import validate
+
+from .records import make_ev
 
 pytestmark = pytest.mark.unit
 
@@ -39,17 +40,7 @@ BRANCHES = ("stats", "sessions", "alerts", "window_alerts", "quarantine")
 
 def ev(s: int, **fields: Any) -> dict[str, Any]:
     """A valid EV record ``s`` seconds after T0."""
-    record: dict[str, Any] = {
-        "schema": 1, "vehicle_id": "car-1", "ts": T0 + s * 1000, "seq": s,
-        "powertrain": "ev", "state": "parked", "lat": 48.1, "lon": 11.5, "speed_kmh": 0.0,
-        "odometer_km": 1000.0, "heading_deg": 0.0, "elevation_m": 500.0,
-        "outside_temp_c": 10.0, "inside_temp_c": 20.0, "tpms_fl_bar": 2.5, "tpms_fr_bar": 2.5,
-        "tpms_rl_bar": 2.5, "tpms_rr_bar": 2.5, "battery_level_pct": 80.0,
-        "battery_capacity_kwh": 75.0, "power_kw": 0.3, "range_est_km": 300.0,
-        "battery_temp_c": 20.0, "charger_power_kw": 0.0, "charge_energy_added_kwh": 0.0,
-    }  # fmt: skip
-    record.update(fields)
-    return dict(validate(record))
+    return make_ev(T0 + s * 1000, **{"seq": s, **fields})
 
 
 # ---------------------------------------------------------------------------------- parse

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from processing.sessions import SessionRecord, track
-from telemetry.contract import validate
+
+from .records import make_ev, make_ice
 
 pytestmark = pytest.mark.unit
 
@@ -19,33 +20,12 @@ HOUR_MS = 3_600_000
 
 def ev(ts: int, state: str, **fields: Any) -> dict[str, Any]:
     """A valid v1 EV record; ``fields`` override the defaults."""
-    record: dict[str, Any] = {
-        "schema": 1, "vehicle_id": "car-1", "ts": ts, "seq": (ts - T0) // 1000,
-        "powertrain": "ev", "state": state, "lat": 48.1, "lon": 11.5, "speed_kmh": 0.0,
-        "odometer_km": 1000.0, "heading_deg": 0.0, "elevation_m": 500.0,
-        "outside_temp_c": 10.0, "inside_temp_c": 20.0, "tpms_fl_bar": 2.5, "tpms_fr_bar": 2.5,
-        "tpms_rl_bar": 2.5, "tpms_rr_bar": 2.5, "battery_level_pct": 80.0,
-        "battery_capacity_kwh": 75.0, "power_kw": 0.0, "range_est_km": 300.0,
-        "battery_temp_c": 20.0, "charger_power_kw": 0.0, "charge_energy_added_kwh": 0.0,
-    }  # fmt: skip
-    record.update(fields)
-    return dict(validate(record))
+    return make_ev(ts, **{"state": state, "seq": (ts - T0) // 1000, "power_kw": 0.0, **fields})
 
 
 def ice(ts: int, state: str, **fields: Any) -> dict[str, Any]:
     """A valid v1 ICE record; ``fields`` override the defaults."""
-    record = ev(ts, state)
-    for name in (
-        "battery_level_pct", "battery_capacity_kwh", "power_kw", "range_est_km",
-        "battery_temp_c", "charger_power_kw", "charge_energy_added_kwh",
-    ):  # fmt: skip
-        del record[name]
-    record.update(
-        vehicle_id="car-2", powertrain="ice", fuel_level_pct=50.0, fuel_tank_l=50.0,
-        fuel_rate_lph=0.0, engine_rpm=0.0, coolant_temp_c=20.0, fuel_added_l=0.0,
-    )  # fmt: skip
-    record.update(fields)
-    return dict(validate(record))
+    return make_ice(ts, **{"state": state, "seq": (ts - T0) // 1000, **fields})
 
 
 def feed(records: list[dict[str, Any]]) -> list[SessionRecord]:
