@@ -130,7 +130,8 @@ class TireLeak:
         """Judge one record's tyre pressures against the learned shares."""
         pressures = [r[t] for t in self.TYRES]
         if any(p is None or p <= 0 for p in pressures):
-            return Verdict.quiet()
+            # A flat or silent tyre never ends an episode; it cannot start one either.
+            return Verdict(False, {}, normal=not active)
         mean = sum(pressures) / 4.0
         shares = [p / mean for p in pressures]
         base = m.get("base")
@@ -185,17 +186,19 @@ class LevelDrop:
             return Verdict(False, {}, normal=not active)
         span_s = (r["ts"] - anchor[0]) / 1000.0
         if span_s < self.min_span_s:
-            return Verdict(False, {}, normal=not active)
+            # Between two measurements the last measured trend stands.
+            return Verdict(False, {}, normal=m.get("normal", not active))
         rate = (anchor[1] - level) / (span_s / 3600.0)
         # Slide the anchor so the rate reflects the last few minutes.
         m["anchor"] = [r["ts"], level]
         evidence = {"drop_pct_per_h": round(rate, 3), "level_pct": level, "over_s": round(span_s)}
+        m["normal"] = rate < self.raise_pct_h / 3
         if rate > self.raise_pct_h:
             what = "battery" if self.powertrain == "ev" else "fuel"
             return Verdict(
                 True, evidence, f"parked, {what} level falling {rate:.1f} %/h", normal=False
             )
-        return Verdict(False, {}, normal=rate < self.raise_pct_h / 3)
+        return Verdict(False, {}, normal=m["normal"])
 
 
 class Overheat:

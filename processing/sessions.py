@@ -62,6 +62,7 @@ def _start(r: dict[str, Any]) -> dict[str, Any]:
         "added": 0.0,
         "counter": r["charge_energy_added_kwh"] if r["powertrain"] == "ev" else r["fuel_added_l"],
         "temp_sum": r["outside_temp_c"] or 0.0,
+        "temp_n": 0 if r["outside_temp_c"] is None else 1,
         "rate": r["power_kw"] if r["powertrain"] == "ev" else r["fuel_rate_lph"],
     }
 
@@ -111,7 +112,7 @@ def _finish(vid: str, powertrain: str, s: dict[str, Any], end_ts: int) -> Sessio
         drain_pct_per_h=level_drop / hours
         if kind == "idle" and level_drop is not None and hours > 0
         else None,
-        avg_outside_temp_c=s["temp_sum"] / s["samples"],
+        avg_outside_temp_c=s["temp_sum"] / s["temp_n"] if s.get("temp_n") else None,
     )
 
 
@@ -137,12 +138,19 @@ def track(state: dict[str, Any], r: dict[str, Any]) -> list[SessionRecord]:
         return out
     current["last_ts"] = r["ts"]
     current["samples"] += 1
+    # The first non-null reading starts the session's odometer and level.
     if r["odometer_km"] is not None:
         current["odo_end"] = r["odometer_km"]
+        if current["odo_start"] is None:
+            current["odo_start"] = r["odometer_km"]
     level = _level(r)
     if level is not None:
         current["level_end"] = level
+        if current["level_start"] is None:
+            current["level_start"] = level
     current["counter"] = r["charge_energy_added_kwh"] if ev else r["fuel_added_l"]
-    current["temp_sum"] += r["outside_temp_c"] or 0.0
+    if r["outside_temp_c"] is not None:
+        current["temp_sum"] += r["outside_temp_c"]
+        current["temp_n"] = current.get("temp_n", 0) + 1
     current["rate"] = r["power_kw"] if ev else r["fuel_rate_lph"]
     return out

@@ -229,11 +229,6 @@ def test_the_first_record_starts_a_session_and_emits_nothing() -> None:
     assert state["session"]["start_ts"] == T0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sessions.py adds `outside_temp_c or 0.0`, so null readings count as 0 °C "
-    "in avg_outside_temp_c (window_stats skips them)",
-)
 def test_null_outside_temperatures_do_not_pull_the_average_down() -> None:
     records = [
         ev(T0, "parked", outside_temp_c=10.0),
@@ -245,11 +240,6 @@ def test_null_outside_temperatures_do_not_pull_the_average_down() -> None:
     assert idle["avg_outside_temp_c"] == pytest.approx(10.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a session keeps the first record's odometer even when it is null, so the "
-    "whole drive gets distance None (window_stats uses the first non-null odometer)",
-)
 def test_a_null_odometer_on_the_first_record_does_not_lose_the_distance() -> None:
     records = [
         ev(T0, "driving", odometer_km=None, power_kw=10.0),
