@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from fleetstream import infra
 from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
@@ -24,8 +24,21 @@ TELEMETRY_TOPIC = "vehicle-telemetry"
 OUTPUT_TOPICS = (TELEMETRY_TOPIC, "vehicle-stats", "vehicle-sessions", "vehicle-alerts")
 
 
-def topic_size(bootstrap: str, topic: str) -> int:
-    """Records currently in a topic (sum of partition high watermarks minus low)."""
+def topic_size(bootstrap: str, topic: str, attempts: int = 20) -> int:
+    """Records currently in a topic (sum of partition high watermarks minus low).
+
+    A topic created a moment ago may not have elected its partition leaders yet
+    ("not leader for partition"): ask again for a few seconds.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return _topic_size(bootstrap, topic)
+        except KafkaException:
+            time.sleep(0.5)
+    return _topic_size(bootstrap, topic)
+
+
+def _topic_size(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetstream-demo-probe"})
     try:
         metadata = consumer.list_topics(topic, timeout=5).topics.get(topic)

@@ -10,6 +10,7 @@ from quixstreams import Application
 from quixstreams.models import TopicConfig
 
 from processing._settings import ProcessingSettings
+from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
 from telemetry.logs import configure_logging
@@ -88,6 +89,16 @@ def main() -> int:
         settings.processing_alerts_topic,
         settings.processing_guarantee,
     )
-    app.run()
+    lag = LagReporter(
+        settings.kafka_client_config(),
+        settings.processing_consumer_group,
+        settings.processing_input_topic,
+        metrics,
+    )
+    lag.start()
+    try:
+        app.run()
+    finally:
+        lag.stop()
     _log.info("processing stopped")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 90, 120, 300)
 
@@ -33,6 +33,11 @@ class ProcessingMetrics:
         )
         self.alerts = Counter(
             "fleetstream_processing_alerts", "Alert records", ["kind", "status"], registry=r
+        )
+        self.lag = Gauge(
+            "fleetstream_processing_consumer_lag",
+            "Input records not yet committed by the group",
+            registry=r,
         )
         self.model_version = Info(
             "fleetstream_processing_model", "The active detector model", registry=r
