@@ -61,6 +61,18 @@ def _quarantine_record(value: dict[str, Any]) -> bytes:
     return bytes(value["_raw"])
 
 
+def _quarantine_headers(
+    value: dict[str, Any], _key: Any, _timestamp: int, headers: Any
+) -> list[tuple[str, bytes]]:
+    # Same reason headers as ingest's quarantine, after the record's own headers.
+    own = [(k, v) for k, v in (headers or []) if k not in {"reason", "detail"}]
+    return [
+        *own,
+        ("reason", value["_invalid"].encode()),
+        ("detail", value["_detail"].encode()[:1024]),
+    ]
+
+
 def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
     """Build the stats, sessions, alerts and quarantine branches from the telemetry stream."""
     cfg = config or PipelineConfig()
@@ -159,7 +171,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         sessions=sessions,
         alerts=alerts.apply(count_alert),
         window_alerts=window_alerts.apply(count_alert),
-        quarantine=quarantine.apply(_quarantine_record),
+        quarantine=quarantine.set_headers(_quarantine_headers).apply(_quarantine_record),
     )
 
 

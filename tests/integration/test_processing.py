@@ -228,6 +228,9 @@ def test_bad_records_are_quarantined_and_the_app_never_crashed(
     quarantined = processed_day["quarantine"]
     assert len(quarantined) == len(processed_day["bad"])
     assert Counter(r.value for r in quarantined) == Counter(processed_day["bad"])
+    reasons = {r.headers["reason"].decode().split(":")[0] for r in quarantined}
+    assert reasons == {"not_json", "not_object", "unknown_schema"}
+    assert all(r.headers.get("detail") for r in quarantined)
 
 
 def test_detection_quality_on_an_unseen_seed(processed_day: dict[str, Any]) -> None:
