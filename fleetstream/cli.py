@@ -256,6 +256,54 @@ def evaluate(
     typer.echo(format_scores(score(label_rows, alert_rows, window_ms=window_s * 1000)))
 
 
+models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+_REGISTRY_HELP = "Registry folder (also FLEETSTREAM_PROCESSING_MODEL_DIR)."
+
+
+@models_app.command("list")
+def models_list(
+    registry: Path = typer.Option(
+        Path("models/registry"),
+        "--registry",
+        envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
+        help=_REGISTRY_HELP,
+    ),
+) -> None:
+    """List model versions; the promoted one is marked with '*'."""
+    from models.registry import current_version, list_versions
+
+    current = current_version(registry)
+    versions = list_versions(registry)
+    if not versions:
+        typer.echo(f"no models in {registry}")
+        return
+    for version in versions:
+        typer.echo(f"{'*' if version == current else ' '} {version}")
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str = typer.Argument(..., help="Version folder name to promote."),
+    registry: Path = typer.Option(
+        Path("models/registry"),
+        "--registry",
+        envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
+        help=_REGISTRY_HELP,
+    ),
+) -> None:
+    """Point the registry's 'current' at VERSION; a running pipeline loads it within seconds."""
+    from models.errors import ModelError
+    from models.registry import promote
+
+    try:
+        promote(registry, version)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"promoted {version}")
+
+
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:
     typer.echo(f"{'service':<10} {'state':<10} {'pid':>8} {'rss MiB':>8}  ports")
     for s in statuses:

@@ -1,0 +1,41 @@
+"""`fleetstream models list|promote` on a registry folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+from typer.testing import CliRunner
+
+from fleetstream.cli import app
+from models.registry import current_version, save
+
+pytestmark = pytest.mark.unit
+
+
+def _save(root: Path, version: str) -> None:
+    model = IsolationForest(n_estimators=5, random_state=0).fit(np.zeros((10, 2)))
+    save(model, {"features": ["a", "b"], "threshold": -0.5}, root, version=version)
+
+
+def test_list_and_promote(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert "no models" in runner.invoke(app, ["models", "list", "--registry", str(tmp_path)]).output
+    _save(tmp_path, "v1")
+    _save(tmp_path, "v2")
+    result = runner.invoke(app, ["models", "promote", "v2", "--registry", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert current_version(tmp_path) == "v2"
+    listing = runner.invoke(
+        app, ["models", "list", "--registry", str(tmp_path)]
+    ).output.splitlines()
+    assert listing == ["  v1", "* v2"]
+
+
+def test_promoting_a_missing_version_fails_clearly(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["models", "promote", "v9", "--registry", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "cannot read model artifact" in result.output
+    assert current_version(tmp_path) is None
