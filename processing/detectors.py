@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 
-from processing.stats import window_features
+from processing.stats import consumption, window_features
 
 if TYPE_CHECKING:
     from models.registry import LoadedModel
@@ -270,7 +270,6 @@ class AlertBook:
             episode = self._id(vehicle_id, kind, ts)
             book[kind] = {
                 "episode": episode,
-                "since": ts,
                 "normal_since": None,
                 "evidence": verdict.evidence,
             }
@@ -370,15 +369,9 @@ class HighConsumption:
     STREAK: Final = 3
     ALPHA: Final = 0.1
 
-    @staticmethod
-    def _value(stats: dict[str, Any]) -> float | None:
-        ev = stats["powertrain"] == "ev"
-        value = stats["consumption_wh_per_km"] if ev else stats["consumption_l_per_100km"]
-        return None if value is None else float(value)
-
     def features(self, m: dict[str, Any], stats: dict[str, Any]) -> dict[str, float] | None:
         """Model features of a driving window against the car's current baseline, if it has one."""
-        value = self._value(stats)
+        value = consumption(stats)  # type: ignore[arg-type]
         if value is None or (stats["distance_km"] or 0.0) < self.MIN_DISTANCE_KM:
             return None
         if m.get("base") is None or m.get("n", 0) < self.WARMUP_WINDOWS:
@@ -393,7 +386,7 @@ class HighConsumption:
         model: LoadedModel | None = None,
     ) -> Verdict:
         """Judge one closed window, then (if normal) fold it into the car's baseline."""
-        value = self._value(stats)
+        value = consumption(stats)  # type: ignore[arg-type]
         if value is None or (stats["distance_km"] or 0.0) < self.MIN_DISTANCE_KM:
             m["streak"] = 0
             return Verdict(False, {}, normal=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from quixstreams import State, message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.dataframe.windows import Collect
@@ -173,8 +172,3 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         window_alerts=window_alerts.apply(count_alert),
         quarantine=quarantine.set_headers(_quarantine_headers).apply(_quarantine_record),
     )
-
-
-def encode(value: Any) -> bytes:
-    """Serialise an output record."""
-    return orjson.dumps(value)

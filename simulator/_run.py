@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -209,12 +209,3 @@ def run_to_mqtt(
     if qos > 0 and publisher.acked < sent:
         _log.warning("only %d of %d QoS 1 messages were acknowledged", publisher.acked, sent)
     return report
-
-
-def write_stream(records: Iterator[dict[str, Any]], out: IO[bytes]) -> int:
-    """Write records as JSON lines; returns the count."""
-    count = 0
-    for record in records:
-        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        count += 1
-    return count

@@ -23,10 +23,11 @@ from quixstreams.models.topics import Topic
 
 from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
-from processing.pipeline import PipelineConfig, define_pipeline, encode, parse
+from processing.pipeline import PipelineConfig, define_pipeline, parse
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
 from simulator import Fleet, FleetConfig
+from telemetry.contract import encode
 
 from .records import make_ev
 
