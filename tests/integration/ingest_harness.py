@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import psutil
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetstream import infra
@@ -256,19 +256,30 @@ class KafkaRecord:
 def read_topic(
     bootstrap: str, topic: str, expect: int, timeout_s: float = 90.0, settle_s: float = 2.0
 ) -> list[KafkaRecord]:
-    """Read a topic from the start until ``expect`` records arrived, then ``settle_s`` quiet."""
+    """Read a topic from the start until ``expect`` records arrived, then ``settle_s`` quiet.
+
+    Partitions are assigned directly (no consumer group), so no rebalance can interfere
+    with what the test sees; only committed (read_committed) records are returned.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{topic}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "isolation.level": "read_committed",
         }
     )
-    consumer.subscribe([topic])
-    out: list[KafkaRecord] = []
     deadline = time.monotonic() + timeout_s
+    partitions: list[int] = []
+    while not partitions and time.monotonic() < deadline:
+        metadata = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is not None and metadata.error is None:
+            partitions = sorted(metadata.partitions)
+        else:
+            time.sleep(0.2)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out: list[KafkaRecord] = []
     last_new = time.monotonic()
     try:
         while time.monotonic() < deadline:
