@@ -258,17 +258,17 @@ def evaluate(
 
 models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-_REGISTRY_HELP = "Registry folder (also FLEETSTREAM_PROCESSING_MODEL_DIR)."
+_REGISTRY_OPTION = typer.Option(
+    Path("models/registry"),
+    "--registry",
+    envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
+    help="Registry folder (also FLEETSTREAM_PROCESSING_MODEL_DIR).",
+)
 
 
 @models_app.command("list")
 def models_list(
-    registry: Path = typer.Option(
-        Path("models/registry"),
-        "--registry",
-        envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
-        help=_REGISTRY_HELP,
-    ),
+    registry: Path = _REGISTRY_OPTION,
 ) -> None:
     """List model versions; the promoted one is marked with '*'."""
     from models.registry import current_version, list_versions
@@ -285,12 +285,7 @@ def models_list(
 @models_app.command("promote")
 def models_promote(
     version: str = typer.Argument(..., help="Version folder name to promote."),
-    registry: Path = typer.Option(
-        Path("models/registry"),
-        "--registry",
-        envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
-        help=_REGISTRY_HELP,
-    ),
+    registry: Path = _REGISTRY_OPTION,
 ) -> None:
     """Point the registry's 'current' at VERSION; a running pipeline loads it within seconds."""
     from models.errors import ModelError
