@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything `make demo` / `make test` need on a bare Debian machine with Java 17 + Maven:
-# Mosquitto (apt, when missing), uv, the locked virtualenv, the Kafka jars.
+# Mosquitto and Chromium (apt, when missing), uv, the locked virtualenv, the Kafka jars.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,13 @@ fi
 # The broker is started by `fleetstream infra up`, never by the distribution's service.
 if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
   as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+# The dashboard's browser test drives Debian's Chromium with Playwright (Playwright cannot
+# download its own browser here).
+if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium from Debian packages"
+  apt_install chromium
 fi
 
 for tool in java mvn; do
