@@ -95,6 +95,8 @@ class KafkaFeed:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "latest",
+                # processing writes with transactions: never show aborted records.
+                "isolation.level": "read_committed",
                 "error_cb": self._on_error,
                 "client.id": "fleetstream-dashboard",
             }

@@ -28,7 +28,13 @@ _log = logging.getLogger("dashboard")
 RUNTIME_KEY: Final = "fleetstream_runtime"  # tests put a Runtime with recorded data here
 PAGES: Final = ("Fleet overview", "Alerts", "Car", "Efficiency")
 MAX_ALERTS_SHOWN: Final = 50
-SEVERITY_ICONS: Final = {"critical": "🔴", "high": "🟠", "warning": "🟡", "info": "🔵"}
+# Streamlit markdown badges: no emoji (a browser without an emoji font shows boxes).
+SEVERITY_BADGES: Final = {
+    "critical": ":red-badge[critical]",
+    "high": ":orange-badge[high]",
+    "warning": ":yellow-badge[warning]",
+    "info": ":blue-badge[info]",
+}
 
 
 def _release(runtime: Runtime) -> None:
@@ -52,7 +58,7 @@ def current_runtime() -> Runtime:
 
 def main() -> None:
     """Render the dashboard: sidebar navigation and the live page body."""
-    st.set_page_config(page_title="fleetstream", page_icon="🚗", layout="wide")
+    st.set_page_config(page_title="fleetstream", layout="wide")
     runtime = current_runtime()
     st.sidebar.title("fleetstream")
     page = st.sidebar.radio("Page", PAGES, key="page")
@@ -121,7 +127,7 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
     row[3].metric("Active alerts", k.active_total)
     row = st.columns(4)
     for col, severity in zip(row, kpis.SEVERITIES, strict=True):
-        col.metric(f"{SEVERITY_ICONS[severity]} {severity}", k.active_alerts[severity])
+        col.metric(f"Active {severity}", k.active_alerts[severity])
     period = f"last {settings.dashboard_kpi_window_s / 60:g} min"
     last = st.columns(3)
     last[0].metric("EV consumption (Wh/km)", _fmt(k.ev_wh_per_km), help=period)
@@ -223,12 +229,13 @@ def render_alerts(snapshot: FleetSnapshot, runtime: Runtime) -> None:
 
 def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
     """One alert card with its feedback buttons."""
-    with st.container(border=True):
+    # The key gives the card a stable CSS class (st-key-alert-...) for browser tests.
+    with st.container(border=True, key=f"alert-{alert['alert_id']}"):
         text, ack, false_positive = st.columns([6, 1, 1])
         state = "active" if alert["active"] else f"cleared {_time(alert['cleared_ts'])}"
         verdict = f" · **{alert['verdict'].replace('_', ' ')}**" if alert["verdict"] else ""
         text.markdown(
-            f"{SEVERITY_ICONS.get(alert['severity'], '')} **{alert['severity']}** · "
+            f"{SEVERITY_BADGES.get(alert['severity'], alert['severity'])} "
             f"**{alert['kind']}** · `{alert['vehicle_id']}` · {_time(alert['ts'])} · "
             f"{state}{verdict}"
         )
