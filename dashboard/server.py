@@ -37,6 +37,8 @@ def streamlit_argv(host: str, port: int) -> list[str]:
         "none",
         "--server.runOnSave",
         "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
 
 
