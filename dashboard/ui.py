@@ -89,7 +89,9 @@ def render_page(runtime: Runtime, page: str) -> None:
 def render_status(snapshot: FleetSnapshot, runtime: Runtime) -> None:
     """The connection notice: a warning while Kafka is unreachable, else one caption line."""
     status = snapshot.status
-    if runtime.feed is not None and not status.connected:
+    if status.connected is None:
+        st.info(f"Connecting to Kafka {runtime.settings.kafka_bootstrap_servers}…")
+    elif not status.connected:
         detail = f" (last error: {status.last_error})" if status.last_error else ""
         st.warning(f"Reconnecting to Kafka {runtime.settings.kafka_bootstrap_servers}…{detail}")
     if status.last_message_at is None:

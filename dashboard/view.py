@@ -101,14 +101,15 @@ class FeedStatus:
     """How the Kafka feed is doing, for the "reconnecting" notice and the sidebar.
 
     Attributes:
-        connected: The last broker check succeeded and no broker error came since.
+        connected: The last broker check succeeded and no broker error came since;
+            None before the first check.
         last_error: The latest error text, kept after reconnecting for the sidebar.
         last_message_at: Wall-clock seconds of the latest record, or None.
         records: Records taken into the view, per kind.
         skipped: Records dropped as malformed.
     """
 
-    connected: bool
+    connected: bool | None
     last_error: str | None
     last_message_at: float | None
     records: dict[str, int]
@@ -183,7 +184,7 @@ class FleetView:
         self._cars: OrderedDict[str, _Car] = OrderedDict()
         self._alerts: OrderedDict[str, AlertEntry] = OrderedDict()  # by episode id
         self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._connected = False
+        self._connected: bool | None = None
         self._last_error: str | None = None
         self._last_message_at: float | None = None
         self._counts: dict[str, int] = dict.fromkeys(RECORD_KINDS, 0)
