@@ -53,6 +53,7 @@ CHROMIUM_ARGS = [
 OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output" / "dashboard"
 VEHICLES = 30
 GLITCH_CAR = "glitch-car"
+HOT_CAR = "hot-car"
 
 
 @dataclass
@@ -123,19 +124,28 @@ class DashboardProcess:
         return path.read_text("utf-8", errors="replace")[-5000:] if path.exists() else ""
 
 
-def publish_glitch(settings: infra.InfraSettings, prefix: str) -> None:
-    """Three records of one EV at 400 km/h: the sensor_glitch rule raises on the first."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-glitch")
+def publish_anomalies(settings: infra.InfraSettings, prefix: str) -> None:
+    """Two cars the per-record rules flag at once, published over MQTT like the fleet.
+
+    ``glitch-car`` drives at 400 km/h (sensor_glitch, info, raised on its first record);
+    ``hot-car``'s battery goes from 20 to 35 °C (overheat, critical: 9 °C over baseline).
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-anomalies")
     client.connect(settings.host, settings.mqtt_port)
     client.loop_start()
     try:
         now = time.time_ns() // 1_000_000
-        for i in range(3):
-            record = make_ev(
-                now + i * 1000, vehicle_id=GLITCH_CAR, seq=i, state="driving", speed_kmh=400.0
-            )
-            info = client.publish(f"{prefix}/{GLITCH_CAR}/telemetry", orjson.dumps(record), qos=1)
-            info.wait_for_publish(10)
+        records = [
+            make_ev(now + i * 1000, vehicle_id=GLITCH_CAR, seq=i, state="driving", speed_kmh=400.0)
+            for i in range(3)
+        ] + [
+            make_ev(now + i * 1000, vehicle_id=HOT_CAR, seq=i, lat=48.2, lon=11.45,
+                    battery_temp_c=20.0 if i == 0 else 35.0)
+            for i in range(3)
+        ]  # fmt: skip
+        for record in records:
+            topic = f"{prefix}/{record['vehicle_id']}/telemetry"
+            client.publish(topic, orjson.dumps(record), qos=1).wait_for_publish(10)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -234,7 +244,7 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         healthy_s = dashboard.wait_healthy()
-        publish_glitch(brokers, prefix)
+        publish_anomalies(brokers, prefix)
 
         with sync_playwright() as pw:
             browser = launch_chromium(pw.chromium)
@@ -253,8 +263,8 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
                 shots,
             )
             wait_until(
-                "an active alert",
-                lambda: first_number(metric_value(page, "Active alerts")) > 0,
+                "both active alerts",
+                lambda: first_number(metric_value(page, "Active alerts")) >= 2,
                 60,
                 page,
                 shots,
@@ -278,7 +288,8 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
             online = first_number(metric_value(page, "Cars online"))
             assert 0 < online <= VEHICLES + 1
-            assert first_number(metric_value(page, "Active info")) >= 1  # sensor_glitch is info
+            assert first_number(metric_value(page, "Active info")) >= 1  # sensor_glitch
+            assert first_number(metric_value(page, "Active critical")) >= 1  # overheat
             assert metric_value(page, "Data completeness").endswith("%")
 
             # Alert feed: the glitch alert with message and evidence; mark it false positive.
@@ -292,8 +303,12 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             )
             card = page.locator("[class*='st-key-alert-']", has_text=GLITCH_CAR)
             assert "speed_kmh=400.0" in card.first.inner_text()
+            button = card.first.get_by_role("button", name="False positive")
+            button.wait_for(state="visible")
+            page.get_by_text("Severity").first.wait_for(state="visible")
+            time.sleep(1.0)  # widgets fade in after their scripts load
             page.screenshot(path=str(shots / "dashboard-alerts.png"), full_page=True)
-            card.first.get_by_role("button", name="False positive").click()
+            button.click()
             feedback = read_topic(bootstrap, topics["feedback"], expect=1, timeout_s=30)
             assert feedback, "no feedback record reached Kafka"
             record = orjson.loads(feedback[0].value)
@@ -310,7 +325,18 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
                 page,
                 shots,
             )
+            time.sleep(1.0)
             page.screenshot(path=str(shots / "dashboard-car.png"), full_page=True)
+            page.locator("[data-testid='stSidebar']").get_by_text("Efficiency", exact=True).click()
+            wait_until(
+                "the efficiency page",
+                lambda: page.get_by_text("Consumption by outside temperature").count() > 0,
+                30,
+                page,
+                shots,
+            )
+            time.sleep(1.0)
+            page.screenshot(path=str(shots / "dashboard-efficiency.png"), full_page=True)
 
             # Kafka restart: a visible notice, then back to normal.
             page.locator("[data-testid='stSidebar']").get_by_text(
