@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, TypedDict
 
 import orjson
@@ -49,6 +50,20 @@ def feedback_record(alert: AlertEntry, verdict: Verdict, now_ms: int) -> Feedbac
         ts=now_ms,
         source=FEEDBACK_SOURCE,
     )
+
+
+def latest_verdicts(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The verdict per ``alert_id`` that counts as a label: the latest by ``ts``.
+
+    This is how a training job turns the feedback topic into labels: ``false_positive``
+    alerts are negatives, ``acknowledged`` ones confirmed positives.
+    """
+    latest: dict[str, tuple[int, str]] = {}
+    for record in records:
+        alert_id, ts = str(record["alert_id"]), int(record["ts"])
+        if alert_id not in latest or ts >= latest[alert_id][0]:
+            latest[alert_id] = (ts, str(record["verdict"]))
+    return {alert_id: verdict for alert_id, (_ts, verdict) in latest.items()}
 
 
 class FeedbackSink(Protocol):

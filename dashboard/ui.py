@@ -233,7 +233,7 @@ def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
     """One alert card with its feedback buttons."""
     # The key gives the card a stable CSS class (st-key-alert-...) for browser tests.
     with st.container(border=True, key=f"alert-{alert['alert_id']}"):
-        text, ack, false_positive = st.columns([6, 1, 1])
+        text, ack, false_positive = st.columns([5, 1.4, 1.4])
         state = "active" if alert["active"] else f"cleared {_time(alert['cleared_ts'])}"
         verdict = f" · **{alert['verdict'].replace('_', ' ')}**" if alert["verdict"] else ""
         text.markdown(
@@ -244,9 +244,9 @@ def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
         text.markdown(alert["message"])
         evidence = ", ".join(f"{k}={v}" for k, v in alert["evidence"].items())
         text.caption(f"evidence: {evidence or '-'} · detector {alert['detector']}")
-        if ack.button("Acknowledge", key=f"ack-{alert['alert_id']}"):
+        if ack.button("Acknowledge", key=f"ack-{alert['alert_id']}", width="stretch"):
             _send_feedback(runtime, alert, "acknowledged")
-        if false_positive.button("False positive", key=f"fp-{alert['alert_id']}"):
+        if false_positive.button("False positive", key=f"fp-{alert['alert_id']}", width="stretch"):
             _send_feedback(runtime, alert, "false_positive")
 
 
@@ -378,7 +378,14 @@ def render_efficiency(runtime: Runtime) -> None:
                 if part.empty:
                     st.caption("no driving windows yet")
                 else:
-                    st.bar_chart(part, x="temp_c", y="consumption", height=240)
+                    st.bar_chart(
+                        part,
+                        x="temp_c",
+                        y="consumption",
+                        x_label="outside temperature (°C, bin start)",
+                        y_label=unit,
+                        height=240,
+                    )
         st.dataframe(frame, hide_index=True)
     else:
         st.caption("No driving windows with consumption and outside temperature yet.")
@@ -386,7 +393,9 @@ def render_efficiency(runtime: Runtime) -> None:
     drains = kpis.idle_drain_per_car(runtime.view.all_sessions())
     if drains:
         frame = pd.DataFrame(drains)
-        st.bar_chart(frame, x="vehicle_id", y="drain_pct_per_h", height=240)
+        st.bar_chart(
+            frame, x="vehicle_id", y="drain_pct_per_h", x_label="car", y_label="%/h", height=240
+        )
         st.dataframe(frame, hide_index=True)
     else:
         st.caption("No idle sessions of a minute or more yet.")

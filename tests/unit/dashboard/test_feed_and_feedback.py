@@ -9,7 +9,7 @@ import pytest
 
 from dashboard.errors import FeedbackError
 from dashboard.feed import KafkaFeed
-from dashboard.feedback import KafkaFeedbackSink, feedback_record
+from dashboard.feedback import KafkaFeedbackSink, feedback_record, latest_verdicts
 from dashboard.server import streamlit_argv
 from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView
@@ -68,3 +68,13 @@ def test_feedback_error_when_kafka_does_not_confirm(small: Recording) -> None:
     with pytest.raises(FeedbackError, match="could not write feedback to feedback") as caught:
         sink.send(feedback_record(alert, "acknowledged", small.end_ms))
     assert isinstance(caught.value, FleetstreamError)
+
+
+def test_latest_verdict_per_alert_is_the_label() -> None:
+    records = [
+        {"alert_id": "a-raised", "verdict": "acknowledged", "ts": 1},
+        {"alert_id": "b-raised", "verdict": "acknowledged", "ts": 2},
+        {"alert_id": "a-raised", "verdict": "false_positive", "ts": 3},
+        {"alert_id": "b-raised", "verdict": "false_positive", "ts": 1},  # older: ignored
+    ]
+    assert latest_verdicts(records) == {"a-raised": "false_positive", "b-raised": "acknowledged"}
