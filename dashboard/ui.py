@@ -325,7 +325,11 @@ def render_car(snapshot: FleetSnapshot, runtime: Runtime) -> None:
     cols[2].metric(
         "Battery" if ev else "Fuel", _fmt(latest["level_pct"] if latest else None, 1, " %")
     )
-    cols[3].metric("Last seen", _time(latest["ts"]) if latest else "-")
+    cols[3].metric(
+        "Last seen",
+        _time(latest["ts"])[11:] if latest else "-",  # the time of day; the date is in help
+        help=_time(latest["ts"]) if latest else None,
+    )
     stats = stats_frame(history)
     samples = samples_frame(history)
     unit = "Wh/km" if ev else "L/100 km"
