@@ -12,6 +12,7 @@ from dashboard.runtime import Runtime
 from dashboard.ui import RUNTIME_KEY
 from dashboard.view import FleetView
 
+from ..records import make_ev
 from .fleet_data import Recording, runtime_for
 
 pytestmark = pytest.mark.unit
@@ -142,3 +143,19 @@ def test_efficiency_page(recorded: Recording) -> None:
     assert len(at.get("vega_lite_chart")) == 3  # EV bins, ICE bins, idle drain
     assert len(at.dataframe) == 2
     assert not at.exception
+
+
+def test_filters_and_car_choice_survive_new_cars_arriving(small: Recording) -> None:
+    runtime = runtime_for(small)
+    at = app_with(runtime, "Alerts")
+    at.multiselect(key="alert_cars").set_value(["ev-2"]).run()
+    runtime.view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="new-car"))
+    at.run()  # what the next refresh does
+    assert at.multiselect(key="alert_cars").value == ["ev-2"]
+    assert "new-car" in at.multiselect(key="alert_cars").options
+    at.sidebar.radio(key="page").set_value("Car").run()
+    at.selectbox(key="car").set_value("ice-1").run()
+    runtime.view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="aaa-car"))
+    at.run()
+    assert at.selectbox(key="car").value == "ice-1"
+    assert [m.value for m in at.metric][:2] == ["ICE", "refueling"]
