@@ -262,7 +262,7 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
                 page,
                 shots,
             )
-            wait_until(
+            alerts_s = wait_until(
                 "both active alerts",
                 lambda: first_number(metric_value(page, "Active alerts")) >= 2,
                 60,
@@ -379,8 +379,9 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
         assert dashboard.proc.poll() is None, dashboard.log()
         print(  # noqa: T201 - the measured numbers are part of the test's report
             f"dashboard e2e: healthy {healthy_s:.1f} s, first render {first_render_s:.1f} s, "
-            f"cars online after {online_s:.1f} s, first stats after {stats_s:.1f} s, "
-            f"consumption after {consumption_s:.1f} s, "
+            f"then (each wait after the previous one) cars online {online_s:.1f} s, "
+            f"both alerts {alerts_s:.1f} s, first stats {stats_s:.1f} s, "
+            f"fleet consumption {consumption_s:.1f} s, "
             f"notice {notice_s:.1f} s after Kafka stopped, gone {recovered_s:.1f} s after "
             f"restart, dashboard RSS {rss:.0f} MiB, total {time.monotonic() - began:.0f} s"
         )
