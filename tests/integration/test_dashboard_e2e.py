@@ -194,6 +194,12 @@ def wait_rendered(page: Page) -> None:
     )
 
 
+def records_read(page: Page) -> int:
+    """The count in the status line: "1,234 records read · …"."""
+    match = re.search(r"([\d,]+) records read", page.locator("[data-testid='stMain']").inner_text())
+    return int(match.group(1).replace(",", "")) if match else -1
+
+
 def first_number(text: str) -> int:
     match = re.search(r"\d+", text)
     return int(match.group()) if match else -1
@@ -368,6 +374,15 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             recovered_s = wait_until(
                 "the notice to go away after Kafka is back",
                 lambda: page.get_by_text("Reconnecting to Kafka").count() == 0,
+                60,
+                page,
+                shots,
+            )
+            # Records flow again (ingest buffered the fleet while Kafka was away).
+            before = records_read(page)
+            wait_until(
+                "new records after the restart",
+                lambda: records_read(page) > before,
                 60,
                 page,
                 shots,
