@@ -26,6 +26,7 @@ from dashboard.view import FleetView, RecordKind
 from telemetry.contract import ContractError, validate
 
 _log = logging.getLogger("dashboard.feed")
+_librdkafka_log = logging.getLogger("dashboard.librdkafka")
 
 _BATCH: Final = 1000
 _POLL_S: Final = 0.5
@@ -99,6 +100,9 @@ class KafkaFeed:
                 "isolation.level": "read_committed",
                 "error_cb": self._on_error,
                 "client.id": "fleetstream-dashboard",
+                # librdkafka's own log (connection failures while Kafka is away) goes
+                # through logging instead of straight to stderr.
+                "logger": _librdkafka_log,
             }
         )
         consumer = Consumer(config)

@@ -80,7 +80,12 @@ class KafkaFeedbackSink:
     """Produces feedback records and waits for Kafka's acknowledgement of each one."""
 
     def __init__(self, client_config: dict[str, Any], topic: str, timeout_s: float = 10.0) -> None:
-        self._config = {"acks": "all", "enable.idempotence": True, **client_config}
+        self._config = {
+            "acks": "all",
+            "enable.idempotence": True,
+            "logger": logging.getLogger("dashboard.librdkafka"),
+            **client_config,
+        }
         self._topic = topic
         self._timeout_s = timeout_s
         self._producer: Producer | None = None
