@@ -15,6 +15,7 @@ from typing import Any, Final
 import pandas as pd
 import pydeck as pdk
 import streamlit as st
+from pydantic import ValidationError
 
 from dashboard import kpis
 from dashboard.errors import FeedbackError
@@ -59,7 +60,13 @@ def current_runtime() -> Runtime:
 def main() -> None:
     """Render the dashboard: sidebar navigation and the live page body."""
     st.set_page_config(page_title="fleetstream", layout="wide")
-    runtime = current_runtime()
+    try:
+        runtime = current_runtime()
+    except ValidationError as exc:
+        # A wrong FLEETSTREAM_DASHBOARD_* variable: say which, not a traceback.
+        _log.error("invalid settings: %s", exc)
+        st.error(f"Invalid dashboard settings:\n\n{exc}")
+        st.stop()
     st.sidebar.title("fleetstream")
     page = st.sidebar.radio("Page", PAGES, key="page")
     st.sidebar.caption(

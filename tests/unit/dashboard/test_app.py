@@ -159,3 +159,12 @@ def test_filters_and_car_choice_survive_new_cars_arriving(small: Recording) -> N
     at.run()
     assert at.selectbox(key="car").value == "ice-1"
     assert [m.value for m in at.metric][:2] == ["ICE", "refueling"]
+
+
+def test_invalid_settings_are_reported_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETSTREAM_DASHBOARD_REFRESH_S", "0.1")
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "dashboard_refresh_s" in at.error[0].value
