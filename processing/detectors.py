@@ -404,9 +404,9 @@ class HighConsumption:
         features = self.features(m, stats)
         if model is not None and features is not None:
             row = [[features[name] for name in model.features]]
-            score = float(model.estimator.score_samples(row)[0])
+            score = float(model.scores(row)[0])
             evidence["score"] = round(score, 4)
-            high = score < model.threshold and ratio > 1.0
+            high = score >= model.threshold and ratio > 1.0
         else:
             high = ratio > self.RAISE_RATIO and count >= self.WARMUP_WINDOWS
         if high:

@@ -158,7 +158,9 @@ def window_stats(
     )
 
 
-FEATURES: Final = ("consumption_ratio", "avg_speed_kmh")
+# Every feature window_features() computes; a model artifact uses a subset of them.
+WINDOW_FEATURES: Final = ("consumption_ratio", "avg_speed_kmh", "avg_outside_temp_c", "distance_km")
+FEATURES: Final = WINDOW_FEATURES[:2]
 
 
 def consumption(stats: WindowStats) -> float | None:
