@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models import registry
 from models.dataset import iter_records, load_labels, load_telemetry
@@ -29,8 +30,9 @@ def _progress(show: bool) -> Iterator[Progress]:
     progress = Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
-        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
+        MofNCompleteColumn(),
         TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout stays the result (pipe-able)
         disable=not show,
     )
     with progress:
