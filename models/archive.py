@@ -258,8 +258,11 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            # A killed archiver's partitions move to its successor after this long.
+            "session.timeout.ms": 15_000,
         }
     )
+    assigned: list[bool] = []
 
     def flush_all(*_args: Any) -> None:
         for archive in archives.values():
@@ -272,7 +275,9 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
             _log.debug("commit: %s", exc)
 
     # A rebalance hands partitions to another archiver: write and commit first.
-    consumer.subscribe(list(topics), on_revoke=flush_all)
+    consumer.subscribe(
+        list(topics), on_assign=lambda *_args: assigned.append(True), on_revoke=flush_all
+    )
     skipped = 0
     started = time.monotonic()
     last = started
@@ -293,7 +298,11 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
                 last = time.monotonic()
             if any(a.due() for a in archives.values()):
                 flush_all()
-            if idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+            if not assigned:
+                # Joining the group can take a session timeout after a crash: being idle
+                # only counts once partitions are ours.
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
                 break
         flush_all()
     finally:
