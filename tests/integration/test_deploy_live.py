@@ -173,7 +173,7 @@ def test_compose_mosquitto_config_runs_a_real_mosquitto(tmp_path: Path) -> None:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="deploy-check", protocol=mqtt.MQTTv5
         )
-        client.on_message = lambda _c, _u, msg: received.append(msg.payload)
+        client.on_message = lambda _c, _u, msg: received.append(bytes(msg.payload))
         deadline = time.monotonic() + 20
         while True:
             try:
