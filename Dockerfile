@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
 # One image for every fleetstream service: `docker run fleetstream <subcommand>`.
 # Build: docker build -t fleetstream:local .   (docker-compose.yml builds it as fleetstream:local)
+# No BuildKit-only syntax (RUN --mount), so the classic builder of docker-compose 1.29 works too.
 
 # --- build stage: resolve the locked dependencies into /opt/venv with uv ---------------------
 FROM python:3.11-slim AS build
@@ -10,12 +10,12 @@ RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
-    UV_LINK_MODE=copy
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
 WORKDIR /src
 # Dependencies first (a layer that survives code changes), exactly as locked, no dev group.
 COPY pyproject.toml uv.lock README.md ./
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+RUN uv sync --frozen --no-dev --no-install-project
 # Then the project itself, installed as a regular (non-editable) package.
 COPY fleetstream ./fleetstream
 COPY telemetry ./telemetry
@@ -24,8 +24,7 @@ COPY ingest ./ingest
 COPY processing ./processing
 COPY dashboard ./dashboard
 COPY models ./models
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+RUN uv sync --frozen --no-dev --no-editable
 
 # --- runtime stage: the virtualenv only, no build tools, no source tree -----------------------
 FROM python:3.11-slim AS runtime

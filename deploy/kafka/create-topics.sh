@@ -2,7 +2,7 @@
 # Create every topic of topics.txt with its explicit partition count (idempotent).
 # Runs once in the apache/kafka image (service topic-init) after Kafka is healthy.
 set -eu
-bootstrap="${KAFKA_BOOTSTRAP:-kafka:9092}"
+bootstrap="${BOOTSTRAP_SERVER:-kafka:9092}"
 topics="${TOPICS_FILE:-/etc/fleetstream/topics.txt}"
 grep -v '^[[:space:]]*#' "$topics" | while read -r name partitions; do
   [ -n "$name" ] || continue

@@ -61,6 +61,9 @@ def test_dockerfile_install_steps_produce_a_working_fleetstream(tmp_path: Path) 
                     key, _, value = assignment.partition("=")
                     env[key] = value
                 env["UV_PROJECT_ENVIRONMENT"] = str(venv)  # not /opt/venv on this machine
+                # The image build has no cache to keep; here the cache setup.sh filled
+                # saves downloading every wheel again.
+                env.pop("UV_NO_CACHE", None)
             elif op == "COPY":
                 *sources, _dest = rest.split()
                 for source in sources:

@@ -492,6 +492,8 @@ def test_dockerfile_builds_a_small_non_root_image_from_the_lock() -> None:
     assert copies == ["--from=build /opt/venv /opt/venv"]
     assert not any(op == "RUN" and ("uv " in rest or "pip " in rest) for op, rest in runtime)
     assert not any(op == "ADD" for op, _ in steps)
+    # The classic builder (docker-compose 1.29 without BuildKit) knows no RUN --mount.
+    assert "--mount" not in runs
 
 
 def test_dockerfile_copies_every_package_and_nothing_ignored() -> None:
