@@ -319,6 +319,7 @@ def code_topics(rules_file: Path | None) -> set[str]:
         settings.processing_stats_topic,
         settings.processing_sessions_topic,
         settings.processing_alerts_topic,
+        settings.processing_shadow_alerts_topic,
         settings.processing_quarantine_topic,
     }
     return topics
