@@ -1,1 +1,11 @@
-"""Live Streamlit fleet dashboard (not built yet)."""
+"""Live Streamlit fleet dashboard (`fleetstream dashboard`, or `streamlit run dashboard/app.py`).
+
+Modules:
+    settings: ``DashboardSettings`` (env prefix ``FLEETSTREAM_``).
+    view: ``FleetView``, the thread-safe, size-bounded in-memory state the UI reads.
+    kpis: pure computations over a view snapshot (KPIs, map points, efficiency, filters).
+    feed: ``KafkaFeed``, the one background Kafka consumer per process.
+    feedback: alert feedback records and the Kafka producer that writes them.
+    runtime: wires settings, view, feed and feedback sink together.
+    ui: the Streamlit pages; ``app.py`` only calls ``ui.main()``.
+"""

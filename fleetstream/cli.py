@@ -384,6 +384,21 @@ def backtest(
     typer.echo(format_scores(scores))
 
 
+@app.command("dashboard")
+def dashboard(
+    host: str | None = typer.Option(
+        None, "--host", help="Address to listen on (default FLEETSTREAM_DASHBOARD_HOST, 127.0.0.1)."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="Port (default FLEETSTREAM_DASHBOARD_PORT, 8501)."
+    ),
+) -> None:
+    """Serve the live Streamlit fleet dashboard (reads stats, sessions, alerts from Kafka)."""
+    from dashboard.server import main as serve
+
+    raise typer.Exit(serve(host, port))
+
+
 models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 _REGISTRY_OPTION = typer.Option(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from dashboard.settings import DashboardSettings
 from fleetstream import infra
 from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 
@@ -105,11 +106,18 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
     }
     env["FLEETSTREAM_PROCESSING_STATE_DIR"] = str(settings.run_dir / "processing-state")
     stop = threading.Event()
+    dashboard_settings = DashboardSettings()
+    dashboard_url = (
+        f"http://{dashboard_settings.dashboard_host}:{dashboard_settings.dashboard_port}"
+    )
     with (
         service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest,
         service("processing", [sys.executable, "-m", "processing"], logs, env),
+        service("dashboard", [sys.executable, "-m", "dashboard"], logs, env) as dashboard,
     ):
         _wait_healthy("http://127.0.0.1:9464/healthz", ingest)
+        _wait_healthy(f"{dashboard_url}/_stcore/health", dashboard)
+        _log.info("dashboard: %s", dashboard_url)
         before = {t: topic_size(settings.kafka_bootstrap, t) for t in OUTPUT_TOPICS}
 
         def progress() -> None:

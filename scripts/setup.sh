@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make demo` / `make test` need on a bare Debian machine with Java 17 + Maven:
-# Mosquitto, docker-compose + promtool (apt, when missing), uv, the locked virtualenv, the Kafka jars.
+# Mosquitto, Chromium, docker-compose + promtool (apt, when missing), uv, the locked
+# virtualenv, the Kafka jars.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,13 @@ fi
 # promtool is all we need: never leave the distribution's Prometheus daemon running.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
   as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+# The dashboard's browser test drives Debian's Chromium with Playwright (Playwright cannot
+# download its own browser here).
+if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium from Debian packages"
+  apt_install chromium
 fi
 
 for tool in java mvn; do

@@ -30,6 +30,7 @@ class ProcessingRun:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     model_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.group = self.group or f"{self.prefix}-group"
@@ -61,6 +62,7 @@ class ProcessingRun:
             "FLEETSTREAM_PROCESSING_STATE_DIR": str(self.workdir / f"state-{self.group}"),
             "FLEETSTREAM_PROCESSING_METRICS_PORT": str(self.port),
             **({"FLEETSTREAM_PROCESSING_MODEL_DIR": str(self.model_dir)} if self.model_dir else {}),
+            **self.extra_env,
         }
 
     def start(self) -> None:

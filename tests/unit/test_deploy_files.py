@@ -19,6 +19,7 @@ import typer.core
 import typer.main
 import yaml
 
+from dashboard.settings import DashboardSettings
 from fleetstream import infra
 from fleetstream.cli import app
 from ingest import IngestSettings, load_rules
@@ -321,6 +322,7 @@ def code_topics(rules_file: Path | None) -> set[str]:
         settings.processing_alerts_topic,
         settings.processing_shadow_alerts_topic,
         settings.processing_quarantine_topic,
+        DashboardSettings().dashboard_feedback_topic,
     }
     return topics
 

@@ -1,0 +1,380 @@
+"""The dashboard's in-memory state: what the Kafka feed has seen, bounded in size.
+
+:class:`FleetView` is fed by one background thread (:mod:`dashboard.feed`) and read by
+every browser session's refresh, so every method takes the lock and readers get copies
+(:class:`FleetSnapshot`, :class:`CarHistory`), never the live containers. Memory is
+bounded: per car a fixed number of stats windows, sampled telemetry records and sessions;
+a fixed number of cars and alert episodes (the oldest go first).
+
+Records are the JSON objects of the Kafka topics as documented in docs/processing.md
+(``vehicle-stats``, ``vehicle-sessions``, ``vehicle-alerts``), v1 telemetry
+(docs/telemetry.md) and feedback records (:mod:`dashboard.feedback`). A record of the
+wrong shape raises ``KeyError``/``TypeError``/``ValueError``; the feed counts and skips it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypedDict
+
+from processing.sessions import SessionRecord
+from processing.stats import WindowStats
+
+RecordKind = Literal["telemetry", "stats", "sessions", "alerts", "feedback"]
+RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
+    "telemetry",
+    "stats",
+    "sessions",
+    "alerts",
+    "feedback",
+)
+# Feedback that arrives before its alert (another topic, another order) waits here.
+_MAX_PENDING_FEEDBACK: Final = 10_000
+
+
+class CarSample(TypedDict):
+    """The part of one telemetry record the dashboard keeps."""
+
+    ts: int
+    powertrain: str
+    state: str
+    lat: float | None
+    lon: float | None
+    speed_kmh: float | None
+    odometer_km: float | None
+    level_pct: float | None
+    temp_c: float | None
+    inside_temp_c: float | None
+    outside_temp_c: float | None
+    tpms_fl_bar: float | None
+    tpms_fr_bar: float | None
+    tpms_rl_bar: float | None
+    tpms_rr_bar: float | None
+
+
+class AlertEntry(TypedDict):
+    """One alert episode: its raised record, whether it cleared, and operator feedback."""
+
+    alert_id: str
+    episode_id: str
+    vehicle_id: str
+    kind: str
+    severity: str
+    ts: int
+    message: str
+    evidence: dict[str, Any]
+    detector: str
+    active: bool
+    cleared_ts: int | None
+    verdict: str | None
+    verdict_ts: int | None
+
+
+def sample_from_record(record: Mapping[str, Any]) -> CarSample:
+    """Compact a validated v1 telemetry record (EV level/temp or ICE level/temp)."""
+    ev = record["powertrain"] == "ev"
+    return CarSample(
+        ts=int(record["ts"]),
+        powertrain=str(record["powertrain"]),
+        state=str(record["state"]),
+        lat=record.get("lat"),
+        lon=record.get("lon"),
+        speed_kmh=record.get("speed_kmh"),
+        odometer_km=record.get("odometer_km"),
+        level_pct=record.get("battery_level_pct" if ev else "fuel_level_pct"),
+        temp_c=record.get("battery_temp_c" if ev else "coolant_temp_c"),
+        inside_temp_c=record.get("inside_temp_c"),
+        outside_temp_c=record.get("outside_temp_c"),
+        tpms_fl_bar=record.get("tpms_fl_bar"),
+        tpms_fr_bar=record.get("tpms_fr_bar"),
+        tpms_rl_bar=record.get("tpms_rl_bar"),
+        tpms_rr_bar=record.get("tpms_rr_bar"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """How the Kafka feed is doing, for the "reconnecting" notice and the sidebar.
+
+    Attributes:
+        connected: The last broker check succeeded and no broker error came since;
+            None before the first check.
+        last_error: The latest error text, kept after reconnecting for the sidebar.
+        last_message_at: Wall-clock seconds of the latest record, or None.
+        records: Records taken into the view, per kind.
+        skipped: Records dropped as malformed.
+    """
+
+    connected: bool | None
+    last_error: str | None
+    last_message_at: float | None
+    records: dict[str, int]
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class CarHistory:
+    """Copies of one car's bounded history, oldest first."""
+
+    vehicle_id: str
+    powertrain: str | None
+    samples: list[CarSample]
+    stats: list[WindowStats]
+    sessions: list[SessionRecord]
+    alerts: list[AlertEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """A consistent copy of the fleet at one moment.
+
+    Attributes:
+        latest: The latest kept telemetry sample per car.
+        powertrains: Powertrain per car, from any record kind.
+        recent_stats: Stats windows that ended at or after the snapshot's ``since_ms``.
+        alerts: Every kept alert episode, newest first.
+        status: The feed's status.
+    """
+
+    latest: dict[str, CarSample]
+    powertrains: dict[str, str]
+    recent_stats: list[WindowStats]
+    alerts: list[AlertEntry]
+    status: FeedStatus
+
+    @property
+    def vehicle_ids(self) -> list[str]:
+        """Every car the view knows, sorted."""
+        return sorted(self.powertrains)
+
+
+@dataclass(slots=True)
+class _Car:
+    samples: deque[CarSample]
+    stats: deque[WindowStats]
+    sessions: deque[SessionRecord]
+    powertrain: str | None = None
+    alert_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+
+
+class FleetView:
+    """Thread-safe, size-bounded fleet state built from Kafka records."""
+
+    def __init__(
+        self,
+        *,
+        windows_per_car: int = 720,
+        samples_per_car: int = 900,
+        sessions_per_car: int = 100,
+        max_alerts: int = 5000,
+        max_cars: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._windows_per_car = windows_per_car
+        self._samples_per_car = samples_per_car
+        self._sessions_per_car = sessions_per_car
+        self._max_alerts = max_alerts
+        self._max_cars = max_cars
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cars: OrderedDict[str, _Car] = OrderedDict()
+        self._alerts: OrderedDict[str, AlertEntry] = OrderedDict()  # by episode id
+        self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._connected: bool | None = None
+        self._last_error: str | None = None
+        self._last_message_at: float | None = None
+        self._counts: dict[str, int] = dict.fromkeys(RECORD_KINDS, 0)
+        self._skipped = 0
+
+    # -- writers (the feed thread) ---------------------------------------------------
+
+    def ingest(self, kind: RecordKind, record: Mapping[str, Any]) -> None:
+        """Take one decoded record of the given topic kind into the view.
+
+        Raises:
+            KeyError: The record lacks a field the view needs.
+            TypeError: A field has the wrong type.
+            ValueError: A field has a wrong value.
+        """
+        handlers = {
+            "telemetry": self._telemetry,
+            "stats": self._stats,
+            "sessions": self._session,
+            "alerts": self._alert,
+            "feedback": self._feedback,
+        }
+        handler = handlers[kind]
+        with self._lock:
+            handler(record)
+            self._counts[kind] += 1
+            self._last_message_at = self._clock()
+
+    def count_skipped(self) -> None:
+        """Count one malformed record the feed dropped."""
+        with self._lock:
+            self._skipped += 1
+
+    def set_connected(self, connected: bool, error: str | None = None) -> None:
+        """Record the feed's connection state (an error text is kept for display)."""
+        with self._lock:
+            self._connected = connected
+            if error is not None:
+                self._last_error = error
+
+    def _car(self, vehicle_id: str) -> _Car:
+        car = self._cars.get(vehicle_id)
+        if car is None:
+            car = _Car(
+                samples=deque(maxlen=self._samples_per_car),
+                stats=deque(maxlen=self._windows_per_car),
+                sessions=deque(maxlen=self._sessions_per_car),
+            )
+            self._cars[vehicle_id] = car
+            while len(self._cars) > self._max_cars:
+                self._cars.popitem(last=False)
+        else:
+            self._cars.move_to_end(vehicle_id)
+        return car
+
+    def _telemetry(self, record: Mapping[str, Any]) -> None:
+        sample = sample_from_record(record)
+        car = self._car(str(record["vehicle_id"]))
+        car.powertrain = sample["powertrain"]
+        if car.samples and sample["ts"] <= car.samples[-1]["ts"]:
+            return  # duplicate or out of order: the trace follows the car's clock
+        car.samples.append(sample)
+
+    def _stats(self, record: Mapping[str, Any]) -> None:
+        stats: WindowStats = dict(record)  # type: ignore[assignment]
+        car = self._car(str(stats["vehicle_id"]))
+        car.powertrain = str(stats["powertrain"])
+        end = int(stats["window_end"])
+        # Windows arrive in order per car; a replayed one replaces its first copy.
+        if car.stats and end <= car.stats[-1]["window_end"]:
+            for i, old in enumerate(car.stats):
+                if old["window_end"] == end:
+                    car.stats[i] = stats
+                    return
+            return
+        car.stats.append(stats)
+
+    def _session(self, record: Mapping[str, Any]) -> None:
+        session: SessionRecord = dict(record)  # type: ignore[assignment]
+        car = self._car(str(session["vehicle_id"]))
+        car.powertrain = str(session["powertrain"])
+        if any(s["session_id"] == session["session_id"] for s in car.sessions):
+            return
+        car.sessions.append(session)
+
+    def _alert(self, record: Mapping[str, Any]) -> None:
+        episode = str(record["episode_id"])
+        status = str(record["status"])
+        entry = self._alerts.get(episode)
+        if entry is None:
+            raised = status == "raised"
+            entry = AlertEntry(
+                alert_id=f"{episode}-raised",
+                episode_id=episode,
+                vehicle_id=str(record["vehicle_id"]),
+                kind=str(record["kind"]),
+                severity=str(record["severity"]),
+                ts=int(record["ts"]),
+                message=str(record["message"]),
+                evidence=dict(record.get("evidence") or {}),
+                detector=str(record.get("detector", "")),
+                active=raised,
+                cleared_ts=None if raised else int(record["ts"]),
+                verdict=None,
+                verdict_ts=None,
+            )
+            pending = self._pending.pop(entry["alert_id"], None)
+            if pending is not None:
+                entry["verdict"], entry["verdict_ts"] = pending
+            self._alerts[episode] = entry
+            self._car(entry["vehicle_id"]).alert_ids.append(episode)
+            while len(self._alerts) > self._max_alerts:
+                self._alerts.popitem(last=False)
+        elif status == "cleared":
+            entry["active"] = False
+            entry["cleared_ts"] = int(record["ts"])
+
+    def _feedback(self, record: Mapping[str, Any]) -> None:
+        alert_id = str(record["alert_id"])
+        verdict = str(record["verdict"])
+        ts = int(record["ts"])
+        entry = self._alerts.get(str(record.get("episode_id") or alert_id.rsplit("-", 1)[0]))
+        if entry is None:
+            self._pending[alert_id] = (verdict, ts)
+            while len(self._pending) > _MAX_PENDING_FEEDBACK:
+                self._pending.popitem(last=False)
+            return
+        if entry["verdict_ts"] is None or ts >= entry["verdict_ts"]:
+            entry["verdict"], entry["verdict_ts"] = verdict, ts
+
+    # -- readers (every browser session) -----------------------------------------------
+
+    def status(self) -> FeedStatus:
+        """The feed's current status."""
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> FeedStatus:
+        return FeedStatus(
+            connected=self._connected,
+            last_error=self._last_error,
+            last_message_at=self._last_message_at,
+            records=dict(self._counts),
+            skipped=self._skipped,
+        )
+
+    def snapshot(self, since_ms: int = 0) -> FleetSnapshot:
+        """Copy the latest state; ``recent_stats`` holds windows ending at or after since_ms."""
+        with self._lock:
+            latest = {vid: dict(car.samples[-1]) for vid, car in self._cars.items() if car.samples}
+            powertrains = {vid: car.powertrain for vid, car in self._cars.items() if car.powertrain}
+            recent: list[WindowStats] = []
+            for car in self._cars.values():
+                for stats in reversed(car.stats):
+                    if stats["window_end"] < since_ms:
+                        break
+                    recent.append(stats)
+            alerts: list[AlertEntry] = [AlertEntry(**a) for a in self._alerts.values()]
+            status = self._status()
+        alerts.sort(key=lambda a: a["ts"], reverse=True)
+        return FleetSnapshot(
+            latest=latest,  # type: ignore[arg-type]
+            powertrains=powertrains,
+            recent_stats=recent,
+            alerts=alerts,
+            status=status,
+        )
+
+    def car(self, vehicle_id: str) -> CarHistory | None:
+        """Copy one car's history, or None for an unknown car."""
+        with self._lock:
+            car = self._cars.get(vehicle_id)
+            if car is None:
+                return None
+            alerts = [AlertEntry(**self._alerts[e]) for e in car.alert_ids if e in self._alerts]
+            return CarHistory(
+                vehicle_id=vehicle_id,
+                powertrain=car.powertrain,
+                samples=list(car.samples),
+                stats=list(car.stats),
+                sessions=list(car.sessions),
+                alerts=alerts,
+            )
+
+    def all_stats(self) -> list[WindowStats]:
+        """Every kept stats window of every car (for the efficiency view)."""
+        with self._lock:
+            return [s for car in self._cars.values() for s in car.stats]
+
+    def all_sessions(self) -> list[SessionRecord]:
+        """Every kept session of every car (for the efficiency view)."""
+        with self._lock:
+            return [s for car in self._cars.values() for s in car.sessions]

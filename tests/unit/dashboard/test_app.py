@@ -1,0 +1,161 @@
+"""The Streamlit app under AppTest, with recorded data injected through session state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.feedback import ListFeedbackSink
+from dashboard.runtime import Runtime
+from dashboard.ui import RUNTIME_KEY
+from dashboard.view import FleetView
+
+from ..records import make_ev
+from .fleet_data import Recording, runtime_for
+
+pytestmark = pytest.mark.unit
+
+APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
+
+
+def app_with(runtime: Runtime, page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.session_state[RUNTIME_KEY] = runtime
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    if page is not None:
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_overview_shows_kpis_and_map(small: Recording) -> None:
+    at = app_with(runtime_for(small))
+    shown = metrics(at)
+    assert shown["Cars online"] == "2 / 3"
+    assert shown["Driving"] == "1"
+    assert shown["Charging / refuelling"] == "1"
+    assert shown["Active alerts"] == "2"
+    assert shown["Active critical"] == "1"
+    assert shown["Active high"] == "0"
+    assert shown["Active info"] == "1"
+    assert shown["EV consumption (Wh/km)"] == "150"
+    assert shown["ICE consumption (L/100 km)"] == "6.0"
+    assert shown["Data completeness"] == "98.89 %"
+    decks = at.get("deck_gl_json_chart")
+    assert len(decks) == 1
+    assert "ScatterplotLayer" in decks[0].proto.json
+    assert "ev-2" in decks[0].proto.json
+    assert not at.warning
+
+
+def test_reconnecting_notice_instead_of_a_traceback(small: Recording) -> None:
+    runtime = runtime_for(small)
+    runtime.view.set_connected(False, "Connection refused")
+    at = app_with(runtime)
+    assert len(at.warning) == 1
+    assert "Reconnecting to Kafka" in at.warning[0].value
+    assert "Connection refused" in at.warning[0].value
+    assert metrics(at)["Cars online"] == "2 / 3"  # the last known state stays visible
+
+
+def test_empty_view_waits_for_data() -> None:
+    runtime = Runtime(
+        settings=runtime_for(Recording()).settings, view=FleetView(), feedback=ListFeedbackSink()
+    )
+    at = app_with(runtime)
+    assert [i.value for i in at.info][:2] == [
+        "Connecting to Kafka 127.0.0.1:9092…"
+        if runtime.settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+        else f"Connecting to Kafka {runtime.settings.kafka_bootstrap_servers}…",
+        "Waiting for data from Kafka…",
+    ]
+    assert metrics(at)["Cars online"] == "0 / 0"
+
+
+def test_alert_feed_newest_first_with_filters(small: Recording) -> None:
+    at = app_with(runtime_for(small), "Alerts")
+    messages = [m.value for m in at.markdown if m.value.startswith(("ev-", "ice-"))]
+    assert messages == ["ev-1: overheat", "ev-2: sensor glitch", "ice-1: fuel loss"]
+    assert any("evidence: value=42" in c.value for c in at.caption)
+    at.multiselect(key="alert_severities").set_value(["high"]).run()
+    messages = [m.value for m in at.markdown if m.value.startswith(("ev-", "ice-"))]
+    assert messages == ["ice-1: fuel loss"]
+    at.multiselect(key="alert_severities").set_value([]).run()
+    at.checkbox(key="alert_active_only").check().run()
+    at.multiselect(key="alert_cars").set_value(["ev-2"]).run()
+    messages = [m.value for m in at.markdown if m.value.startswith(("ev-", "ice-"))]
+    assert messages == ["ev-2: sensor glitch"]
+
+
+def test_feedback_buttons_produce_records(small: Recording) -> None:
+    runtime = runtime_for(small)
+    at = app_with(runtime, "Alerts")
+    at.button(key="fp-ep-glitch-raised").click().run()
+    at.button(key="ack-ep-overheat-raised").click().run()
+    assert not at.exception
+    sink = runtime.feedback
+    assert isinstance(sink, ListFeedbackSink)
+    assert [(r["alert_id"], r["verdict"]) for r in sink.records] == [
+        ("ep-glitch-raised", "false_positive"),
+        ("ep-overheat-raised", "acknowledged"),
+    ]
+    assert sink.records[0] == {
+        "alert_id": "ep-glitch-raised",
+        "episode_id": "ep-glitch",
+        "vehicle_id": "ev-2",
+        "kind": "sensor_glitch",
+        "alert_ts": small.end_ms - 12 * 60_000,
+        "verdict": "false_positive",
+        "ts": small.end_ms,
+        "source": "dashboard",
+    }
+    # The view shows the verdicts at once, and a false positive is no longer active.
+    verdicts = {a["alert_id"]: a["verdict"] for a in runtime.view.snapshot().alerts}
+    assert verdicts["ep-glitch-raised"] == "false_positive"
+    at.sidebar.radio(key="page").set_value("Fleet overview").run()
+    assert metrics(at)["Active info"] == "0"
+
+
+def test_car_page_renders_charts_sessions_and_alerts(recorded: Recording) -> None:
+    runtime = runtime_for(recorded)
+    at = app_with(runtime, "Car")
+    car = at.selectbox(key="car")
+    assert car.value == "veh-00000"
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 6  # level, consumption, speed, tyres, temperatures, speed/window
+    assert len(at.dataframe) == 1  # recent drives/charges/refuels
+    # A car with alerts shows its alert cards.
+    with_alerts = next(a["vehicle_id"] for a in runtime.view.snapshot().alerts)
+    car.set_value(with_alerts).run()
+    assert not at.exception
+    assert any(m.value.startswith(f"{with_alerts}: ") for m in at.markdown)
+
+
+def test_efficiency_page(recorded: Recording) -> None:
+    at = app_with(runtime_for(recorded), "Efficiency")
+    assert len(at.get("vega_lite_chart")) == 3  # EV bins, ICE bins, idle drain
+    assert len(at.dataframe) == 2
+    assert not at.exception
+
+
+def test_filters_and_car_choice_survive_new_cars_arriving(small: Recording) -> None:
+    runtime = runtime_for(small)
+    at = app_with(runtime, "Alerts")
+    at.multiselect(key="alert_cars").set_value(["ev-2"]).run()
+    runtime.view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="new-car"))
+    at.run()  # what the next refresh does
+    assert at.multiselect(key="alert_cars").value == ["ev-2"]
+    assert "new-car" in at.multiselect(key="alert_cars").options
+    at.sidebar.radio(key="page").set_value("Car").run()
+    at.selectbox(key="car").set_value("ice-1").run()
+    runtime.view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="aaa-car"))
+    at.run()
+    assert at.selectbox(key="car").value == "ice-1"
+    assert [m.value for m in at.metric][:2] == ["ICE", "refueling"]
