@@ -256,6 +256,134 @@ def evaluate(
     typer.echo(format_scores(score(label_rows, alert_rows, window_ms=window_s * 1000)))
 
 
+@app.command("archive")
+def archive(
+    out: Path | None = typer.Option(
+        None, "--out", help="Archive root (default FLEETSTREAM_ARCHIVE_DIR or ./archive)."
+    ),
+    tables: str = typer.Option(
+        "telemetry,stats", "--tables", help="Comma-separated: telemetry, stats."
+    ),
+    until_idle: float | None = typer.Option(
+        None, "--until-idle", min=0.1, help="Exit after this many seconds without records."
+    ),
+) -> None:
+    """Write vehicle-telemetry and vehicle-stats to Parquet (date/powertrain partitions)."""
+    import signal
+
+    from pydantic import ValidationError
+
+    from models._settings import ArchiveSettings
+    from models.archive import TABLES, archive_topics
+
+    try:
+        settings = ArchiveSettings()
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    wanted = [t.strip() for t in tables.split(",") if t.strip()]
+    unknown = sorted(set(wanted) - set(TABLES))
+    if unknown or not wanted:
+        msg = f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}"
+        raise typer.BadParameter(msg, param_hint="--tables")
+    topic_of = {
+        "telemetry": settings.archive_telemetry_topic,
+        "stats": settings.archive_stats_topic,
+    }
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
+    report = archive_topics(
+        settings.kafka_client_config(),
+        {topic_of[t]: TABLES[t] for t in wanted},
+        out or settings.archive_dir,
+        group=settings.archive_consumer_group,
+        max_rows=settings.archive_max_rows,
+        max_age_s=settings.archive_max_age_s,
+        idle_exit_s=until_idle,
+        stop=lambda: bool(stopping),
+    )
+    rows = ", ".join(f"{name} {count:,}" for name, count in report.rows.items())
+    typer.echo(
+        f"archived {rows} rows in {report.files} file(s) in {report.seconds:.1f} s; "
+        f"{report.skipped} invalid record(s) skipped"
+    )
+
+
+@app.command("train")
+def train(
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Archive folder (e.g. archive/telemetry), Parquet/JSON-lines file or glob.",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Labels JSON lines; without them only unsupervised models."
+    ),
+    out: Path = typer.Option(
+        Path("models/registry"),
+        "--out",
+        envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
+        help="Registry folder the new version is written to (not promoted).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the estimators."),
+) -> None:
+    """Train and compare consumption models on a time split; save the best with a report."""
+    from models.errors import DataError
+    from models.workflow import run_train
+
+    try:
+        outcome = run_train(data, labels, out, seed=seed)
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for c in outcome.result.candidates:
+        val = f"validation F1 {c.validation.f1:.3f}" if c.validation else "no labels"
+        test = f", held-out F1 {c.test.f1:.3f}" if c.test else ""
+        mark = "*" if c is outcome.result.chosen else " "
+        typer.echo(f"{mark} {c.family.name:<24} {val}{test}")
+    base = outcome.result.baseline_test
+    if base is not None:
+        typer.echo(f"  {'fixed threshold':<24} held-out F1 {base.f1:.3f}")
+    typer.echo(f"saved {outcome.folder.name} in {out} (report: {outcome.folder / 'report.md'})")
+    typer.echo(f"promote it with: fleetstream models promote {outcome.folder.name}")
+
+
+@app.command("backtest")
+def backtest(
+    model: Path | None = typer.Option(
+        None, "--model", help="Model version folder; omit to backtest the rules alone."
+    ),
+    data: str = typer.Option(..., "--data", help="Archive folder, file or glob."),
+    labels: Path = typer.Option(..., "--labels", help="Labels JSON lines."),
+    since: str | None = typer.Option(
+        None, "--since", help="Score only labels and alerts from this ISO time (held-out range)."
+    ),
+    alerts_out: Path | None = typer.Option(
+        None, "--alerts-out", help="Also write the replayed alerts as JSON lines."
+    ),
+) -> None:
+    """Replay archived history through the detectors offline; print `evaluate`'s metrics."""
+    import orjson
+
+    from models.errors import DataError, ModelError
+    from models.workflow import run_backtest
+    from processing.evaluate import format_scores
+
+    since_ms = None
+    if since is not None:
+        when = datetime.fromisoformat(since)
+        since_ms = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    try:
+        scores, alerts = run_backtest(model, data, labels, since_ms)
+    except (DataError, ModelError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if alerts_out is not None:
+        alerts_out.write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
+    typer.echo(format_scores(scores))
+
+
 @app.command("dashboard")
 def dashboard(
     host: str | None = typer.Option(
@@ -285,16 +413,29 @@ _REGISTRY_OPTION = typer.Option(
 def models_list(
     registry: Path = _REGISTRY_OPTION,
 ) -> None:
-    """List model versions; the promoted one is marked with '*'."""
-    from models.registry import current_version, list_versions
+    """List model versions; '*' marks the promoted one, 's' the shadow candidate."""
+    import orjson
+
+    from models.registry import METADATA_FILE, SHADOW, current_version, list_versions
 
     current = current_version(registry)
+    shadow = current_version(registry, SHADOW)
     versions = list_versions(registry)
     if not versions:
         typer.echo(f"no models in {registry}")
         return
     for version in versions:
-        typer.echo(f"{'*' if version == current else ' '} {version}")
+        mark = "*" if version == current else ("s" if version == shadow else " ")
+        try:
+            meta = orjson.loads((registry / version / METADATA_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            meta = {}
+        f1 = (meta.get("candidates", {}).get(meta.get("family"), {}).get("test") or {}).get("f1")
+        detail = f"{meta.get('family', '?')}" + (
+            f", held-out F1 {f1:.3f}" if f1 is not None else ""
+        )
+        typer.echo(f"{mark} {version}  {detail}")
+    typer.echo("(* current, s shadow)")
 
 
 @models_app.command("promote")
@@ -312,6 +453,31 @@ def models_promote(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"promoted {version}")
+
+
+@models_app.command("shadow")
+def models_shadow(
+    version: str | None = typer.Argument(None, help="Version to score in shadow mode."),
+    clear: bool = typer.Option(False, "--clear", help="Stop shadow scoring."),
+    registry: Path = _REGISTRY_OPTION,
+) -> None:
+    """Score VERSION alongside the active model; its alerts go to vehicle-alerts.shadow."""
+    from models.errors import ModelError
+    from models.registry import SHADOW, promote, unset
+
+    if clear == (version is not None):
+        msg = "give a VERSION or --clear"
+        raise typer.BadParameter(msg)
+    if clear:
+        unset(registry, SHADOW)
+        typer.echo("shadow scoring stopped")
+        return
+    try:
+        promote(registry, version or "", SHADOW)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"shadowing {version}")
 
 
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:

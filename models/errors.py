@@ -7,3 +7,7 @@ from telemetry.errors import FleetstreamError
 
 class ModelError(FleetstreamError):
     """A model artifact is missing, corrupt, incompatible or carries untrusted types."""
+
+
+class DataError(FleetstreamError):
+    """Training, backtest or archive input that cannot be read."""

@@ -5,6 +5,7 @@ Layout of a registry folder::
     <root>/<version>/model.skops      the estimator (skops format)
     <root>/<version>/metadata.json    version, created_at, features, threshold, versions
     <root>/current                    the promoted version's name
+    <root>/shadow                     a candidate scored alongside (optional)
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ import skops.io as sio
 from models.errors import ModelError
 
 # Types a detector artifact may contain beyond skops' defaults. Anything else is refused.
-TRUSTED_TYPES: Final = ["sklearn.tree._tree.Tree"]
+TRUSTED_TYPES: Final = [
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
 MODEL_FILE: Final = "model.skops"
 METADATA_FILE: Final = "metadata.json"
 CURRENT: Final = "current"
+SHADOW: Final = "shadow"
+POINTERS: Final = (CURRENT, SHADOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +51,18 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
-        """Scores below this are anomalous."""
+        """Anomaly scores at or above this are anomalous."""
         return float(self.metadata["threshold"])
+
+    def scores(self, rows: Any) -> Any:
+        """Anomaly scores of feature rows (higher = more anomalous), as a numpy array.
+
+        ``metadata["score"]`` says how: ``neg_score_samples`` for outlier detectors
+        (IsolationForest), ``proba`` for classifiers (probability of the anomaly class).
+        """
+        if self.metadata["score"] == "proba":
+            return self.estimator.predict_proba(rows)[:, 1]
+        return -self.estimator.score_samples(rows)
 
 
 def new_version() -> str:
@@ -74,18 +90,37 @@ def save(estimator: Any, metadata: dict[str, Any], root: Path, version: str | No
     return folder
 
 
-def promote(root: Path, version: str) -> None:
-    """Point ``current`` at ``version`` atomically (the pipeline picks it up)."""
+def promote(root: Path, version: str, pointer: str = CURRENT) -> None:
+    """Point ``pointer`` (``current`` or ``shadow``) at ``version`` atomically.
+
+    A running pipeline re-reads the pointer every few seconds and loads that version.
+
+    Raises:
+        ModelError: The version does not load (it is never pointed at).
+    """
+    _check_pointer(pointer)
     load(root / version)  # refuse to promote something that would not load
-    tmp = root / f".{CURRENT}.tmp"
+    tmp = root / f".{pointer}.tmp"
     tmp.write_text(version + "\n", "utf-8")
-    os.replace(tmp, root / CURRENT)
+    os.replace(tmp, root / pointer)
 
 
-def current_version(root: Path) -> str | None:
-    """The promoted version, or None."""
+def unset(root: Path, pointer: str) -> None:
+    """Remove a pointer (``shadow``: stop shadow scoring)."""
+    _check_pointer(pointer)
+    (root / pointer).unlink(missing_ok=True)
+
+
+def _check_pointer(pointer: str) -> None:
+    if pointer not in POINTERS:
+        msg = f"unknown pointer {pointer!r}; expected one of {', '.join(POINTERS)}"
+        raise ModelError(msg)
+
+
+def current_version(root: Path, pointer: str = CURRENT) -> str | None:
+    """The version a pointer names, or None."""
     try:
-        return (root / CURRENT).read_text("utf-8").strip() or None
+        return (root / pointer).read_text("utf-8").strip() or None
     except FileNotFoundError:
         return None
 
@@ -119,11 +154,38 @@ def load(folder: Path) -> LoadedModel:
     except Exception as exc:  # any deserialisation failure means corrupt
         msg = f"model artifact {folder} is corrupt: {exc}"
         raise ModelError(msg) from exc
-    for key in ("features", "threshold"):
+    for key in ("features", "threshold", "score"):
         if key not in metadata:
             msg = f"model artifact {folder} lacks metadata '{key}'"
             raise ModelError(msg)
+    _check_compatible(folder, metadata, estimator)
     return LoadedModel(str(metadata.get("version", folder.name)), estimator, metadata)
+
+
+def _check_compatible(folder: Path, metadata: dict[str, Any], estimator: Any) -> None:
+    """Refuse artifacts this pipeline cannot score (unknown features or score method)."""
+    # Imported here: the processing package imports this module while it initialises.
+    from processing.stats import WINDOW_FEATURES  # noqa: PLC0415
+
+    unknown = sorted(set(metadata["features"]) - set(WINDOW_FEATURES))
+    if unknown or not metadata["features"]:
+        msg = (
+            f"model artifact {folder} is incompatible: features {unknown or '[]'} are not "
+            f"computed by this pipeline (it computes {list(WINDOW_FEATURES)})"
+        )
+        raise ModelError(msg)
+    method = metadata["score"]
+    needs = {"neg_score_samples": "score_samples", "proba": "predict_proba"}.get(method)
+    if needs is None or not hasattr(estimator, needs):
+        msg = f"model artifact {folder} is incompatible: score method {method!r} is not usable"
+        raise ModelError(msg)
+    n_in = getattr(estimator, "n_features_in_", len(metadata["features"]))
+    if n_in != len(metadata["features"]):
+        msg = (
+            f"model artifact {folder} is incompatible: the estimator expects {n_in} "
+            f"features, metadata lists {len(metadata['features'])}"
+        )
+        raise ModelError(msg)
 
 
 def load_current(root: Path) -> LoadedModel | None:

@@ -43,6 +43,7 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
             ("stats", settings.processing_stats_topic),
             ("sessions", settings.processing_sessions_topic),
             ("alerts", settings.processing_alerts_topic),
+            ("shadow", settings.processing_shadow_alerts_topic),
         )
     }
     quarantine = app.topic(
@@ -61,6 +62,7 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
     pipeline.sessions.to_topic(outputs["sessions"])
     pipeline.alerts.to_topic(outputs["alerts"])
     pipeline.window_alerts.to_topic(outputs["alerts"])
+    pipeline.shadow_alerts.to_topic(outputs["shadow"])
     pipeline.quarantine.to_topic(quarantine)
     return app
 

@@ -20,6 +20,10 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_stats_topic: str = "vehicle-stats"
     processing_sessions_topic: str = "vehicle-sessions"
     processing_alerts_topic: str = "vehicle-alerts"
+    processing_shadow_alerts_topic: str = Field(
+        default="vehicle-alerts.shadow",
+        description="Would-be alerts of the registry's shadow model (candidate under test).",
+    )
     processing_quarantine_topic: str = "vehicle-telemetry.processing-quarantine"
     processing_partitions: int = Field(
         default=4, ge=1, description="Partitions of topics processing creates."

@@ -368,6 +368,7 @@ class HighConsumption:
     WARMUP_WINDOWS: Final = 5
     STREAK: Final = 3
     ALPHA: Final = 0.1
+    SAME_DRIVE_MS: Final = 300_000
 
     def features(self, m: dict[str, Any], stats: dict[str, Any]) -> dict[str, float] | None:
         """Model features of a driving window against the car's current baseline, if it has one."""
@@ -376,7 +377,9 @@ class HighConsumption:
             return None
         if m.get("base") is None or m.get("n", 0) < self.WARMUP_WINDOWS:
             return None
-        return window_features(stats, m["base"])  # type: ignore[arg-type]
+        last = m.get("last")  # [window_end, ratio] of the previous driving window
+        same_drive = last is not None and stats["window_start"] - last[0] <= self.SAME_DRIVE_MS
+        return window_features(stats, m["base"], last[1] if same_drive else None)  # type: ignore[arg-type,index]
 
     def check(
         self,
@@ -396,17 +399,18 @@ class HighConsumption:
             m["base"], m["n"] = value, 1
             return Verdict.quiet()
         ratio = value / base
+        features = self.features(m, stats)
+        m["last"] = [stats["window_end"], ratio]
         evidence: dict[str, Any] = {
             "consumption": round(value, 3),
             "baseline": round(base, 3),
             "ratio": round(ratio, 3),
         }
-        features = self.features(m, stats)
         if model is not None and features is not None:
             row = [[features[name] for name in model.features]]
-            score = float(model.estimator.score_samples(row)[0])
+            score = float(model.scores(row)[0])
             evidence["score"] = round(score, 4)
-            high = score < model.threshold and ratio > 1.0
+            high = score >= model.threshold and ratio > 1.0
         else:
             high = ratio > self.RAISE_RATIO and count >= self.WARMUP_WINDOWS
         if high:

@@ -42,6 +42,16 @@ class ProcessingMetrics:
         self.model_version = Info(
             "fleetstream_processing_model", "The active detector model", registry=r
         )
+        self.shadow_version = Info(
+            "fleetstream_processing_shadow_model",
+            "The candidate model scored in shadow mode (empty: none)",
+            registry=r,
+        )
+        self.models_refused = Counter(
+            "fleetstream_processing_models_refused",
+            "Promoted model versions refused (corrupt, untrusted or incompatible)",
+            registry=r,
+        )
         self.window_latency = Histogram(
             "fleetstream_processing_window_close_latency_seconds",
             "Wall clock at window close minus window end",

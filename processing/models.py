@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.errors import ModelError
-from models.registry import LoadedModel, current_version, load
+from models.registry import CURRENT, SHADOW, LoadedModel, current_version, load
 
 if TYPE_CHECKING:
     from processing.metrics import ProcessingMetrics
@@ -17,15 +17,25 @@ _log = logging.getLogger("processing.models")
 
 
 class ModelWatcher:
-    """Holds the active model; re-reads the registry's ``current`` pointer every few seconds.
+    """Holds a model; re-reads a registry pointer (``current`` or ``shadow``) every few seconds.
 
-    A version that fails to load (corrupt, untrusted types, missing metadata) is refused
-    with an error log and the previous model keeps running.
+    A version that fails to load (corrupt, untrusted types, incompatible, missing
+    metadata) is refused with an error log and the previous model keeps running. A
+    removed ``shadow`` pointer stops shadow scoring; a removed ``current`` pointer keeps
+    the last model (deleting a pointer is not a deployment).
     """
 
-    def __init__(self, root: Path | None, metrics: ProcessingMetrics, every_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        root: Path | None,
+        metrics: ProcessingMetrics,
+        every_s: float = 5.0,
+        pointer: str = CURRENT,
+    ) -> None:
         self._root = root
         self._metrics = metrics
+        self._pointer = pointer
+        self._info = metrics.model_version if pointer == CURRENT else metrics.shadow_version
         self._every_s = every_s
         self._checked = 0.0
         self._model: LoadedModel | None = None
@@ -40,17 +50,29 @@ class ModelWatcher:
         if now - self._checked < self._every_s:
             return self._model
         self._checked = now
-        version = current_version(self._root)
+        version = current_version(self._root, self._pointer)
         active = self._model.version if self._model else None
+        if version is None and self._pointer == SHADOW and self._model is not None:
+            _log.info("shadow model %s removed", active)
+            self._model = None
+            self._info.info({"version": ""})
+            return None
         if version is None or version in (active, self._refused):
             return self._model
         try:
             model = load(self._root / version)
         except ModelError as exc:
             self._refused = version
-            _log.error("refusing model %s, keeping %s: %s", version, active or "the rules", exc)
+            _log.error(
+                "refusing %s model %s, keeping %s: %s",
+                self._pointer,
+                version,
+                active or "the rules",
+                exc,
+            )
+            self._metrics.models_refused.inc()
             return self._model
         self._model = model
-        self._metrics.model_version.info({"version": model.version})
-        _log.info("model %s active (was %s)", model.version, active or "rules only")
+        self._info.info({"version": model.version})
+        _log.info("%s model %s active (was %s)", self._pointer, model.version, active or "none")
         return model

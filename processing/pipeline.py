@@ -16,6 +16,7 @@ from quixstreams import State, message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.dataframe.windows import Collect
 
+from models.registry import SHADOW
 from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
@@ -44,6 +45,7 @@ class Pipeline:
     sessions: StreamingDataFrame
     alerts: StreamingDataFrame
     window_alerts: StreamingDataFrame
+    shadow_alerts: StreamingDataFrame
     quarantine: StreamingDataFrame
 
 
@@ -152,14 +154,25 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     stats = windows.apply(to_stats, metadata=True)
 
     models = ModelWatcher(cfg.model_dir, metrics)
+    shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
 
-    def per_window(stats_value: dict[str, Any], state: State[str, Any]) -> list[Any]:
+    def per_window(stats_value: dict[str, Any], state: State[str, Any]) -> dict[str, list[Any]]:
         memory: dict[str, Any] = state.get("window_detectors") or {}
         out = detect_window(memory, stats_value, models.current())
         state.set("window_detectors", memory)
-        return out
+        candidate = shadow.current()
+        shadow_out: list[Any] = []
+        if candidate is not None:
+            # The candidate keeps its own baseline and episodes, so it never changes what
+            # the active model raises.
+            shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
+            shadow_out = detect_window(shadow_memory, stats_value, candidate)
+            state.set("shadow_detectors", shadow_memory)
+        return {"alerts": out, "shadow": shadow_out}
 
-    window_alerts = stats.apply(per_window, stateful=True).apply(lambda a: a, expand=True)
+    judged = stats.apply(per_window, stateful=True)
+    window_alerts = judged.apply(lambda j: j["alerts"], expand=True)
+    shadow_alerts = judged.apply(lambda j: j["shadow"], expand=True)
 
     def count_alert(alert: dict[str, Any]) -> dict[str, Any]:
         metrics.alerts.labels(kind=alert["kind"], status=alert["status"]).inc()
@@ -170,5 +183,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         sessions=sessions,
         alerts=alerts.apply(count_alert),
         window_alerts=window_alerts.apply(count_alert),
+        shadow_alerts=shadow_alerts,
         quarantine=quarantine.set_headers(_quarantine_headers).apply(_quarantine_record),
     )

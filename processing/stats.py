@@ -158,7 +158,15 @@ def window_stats(
     )
 
 
-FEATURES: Final = ("consumption_ratio", "avg_speed_kmh")
+# Every feature window_features() computes; a model artifact uses a subset of them.
+WINDOW_FEATURES: Final = (
+    "consumption_ratio",
+    "avg_speed_kmh",
+    "avg_outside_temp_c",
+    "distance_km",
+    "previous_ratio",
+)
+FEATURES: Final = WINDOW_FEATURES[:2]
 
 
 def consumption(stats: WindowStats) -> float | None:
@@ -168,8 +176,14 @@ def consumption(stats: WindowStats) -> float | None:
     return stats["consumption_l_per_100km"]
 
 
-def window_features(stats: WindowStats, baseline: float | None) -> dict[str, float] | None:
+def window_features(
+    stats: WindowStats, baseline: float | None, previous_ratio: float | None = None
+) -> dict[str, float] | None:
     """Features of a driving window for the consumption model, relative to the car's baseline.
+
+    ``previous_ratio`` is the ratio of the car's previous driving window when it ended
+    within a few minutes (same drive); without one the window's own ratio stands in, so
+    the feature says "no change".
 
     Returns None for windows that are not driving windows (no consumption) or before the
     car has a baseline.
@@ -182,4 +196,5 @@ def window_features(stats: WindowStats, baseline: float | None) -> dict[str, flo
         "avg_speed_kmh": float(stats["avg_speed_kmh"] or 0.0),
         "avg_outside_temp_c": float(stats["avg_outside_temp_c"] or 0.0),
         "distance_km": float(stats["distance_km"] or 0.0),
+        "previous_ratio": value / baseline if previous_ratio is None else previous_ratio,
     }

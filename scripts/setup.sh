@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make demo` / `make test` need on a bare Debian machine with Java 17 + Maven:
-# Mosquitto and Chromium (apt, when missing), uv, the locked virtualenv, the Kafka jars.
+# Mosquitto, Chromium, docker-compose + promtool (apt, when missing), uv, the locked
+# virtualenv, the Kafka jars.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,18 @@ fi
 # The broker is started by `fleetstream infra up`, never by the distribution's service.
 if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
   as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+# The container stack cannot run here (no Docker engine); CI validates its files with real
+# tools: Debian's docker-compose (`config` needs no engine) and promtool (package prometheus).
+# Without recommends: docker-compose would pull in the Docker engine.
+if ! command -v docker-compose >/dev/null || ! command -v promtool >/dev/null; then
+  echo "setup: installing docker-compose and promtool from Debian packages"
+  apt_install --no-install-recommends docker-compose prometheus
+fi
+# promtool is all we need: never leave the distribution's Prometheus daemon running.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # The dashboard's browser test drives Debian's Chromium with Playwright (Playwright cannot

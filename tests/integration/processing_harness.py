@@ -43,6 +43,7 @@ class ProcessingRun:
             "stats": f"{p}-stats-{self.group}",
             "sessions": f"{p}-sessions-{self.group}",
             "alerts": f"{p}-alerts-{self.group}",
+            "shadow": f"{p}-shadow-{self.group}",
             "quarantine": f"{p}-quarantine-{self.group}",
         }
 
@@ -55,6 +56,7 @@ class ProcessingRun:
             "FLEETSTREAM_PROCESSING_STATS_TOPIC": t["stats"],
             "FLEETSTREAM_PROCESSING_SESSIONS_TOPIC": t["sessions"],
             "FLEETSTREAM_PROCESSING_ALERTS_TOPIC": t["alerts"],
+            "FLEETSTREAM_PROCESSING_SHADOW_ALERTS_TOPIC": t["shadow"],
             "FLEETSTREAM_PROCESSING_QUARANTINE_TOPIC": t["quarantine"],
             "FLEETSTREAM_PROCESSING_CONSUMER_GROUP": self.group,
             "FLEETSTREAM_PROCESSING_STATE_DIR": str(self.workdir / f"state-{self.group}"),

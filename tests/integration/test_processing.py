@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from fleetstream import infra
-from models.consumption import MODEL_FEATURES, train_isolation_forest, window_feature_rows
 from models.registry import promote, save
+from models.replay import replay_records, window_feature_rows
+from models.training import train
 from processing.evaluate import evaluate, format_scores
 from simulator import Fleet, FleetConfig, iter_records
 
@@ -90,15 +91,18 @@ def processed_day(
         key = rows[position][0]
         bad.append(BAD_PAYLOADS[i % len(BAD_PAYLOADS)])
         rows.insert(position, (key, BAD_PAYLOADS[i % len(BAD_PAYLOADS)], rows[position][2]))
-    # Until the models issue lands, the consumption model is trained here from normal
-    # simulator data; the pipeline loads it through the real registry path.
+    # An unsupervised consumption model trained on normal simulator data (another seed);
+    # the pipeline loads it through the real registry path.
     registry = workdir / "registry"
-    model, threshold = train_isolation_forest(
-        window_feature_rows(
-            iter_records(FleetConfig(vehicles=40, duration_s=86400, rate_hz=0.2, seed=123))
-        )
-    )
-    version = save(model, {"features": MODEL_FEATURES, "threshold": threshold}, registry).name
+    normal = FleetConfig(vehicles=40, duration_s=86400, rate_hz=0.2, seed=123)
+    windows = replay_records(iter_records(normal), rules=False).windows
+    chosen = train(pd.DataFrame(window_feature_rows(windows)), None).chosen
+    metadata = {
+        "features": list(chosen.family.features),
+        "threshold": chosen.threshold,
+        "score": chosen.family.score,
+    }
+    version = save(chosen.estimator, metadata, registry).name
     promote(registry, version)
     run = ProcessingRun(
         brokers.kafka_bootstrap, f"pr{uuid.uuid4().hex[:10]}", workdir, model_dir=registry

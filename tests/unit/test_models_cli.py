@@ -17,7 +17,13 @@ pytestmark = pytest.mark.unit
 
 def _save(root: Path, version: str) -> None:
     model = IsolationForest(n_estimators=5, random_state=0).fit(np.zeros((10, 2)))
-    save(model, {"features": ["a", "b"], "threshold": -0.5}, root, version=version)
+    meta = {
+        "features": ["consumption_ratio", "avg_speed_kmh"],
+        "threshold": 0.5,
+        "score": "neg_score_samples",
+        "family": "isolation_forest",
+    }
+    save(model, meta, root, version=version)
 
 
 def test_list_and_promote(tmp_path: Path) -> None:
@@ -31,7 +37,13 @@ def test_list_and_promote(tmp_path: Path) -> None:
     listing = runner.invoke(
         app, ["models", "list", "--registry", str(tmp_path)]
     ).output.splitlines()
-    assert listing == ["  v1", "* v2"]
+    assert listing == ["  v1  isolation_forest", "* v2  isolation_forest", "(* current, s shadow)"]
+    result = runner.invoke(app, ["models", "shadow", "v1", "--registry", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "s v1" in runner.invoke(app, ["models", "list", "--registry", str(tmp_path)]).output
+    result = runner.invoke(app, ["models", "shadow", "--clear", "--registry", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "s v1" not in runner.invoke(app, ["models", "list", "--registry", str(tmp_path)]).output
 
 
 def test_promoting_a_missing_version_fails_clearly(tmp_path: Path) -> None:

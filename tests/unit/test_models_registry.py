@@ -8,19 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
-from sklearn.ensemble import IsolationForest
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from models.errors import ModelError
 from models.registry import (
     MODEL_FILE,
+    SHADOW,
     current_version,
     list_versions,
     load,
     load_current,
     promote,
     save,
+    unset,
 )
 
 pytestmark = pytest.mark.unit
@@ -33,7 +35,11 @@ class Sneaky:
         return x
 
 
-META = {"features": ["consumption_ratio", "avg_speed_kmh"], "threshold": -0.6}
+META = {
+    "features": ["consumption_ratio", "avg_speed_kmh"],
+    "threshold": 0.6,
+    "score": "neg_score_samples",
+}
 
 
 def _forest() -> IsolationForest:
@@ -51,10 +57,11 @@ def test_save_promote_load_round_trip(tmp_path: Path) -> None:
     assert model is not None
     assert model.version == "v1"
     assert model.features == META["features"]
-    assert model.threshold == -0.6
+    assert model.threshold == 0.6
     assert "scikit-learn" in model.metadata["library_versions"]
-    score = model.estimator.score_samples([[0.5, 0.5]])
+    score = model.scores([[0.5, 0.5]])
     assert score.shape == (1,)
+    assert score[0] == pytest.approx(-model.estimator.score_samples([[0.5, 0.5]])[0])
     assert (folder / MODEL_FILE).is_file()
 
 
@@ -88,3 +95,43 @@ def test_missing_metadata_is_refused(tmp_path: Path) -> None:
     folder = save(_forest(), {"features": ["a"]}, tmp_path, version="v1")
     with pytest.raises(ModelError, match="threshold"):
         load(folder)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({**META, "features": ["consumption_ratio", "tyre_colour"]}, "tyre_colour"),
+        ({**META, "score": "proba"}, "score method 'proba'"),
+        ({**META, "score": "vibes"}, "score method 'vibes'"),
+        ({**META, "features": ["consumption_ratio"]}, "expects 2 features"),
+    ],
+)
+def test_incompatible_artifact_is_refused(
+    tmp_path: Path, metadata: dict[str, object], match: str
+) -> None:
+    folder = save(_forest(), metadata, tmp_path, version="v1")
+    with pytest.raises(ModelError, match=match):
+        load(folder)
+
+
+def test_boosted_trees_are_trusted_and_score_as_probabilities(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 4))
+    y = x[:, 0] > 0.7
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    features = ["consumption_ratio", "avg_speed_kmh", "avg_outside_temp_c", "distance_km"]
+    save(model, {"features": features, "threshold": 0.5, "score": "proba"}, tmp_path, "v1")
+    loaded = load(tmp_path / "v1")
+    assert loaded.scores([[0.9, 0.1, 0.1, 0.1]])[0] > 0.5 > loaded.scores([[0.1, 0.1, 0.1, 0.1]])[0]
+
+
+def test_shadow_pointer_is_separate_and_can_be_cleared(tmp_path: Path) -> None:
+    save(_forest(), META, tmp_path, version="v1")
+    save(_forest(), META, tmp_path, version="v2")
+    promote(tmp_path, "v1")
+    promote(tmp_path, "v2", SHADOW)
+    assert (current_version(tmp_path), current_version(tmp_path, SHADOW)) == ("v1", "v2")
+    unset(tmp_path, SHADOW)
+    assert (current_version(tmp_path), current_version(tmp_path, SHADOW)) == ("v1", None)
+    with pytest.raises(ModelError, match="unknown pointer"):
+        promote(tmp_path, "v1", "../escape")

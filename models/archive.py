@@ -1,0 +1,315 @@
+"""Archive Kafka topics to Parquet: typed columns, hive partitions, few large files.
+
+Layout under the archive root::
+
+    <root>/<table>/date=YYYY-MM-DD/powertrain=ev/part-<time>-<id>.parquet
+
+``<table>`` is ``telemetry`` (validated ``vehicle-telemetry`` records, one column per
+contract field plus ``extra`` for unknown fields as JSON) or ``stats`` (``vehicle-stats``
+windows). Rows are buffered as Arrow batches and written when the buffer holds
+``max_rows`` rows or is ``max_age_s`` old; Kafka offsets are committed only after the
+files are on disk (renamed into place), so the archive is at-least-once: a crash between
+write and commit rewrites some records. Readers dedupe (see :mod:`models.dataset`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, get_type_hints
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from processing.stats import WindowStats
+from telemetry.contract import (
+    ALL_FIELDS,
+    NUMBER_FIELDS,
+    TEXT_FIELDS,
+    ContractError,
+    Problem,
+    decode,
+    validate,
+)
+
+_log = logging.getLogger("models.archive")
+
+_BATCH_ROWS: Final = 10_000
+
+
+_STATS_KEYS: Final = frozenset({"vehicle_id", "powertrain", "window_start", "window_end"})
+_KNOWN: Final = frozenset(ALL_FIELDS)
+_NOT_NULL: Final = frozenset({"schema", "vehicle_id", "ts", "powertrain", "state"})
+
+
+def _telemetry_schema() -> pa.Schema:
+    fields: list[pa.Field] = []
+    for name in ALL_FIELDS:
+        if name in TEXT_FIELDS and name != "schema":
+            kind = pa.string()
+        elif name == "schema":
+            kind = pa.int16()
+        else:
+            kind = pa.int64() if NUMBER_FIELDS[name].integer else pa.float64()
+        fields.append(pa.field(name, kind, nullable=name not in _NOT_NULL))
+    fields.append(pa.field("extra", pa.string()))
+    return pa.schema(fields)
+
+
+def _stats_schema() -> pa.Schema:
+    types = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+    fields = []
+    for name, hint in get_type_hints(WindowStats).items():
+        base = next(a for a in getattr(hint, "__args__", (hint,)) if a is not type(None))
+        fields.append(pa.field(name, types[base], nullable=name not in _STATS_KEYS))
+    return pa.schema(fields)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """How one topic's records become Parquet rows."""
+
+    name: str
+    schema: pa.Schema
+    time_field: str
+    to_row: Callable[[bytes], dict[str, Any]]
+
+
+def telemetry_row(value: bytes) -> dict[str, Any]:
+    """A validated telemetry record as a row; unknown fields go to ``extra`` as JSON.
+
+    Raises:
+        ContractError: The value is not a valid v1 record.
+    """
+    record: dict[str, Any] = dict(validate(decode(value), require_seq=False))
+    unknown = record.keys() - _KNOWN
+    record["extra"] = (
+        orjson.dumps({k: record.pop(k) for k in sorted(unknown)}).decode() if unknown else None
+    )
+    return record
+
+
+def stats_row(value: bytes) -> dict[str, Any]:
+    """A ``vehicle-stats`` record as a row.
+
+    Raises:
+        ContractError: The value is not a stats record.
+    """
+    row = decode(value)
+    if type(row) is not dict or not row.keys() >= _STATS_KEYS:
+        detail = "not a vehicle-stats record"
+        raise ContractError(Problem.NOT_OBJECT, None, detail)
+    return row
+
+
+TELEMETRY: Final = TableSpec("telemetry", _telemetry_schema(), "ts", telemetry_row)
+STATS: Final = TableSpec("stats", _stats_schema(), "window_start", stats_row)
+TABLES: Final = {"telemetry": TELEMETRY, "stats": STATS}
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000.0, UTC).strftime("%Y-%m-%d")
+
+
+@dataclass
+class _Buffer:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    count: int = 0
+
+
+class ParquetArchive:
+    """Buffers rows per (date, powertrain) partition and writes them as Parquet files.
+
+    Args:
+        root: Archive root folder.
+        spec: The table the rows belong to.
+        max_rows: Write when this many rows are buffered (all partitions together).
+        max_age_s: Write when the oldest buffered row is this old.
+        clock: Monotonic clock (seconds), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        spec: TableSpec,
+        max_rows: int = 1_000_000,
+        max_age_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = root
+        self.spec = spec
+        self.max_rows = max_rows
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._buffers: dict[tuple[str, str], _Buffer] = defaultdict(_Buffer)
+        self._rows = 0
+        self._since: float | None = None
+        self.files_written = 0
+        self.rows_written = 0
+
+    @property
+    def buffered(self) -> int:
+        """Rows not yet on disk."""
+        return self._rows
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Buffer one row (converted to Arrow every few thousand rows to keep memory small)."""
+        key = (_day(row[self.spec.time_field]), row["powertrain"])
+        buffer = self._buffers[key]
+        buffer.rows.append(row)
+        buffer.count += 1
+        if len(buffer.rows) >= _BATCH_ROWS:
+            buffer.batches.append(pa.RecordBatch.from_pylist(buffer.rows, schema=self._schema))
+            buffer.rows = []
+        self._rows += 1
+        if self._since is None:
+            self._since = self._clock()
+
+    @property
+    def _schema(self) -> pa.Schema:
+        # Partition columns live in the folder names, not in the files.
+        schema = self.spec.schema
+        return schema.remove(schema.get_field_index("powertrain"))
+
+    def due(self) -> bool:
+        """True when the buffer should be written (size or age)."""
+        if self._since is None:
+            return False
+        return self._rows >= self.max_rows or self._clock() - self._since >= self.max_age_s
+
+    def flush(self) -> list[Path]:
+        """Write every buffered partition as one new file each; returns the files."""
+        written: list[Path] = []
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for (day, powertrain), buffer in sorted(self._buffers.items()):
+            if buffer.rows:
+                buffer.batches.append(pa.RecordBatch.from_pylist(buffer.rows, schema=self._schema))
+            table = pa.Table.from_batches(buffer.batches, schema=self._schema)
+            folder = self.root / self.spec.name / f"date={day}" / f"powertrain={powertrain}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = folder / f".{path.name}.tmp"
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)  # readers never see a half-written file
+            written.append(path)
+            self.rows_written += table.num_rows
+        self.files_written += len(written)
+        self._buffers.clear()
+        self._rows = 0
+        self._since = None
+        return written
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveReport:
+    """What one archive run did."""
+
+    rows: Mapping[str, int]
+    files: int
+    skipped: int
+    seconds: float
+
+
+def archive_topics(  # noqa: PLR0917 - CLI options passed through
+    kafka_config: dict[str, Any],
+    topics: Mapping[str, TableSpec],
+    root: Path,
+    group: str = "fleetstream-archive",
+    max_rows: int = 1_000_000,
+    max_age_s: float = 600.0,
+    idle_exit_s: float | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> ArchiveReport:
+    """Consume ``topics`` and write them under ``root`` until stopped or idle.
+
+    Offsets are committed (synchronously) only after a flush, so every committed record is
+    in a file. Invalid values (already quarantined upstream) are counted and logged, not
+    archived.
+
+    Args:
+        kafka_config: librdkafka settings (bootstrap, security).
+        topics: Kafka topic name -> table spec.
+        root: Archive root folder.
+        group: Consumer group (its committed offsets are the archive's progress).
+        max_rows: Rows per flush (all partitions).
+        max_age_s: Longest time a row waits in memory.
+        idle_exit_s: Exit after this long without records (batch jobs); None runs forever.
+        stop: Polled; True flushes, commits and returns.
+    """
+    from confluent_kafka import Consumer  # noqa: PLC0415 - keep offline imports light
+
+    archives = {
+        topic: ParquetArchive(root, spec, max_rows=max_rows, max_age_s=max_age_s)
+        for topic, spec in topics.items()
+    }
+    consumer = Consumer(
+        {
+            **kafka_config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            # A killed archiver's partitions move to its successor after this long.
+            "session.timeout.ms": 15_000,
+        }
+    )
+    assigned: list[bool] = []
+
+    def flush_all(*_args: Any) -> None:
+        for archive in archives.values():
+            if archive.buffered:
+                files = archive.flush()
+                _log.info("wrote %d file(s) for %s", len(files), archive.spec.name)
+        try:
+            consumer.commit(asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - "no offset stored" is normal when idle
+            _log.debug("commit: %s", exc)
+
+    # A rebalance hands partitions to another archiver: write and commit first.
+    consumer.subscribe(
+        list(topics), on_assign=lambda *_args: assigned.append(True), on_revoke=flush_all
+    )
+    skipped = 0
+    started = time.monotonic()
+    last = started
+    try:
+        while not stop():
+            messages = consumer.consume(1000, 0.5)
+            for message in messages:
+                if message.error() is not None:
+                    _log.warning("kafka: %s", message.error())
+                    continue
+                topic = message.topic()
+                archive = archives[topic]
+                try:
+                    archive.add(archive.spec.to_row(message.value() or b""))
+                except ContractError as exc:
+                    skipped += 1
+                    _log.warning("not archiving an invalid %s record: %s", topic, exc)
+                last = time.monotonic()
+            if any(a.due() for a in archives.values()):
+                flush_all()
+            if not assigned:
+                # Joining the group can take a session timeout after a crash: being idle
+                # only counts once partitions are ours.
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+                break
+        flush_all()
+    finally:
+        consumer.close()
+    return ArchiveReport(
+        rows={a.spec.name: a.rows_written for a in archives.values()},
+        files=sum(a.files_written for a in archives.values()),
+        skipped=skipped,
+        seconds=time.monotonic() - started,
+    )

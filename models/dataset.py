@@ -1,0 +1,111 @@
+"""Read archived (Parquet) or simulated (JSON lines) telemetry and labels for offline work.
+
+The archive is at-least-once, so :func:`load_telemetry` drops repeated
+``(vehicle_id, seq)`` pairs (``(vehicle_id, ts)`` for records without a ``seq``), keeping
+the first, and orders the rows by event time.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.json as pj
+
+from models.archive import TELEMETRY
+from models.errors import DataError
+
+_COLUMNS = [n for n in TELEMETRY.schema.names if n != "extra"]
+_PARTITIONING = ds.partitioning(
+    pa.schema([("date", pa.string()), ("powertrain", pa.string())]), flavor="hive"
+)
+
+
+def _files(path_or_glob: str) -> list[str]:
+    path = Path(path_or_glob)
+    if path.is_dir():
+        found = sorted(str(p) for p in path.rglob("*") if p.suffix in {".parquet", ".jsonl"})
+    elif path.is_file():
+        found = [str(path)]
+    else:
+        found = sorted(glob.glob(path_or_glob, recursive=True))
+    if not found:
+        msg = f"no .parquet or .jsonl files at {path_or_glob}"
+        raise DataError(msg)
+    return found
+
+
+def _read_jsonl(path: str) -> pa.Table:
+    # Type the columns from the contract so JSON and Parquet give the same table.
+    schema = TELEMETRY.schema.remove(TELEMETRY.schema.get_field_index("extra"))
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    return pj.read_json(path, parse_options=options)
+
+
+def load_telemetry(path_or_glob: str) -> pa.Table:
+    """Telemetry rows from Parquet archives and/or JSON-lines files, deduplicated, in ts order.
+
+    Args:
+        path_or_glob: An archive folder (hive-partitioned, e.g. ``archive/telemetry``), a
+            file, or a glob.
+
+    Raises:
+        DataError: Nothing to read, or files that do not hold telemetry.
+    """
+    files = _files(path_or_glob)
+    parquet = [f for f in files if f.endswith(".parquet")]
+    tables: list[pa.Table] = []
+    try:
+        if parquet:
+            dataset = ds.dataset(parquet, format="parquet", partitioning=_PARTITIONING)
+            tables.append(dataset.to_table(columns=_COLUMNS))
+        tables += [_read_jsonl(f) for f in files if f.endswith(".jsonl")]
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+        msg = f"cannot read telemetry from {path_or_glob}: {exc}"
+        raise DataError(msg) from exc
+    return dedupe(table)
+
+
+def dedupe(table: pa.Table) -> pa.Table:
+    """Keep the first row per (vehicle_id, seq) — (vehicle_id, ts) when seq is null — by ts."""
+    keys = pd.DataFrame(
+        {
+            "vehicle_id": table.column("vehicle_id").to_pandas(),
+            "ident": pc.coalesce(table.column("seq"), pc.negate(table.column("ts"))).to_pandas(),
+        }
+    )
+    keep = (~keys.duplicated()).to_numpy().nonzero()[0]
+    table = table.take(pa.array(keep))
+    return table.sort_by([("ts", "ascending"), ("vehicle_id", "ascending")])
+
+
+def iter_records(table: pa.Table, batch_rows: int = 50_000) -> Iterator[dict[str, Any]]:
+    """Rows as record dicts (nulls as None), in table order."""
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        yield from batch.to_pylist()
+
+
+def load_labels(path: Path) -> pd.DataFrame:
+    """Labels JSON lines (``fleetstream simulate --labels``) as a DataFrame.
+
+    Raises:
+        DataError: The file is missing or a line is not a label.
+    """
+    try:
+        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    except (OSError, orjson.JSONDecodeError) as exc:
+        msg = f"cannot read labels {path}: {exc}"
+        raise DataError(msg) from exc
+    frame = pd.DataFrame(rows, columns=["vehicle_id", "kind", "start_ts", "end_ts", "magnitude"])
+    if frame[["vehicle_id", "kind", "start_ts", "end_ts"]].isna().any().any():
+        msg = f"labels {path}: every label needs vehicle_id, kind, start_ts and end_ts"
+        raise DataError(msg)
+    return frame
