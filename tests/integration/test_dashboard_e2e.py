@@ -31,12 +31,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from bench.harness import IngestProcess, ProcessingRun, free_port, read_topic, write_rules
 from fleetstream import infra
 from fleetstream.infra import _kafka
 from tests.unit.records import make_ev
-
-from .ingest_harness import IngestProcess, free_port, read_topic, write_rules
-from .processing_harness import ProcessingRun
 
 pytestmark = pytest.mark.integration
 

@@ -7,13 +7,12 @@ import time
 import orjson
 import pytest
 
+from bench.harness import as_rows, create_topic, produce
 from dashboard.feed import KafkaFeed
 from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView
 from simulator import FleetConfig, iter_records
 from tests.unit.dashboard.fleet_data import _alert
-
-from .processing_harness import as_rows, create_topic, produce
 
 pytestmark = pytest.mark.integration
 

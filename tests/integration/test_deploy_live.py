@@ -19,6 +19,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.harness import (
+    IngestProcess,
+    ProcessingRun,
+    QosOnePublisher,
+    free_port,
+    produce,
+    running,
+    telemetry_messages,
+    write_rules,
+)
 from fleetstream import infra
 from fleetstream.infra import _mosquitto
 
@@ -31,15 +41,6 @@ from ..deploy_checks import (
     promql_metric_names,
     resolved_compose,
 )
-from .ingest_harness import (
-    IngestProcess,
-    QosOnePublisher,
-    free_port,
-    running,
-    telemetry_messages,
-    write_rules,
-)
-from .processing_harness import ProcessingRun, produce
 
 pytestmark = pytest.mark.integration
 

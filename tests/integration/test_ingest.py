@@ -17,10 +17,7 @@ import pytest
 from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetstream import infra
-from fleetstream.infra import _kafka
-
-from .ingest_harness import (
+from bench.harness import (
     IngestProcess,
     QosOnePublisher,
     committed_offsets,
@@ -30,6 +27,8 @@ from .ingest_harness import (
     telemetry_messages,
     write_rules,
 )
+from fleetstream import infra
+from fleetstream.infra import _kafka
 
 pytestmark = pytest.mark.integration
 

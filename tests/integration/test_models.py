@@ -18,15 +18,13 @@ import orjson
 import pandas as pd
 import pytest
 
+from bench.harness import ProcessingRun, as_rows, create_topic, produce, read_topic
 from fleetstream import infra
 from models.dataset import iter_records, load_telemetry
 from models.registry import SHADOW, LoadedModel, load, promote, save, unset
 from models.replay import replay_records, window_feature_rows
 from models.training import label_windows, train
 from simulator import Fleet, FleetConfig
-
-from .ingest_harness import read_topic
-from .processing_harness import ProcessingRun, as_rows, create_topic, produce
 
 pytestmark = pytest.mark.integration
 

@@ -14,15 +14,13 @@ import orjson
 import pandas as pd
 import pytest
 
+from bench.harness import ProcessingRun, as_rows, create_topic, produce, read_topic
 from fleetstream import infra
 from models.registry import promote, save
 from models.replay import replay_records, window_feature_rows
 from models.training import train
 from processing.evaluate import evaluate, format_scores
 from simulator import Fleet, FleetConfig, iter_records
-
-from .ingest_harness import read_topic
-from .processing_harness import ProcessingRun, as_rows, create_topic, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -1,4 +1,8 @@
-"""Helpers to run real ingest processes, publish QoS 1 load and read Kafka topics back."""
+"""Run real fleetstream services, publish QoS 1 load and read Kafka topics back.
+
+Shared by ``fleetstream bench`` and the integration and fault tests, so a benchmark and a
+test measure the same thing the same way.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,27 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import psutil
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetstream import infra
 from simulator import FleetConfig, iter_records
 
 
+class HarnessError(RuntimeError):
+    """A service under test or benchmark misbehaved (exited, did not connect, lost data)."""
+
+
+def _require(proc: subprocess.Popen[bytes] | None) -> subprocess.Popen[bytes]:
+    if proc is None:
+        msg = "the process was never started"
+        raise HarnessError(msg)
+    return proc
+
+
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -81,9 +98,11 @@ class IngestProcess:
 
     @property
     def log_path(self) -> Path:
+        """Where this process's stdout and stderr go."""
         return self.workdir / f"{self.client_id}.log"
 
     def env(self) -> dict[str, str]:
+        """The service's environment: broker addresses, ids, ports, overrides."""
         env = {
             **os.environ,
             "FLEETSTREAM_MQTT_HOST": self.settings.host,
@@ -99,6 +118,7 @@ class IngestProcess:
         return env
 
     def start(self, wait: bool = True) -> IngestProcess:
+        """Start the process; with ``wait``, return once it is connected to MQTT."""
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
@@ -113,6 +133,7 @@ class IngestProcess:
         return self
 
     def health(self) -> dict[str, Any] | None:
+        """The ``/healthz`` document, or None while nothing answers."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
                 return dict(orjson.loads(resp.read()))
@@ -122,6 +143,7 @@ class IngestProcess:
             return None
 
     def metrics(self) -> dict[str, float]:
+        """The Prometheus samples, by name with labels."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         out: dict[str, float] = {}
@@ -132,23 +154,28 @@ class IngestProcess:
         return out
 
     def wait_connected(self, timeout_s: float = 30.0) -> None:
+        """Wait until ``/healthz`` reports the MQTT connection."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log()}")
+            proc = _require(self.proc)
+            if proc.poll() is not None:
+                msg = f"ingest exited with {proc.returncode}:\n{self.log()}"
+                raise HarnessError(msg)
             health = self.health()
             if health and health.get("mqtt_connected"):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"ingest did not connect within {timeout_s} s:\n{self.log()}")
+        msg = f"ingest did not connect within {timeout_s} s:\n{self.log()}"
+        raise HarnessError(msg)
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        """``kill -9`` the process and reap it."""
+        proc = _require(self.proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
 
     def stop(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM, wait for a clean exit, return the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
@@ -159,10 +186,11 @@ class IngestProcess:
             raise
 
     def rss_mb(self) -> float:
-        assert self.proc is not None
-        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+        """Resident memory in MiB."""
+        return float(psutil.Process(_require(self.proc).pid).memory_info().rss) / 2**20
 
     def log(self) -> str:
+        """The last few KiB of the process's log."""
         try:
             return self.log_path.read_text("utf-8", errors="replace")[-6000:]
         except FileNotFoundError:
@@ -171,6 +199,7 @@ class IngestProcess:
 
 @contextlib.contextmanager
 def running(*processes: IngestProcess) -> Iterator[None]:
+    """Stop the processes when the block ends, whatever happened in it."""
     try:
         yield
     finally:
@@ -217,6 +246,7 @@ class QosOnePublisher:
             self.acked += 1
 
     def publish(self, messages: Iterable[tuple[str, bytes]], rate: float | None = None) -> int:
+        """Publish QoS 1 messages, optionally paced at ``rate`` msg/s; return the count."""
         began = time.monotonic()
         count = 0
         for topic, payload in messages:
@@ -225,7 +255,8 @@ class QosOnePublisher:
                 time.sleep(0.005)
             info = self.client.publish(topic, payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise AssertionError(f"publish failed: {info.rc}")
+                msg = f"publish failed: {info.rc}"
+                raise HarnessError(msg)
             count += 1
             if rate is not None and count % 100 == 0:
                 ahead = began + count / rate - time.monotonic()
@@ -234,18 +265,24 @@ class QosOnePublisher:
         return count
 
     def wait_acked(self, count: int, timeout_s: float = 60.0) -> None:
+        """Wait until the broker acknowledged ``count`` publishes."""
         deadline = time.monotonic() + timeout_s
         while self.acked < count and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert self.acked >= count, f"broker acknowledged {self.acked} of {count} publishes"
+        if self.acked < count:
+            msg = f"broker acknowledged {self.acked} of {count} publishes"
+            raise HarnessError(msg)
 
     def close(self) -> None:
+        """Disconnect and stop the network thread."""
         self.client.disconnect()
         self.client.loop_stop()
 
 
 @dataclass(frozen=True)
 class KafkaRecord:
+    """One record read back from Kafka."""
+
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
@@ -301,6 +338,7 @@ def read_topic(
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets over the topic's partitions."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )
@@ -316,7 +354,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 def delivery_report(
     case: str, sent: set[tuple[str, int]], records: list[KafkaRecord], quarantined: int = 0
 ) -> dict[str, int]:
-    """The row the fault tests print: sent, in_kafka, lost, duplicates."""
+    """The row the fault tests print: sent, in_kafka, lost, duplicates (printed and returned)."""
     keys: Counter[tuple[str, int]] = Counter()
     for r in records:
         value = orjson.loads(r.value)
@@ -332,5 +370,151 @@ def delivery_report(
         "unexpected": unexpected,
         "quarantined": quarantined,
     }
-    print(f"\n{case}: " + ", ".join(f"{k}={v}" for k, v in row.items()))  # noqa: T201 - test report row
+    print(f"\n{case}: " + ", ".join(f"{k}={v}" for k, v in row.items()))  # noqa: T201 - the report row
     return row
+
+
+@dataclass
+class ProcessingRun:
+    """Topics, group and state of one processing deployment under test."""
+
+    bootstrap: str
+    prefix: str
+    workdir: Path
+    group: str = ""
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    model_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.group = self.group or f"{self.prefix}-group"
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Topic names of this deployment, by role."""
+        p = self.prefix
+        return {
+            "input": f"{p}-telemetry",
+            "stats": f"{p}-stats-{self.group}",
+            "sessions": f"{p}-sessions-{self.group}",
+            "alerts": f"{p}-alerts-{self.group}",
+            "shadow": f"{p}-shadow-{self.group}",
+            "quarantine": f"{p}-quarantine-{self.group}",
+        }
+
+    def env(self) -> dict[str, str]:
+        """The service's environment: broker addresses, ids, ports, overrides."""
+        t = self.topics
+        return {
+            **os.environ,
+            "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "FLEETSTREAM_PROCESSING_INPUT_TOPIC": t["input"],
+            "FLEETSTREAM_PROCESSING_STATS_TOPIC": t["stats"],
+            "FLEETSTREAM_PROCESSING_SESSIONS_TOPIC": t["sessions"],
+            "FLEETSTREAM_PROCESSING_ALERTS_TOPIC": t["alerts"],
+            "FLEETSTREAM_PROCESSING_SHADOW_ALERTS_TOPIC": t["shadow"],
+            "FLEETSTREAM_PROCESSING_QUARANTINE_TOPIC": t["quarantine"],
+            "FLEETSTREAM_PROCESSING_CONSUMER_GROUP": self.group,
+            "FLEETSTREAM_PROCESSING_STATE_DIR": str(self.workdir / f"state-{self.group}"),
+            "FLEETSTREAM_PROCESSING_METRICS_PORT": str(self.port),
+            **({"FLEETSTREAM_PROCESSING_MODEL_DIR": str(self.model_dir)} if self.model_dir else {}),
+            **self.extra_env,
+        }
+
+    def start(self) -> None:
+        """Start ``python -m processing`` with this deployment's environment."""
+        log = (self.workdir / f"{self.group}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "processing"], env=self.env(), stdout=log, stderr=log
+        )
+
+    def records_in(self) -> float:
+        """The service's records-in counter (-1 while it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith("fleetstream_processing_records_in_total"):
+                return float(line.split()[-1])
+        return 0.0
+
+    def wait_consumed(self, count: int, timeout_s: float = 400.0) -> None:
+        """Wait until the service has read ``count`` records and committed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = _require(self.proc)
+            if proc.poll() is not None:
+                raise HarnessError(self.log())
+            if self.records_in() >= count:
+                time.sleep(3)  # let the last checkpoint commit
+                return
+            time.sleep(1)
+        msg = f"processing consumed {self.records_in()} of {count}:\n{self.log()}"
+        raise HarnessError(msg)
+
+    def stop(self) -> int:
+        """SIGTERM, wait for a clean exit, return the exit code."""
+        proc = _require(self.proc)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(60)
+        return int(proc.returncode)
+
+    def kill9(self) -> None:
+        """``kill -9`` the process and reap it."""
+        proc = _require(self.proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def log(self) -> str:
+        """The last few KiB of the process's log."""
+        path = self.workdir / f"{self.group}.log"
+        return path.read_text("utf-8", errors="replace")[-5000:] if path.exists() else ""
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
+    """Create a topic and wait for it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+
+
+def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, int]]) -> None:
+    """Produce (key, value, timestamp) rows in order and wait for all of them."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }
+    )
+    errors: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for key, value, ts in rows:
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=key,
+                    value=value,
+                    timestamp=ts,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(60) != 0 or errors:
+        msg = f"produce to {topic} failed: {errors[:3]}"
+        raise HarnessError(msg)
+
+
+def as_rows(records: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes, int]]:
+    """Telemetry dicts as (key, value, timestamp) rows for :func:`produce`."""
+    return [(r["vehicle_id"].encode(), orjson.dumps(r), r["ts"]) for r in records]
