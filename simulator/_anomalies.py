@@ -58,7 +58,8 @@ MAGNITUDE: Final = {
     Kind.HIGH_CONSUMPTION: (1.45, 2.1),  # factor on the car's own consumption
     Kind.SENSOR_GLITCH: (0.0, 1.0),  # picks the glitch's size inside its subtype
 }
-# Settling time before an episode can start and gap between a car's episodes.
+# Settling time before an episode can start and gap between a car's episodes; runs
+# shorter than ten margins (benchmarks, demos) use a tenth of their length instead.
 _MARGIN_S: Final = 1800.0
 
 
@@ -113,7 +114,8 @@ def schedule(
         Episodes sorted by car, then start.
     """
     episodes: list[Episode] = []
-    usable = duration_s - 2 * _MARGIN_S
+    margin = min(_MARGIN_S, duration_s / 10.0)
+    usable = duration_s - 2 * margin
     if rate_per_day <= 0 or usable <= 0:
         return episodes
     for car, ev in enumerate(is_ev.tolist()):
@@ -127,11 +129,12 @@ def schedule(
             low, high = DURATION_S[kind]
             # At least two samples, however slow the publishing rate.
             length = max(float(rng.uniform(low, high)), 2.0 * period_s)
-            start = float(rng.uniform(_MARGIN_S, duration_s - _MARGIN_S - length))
-            end = start + length
-            if start < _MARGIN_S:
+            if length > usable:
+                # Too long for this run (e.g. a 30 min leak in a 4 h run): draw another kind.
                 continue
-            if any(start < p.end_s + _MARGIN_S and p.start_s < end + _MARGIN_S for p in placed):
+            start = float(rng.uniform(margin, duration_s - margin - length))
+            end = start + length
+            if any(start < p.end_s + margin and p.start_s < end + margin for p in placed):
                 continue
             magnitude = float(rng.uniform(*MAGNITUDE[kind]))
             placed.append(Episode(car, kind, start, end, magnitude))

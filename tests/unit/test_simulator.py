@@ -8,10 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
 from simulator import FleetConfig, Kind, iter_records
+from simulator._anomalies import schedule
 from telemetry.contract import parse
 
 pytestmark = pytest.mark.unit
@@ -171,3 +173,14 @@ def test_tesla_format_file(tmp_path: Path) -> None:
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(rows) == 30
     assert {"car_id", "shift_state", "power", "tpms_pressure_fl", "timestamp"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("duration_s", [60.0, 600.0, 4 * 3600.0, 5 * 3600.0])
+def test_short_runs_with_anomalies_schedule_only_what_fits(duration_s: float) -> None:
+    rng = np.random.default_rng(3)
+    is_ev = np.array([True, False] * 200)
+    episodes = schedule(rng, is_ev, duration_s, rate_per_day=5000.0)
+    assert episodes, "a high rate must place some episodes even in a short run"
+    margin = min(1800.0, duration_s / 10)
+    for e in episodes:
+        assert margin <= e.start_s < e.end_s <= duration_s - margin
