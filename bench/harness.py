@@ -28,12 +28,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.errors import HarnessError
 from fleetstream import infra
 from simulator import FleetConfig, iter_records
-
-
-class HarnessError(RuntimeError):
-    """A service under test or benchmark misbehaved (exited, did not connect, lost data)."""
 
 
 def _require(proc: subprocess.Popen[bytes] | None) -> subprocess.Popen[bytes]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from fleetstream import infra
+
+if TYPE_CHECKING:
+    import bench
 from telemetry.logs import configure_logging
 
 app = typer.Typer(
@@ -478,6 +482,81 @@ def models_shadow(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"shadowing {version}")
+
+
+bench_app = typer.Typer(
+    help="Benchmarks on the local real brokers, each figure next to a same-run baseline.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+_OUT_OPTION = typer.Option(
+    Path("bench-results"), "--out", help="Folder for <kind>-<time>.json and <kind>-latest.json."
+)
+
+
+def _finish_bench(report: bench.Report, out: Path) -> None:
+    typer.echo(report.table())
+    path = report.write(out)
+    typer.echo(f"results: {path}")
+    if not all(t["met"] for t in report.targets):
+        raise typer.Exit(3)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    vehicles: int = typer.Option(1000, "--vehicles", "-n", min=1, help="Cars in the load."),
+    seconds: int = typer.Option(
+        100, "--seconds", min=1, help="Seconds of 1 Hz telemetry per car in the load."
+    ),
+    out: Path = _OUT_OPTION,
+) -> None:
+    """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
+    from bench import BenchError, run_ingest
+
+    try:
+        report = run_ingest(vehicles=vehicles, seconds=seconds)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _finish_bench(report, out)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    vehicles: int = typer.Option(200, "--vehicles", "-n", min=1, help="Cars in the load."),
+    seconds: int = typer.Option(
+        1500, "--seconds", min=1, help="Seconds of 1 Hz telemetry per car in the load."
+    ),
+    out: Path = _OUT_OPTION,
+) -> None:
+    """Records/s of processing from a pre-filled topic, next to a bare deserialising consumer."""
+    from bench import BenchError, run_pipeline
+
+    try:
+        report = run_pipeline(vehicles=vehicles, seconds=seconds)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _finish_bench(report, out)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    vehicles: list[int] = typer.Option(
+        [1000], "--vehicles", "-n", min=1, help="Cars at 1 Hz; repeat to try several sizes."
+    ),
+    seconds: int = typer.Option(120, "--seconds", min=10, help="Real-time seconds per size."),
+    out: Path = _OUT_OPTION,
+) -> None:
+    """Simulated cars at 1 Hz through ingest and processing: loss, latency, CPU, RSS."""
+    from bench import BenchError, run_e2e
+
+    try:
+        report = run_e2e(vehicles=vehicles, seconds=seconds)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _finish_bench(report, out)
 
 
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:

@@ -1,0 +1,173 @@
+"""Benchmark results: rows with their same-run baseline, target checks, table and JSON."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypedDict
+
+import orjson
+import psutil
+
+_log = logging.getLogger(__name__)
+
+
+class Row(TypedDict):
+    """One figure, next to the baseline it is compared with (None: no baseline applies)."""
+
+    subject: str
+    metric: str
+    value: float
+    unit: str
+    baseline: str | None
+    baseline_value: float | None
+    ratio: float | None
+
+
+class Target(TypedDict):
+    """One product target: the rule, what was measured and whether it was met."""
+
+    target: str
+    required: str
+    measured: str
+    met: bool
+
+
+def row(
+    subject: str,
+    metric: str,
+    value: float,
+    unit: str,
+    baseline: tuple[str, float] | None = None,
+) -> Row:
+    """Build a row; the ratio is value / baseline value, None if there is no baseline."""
+    name, base = baseline if baseline is not None else (None, None)
+    ratio = value / base if base else None
+    return Row(
+        subject=subject,
+        metric=metric,
+        value=value,
+        unit=unit,
+        baseline=name,
+        baseline_value=base,
+        ratio=ratio,
+    )
+
+
+def machine() -> dict[str, Any]:
+    """What this benchmark ran on, for the report and docs/benchmarks.md."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text("utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    try:
+        out = subprocess.run(
+            [mosquitto, "-h"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+        mosquitto_version = out.splitlines()[0] if out else "unknown"
+    except OSError:
+        mosquitto_version = "not installed"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_1m_at_start": round(os.getloadavg()[0], 2),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "mosquitto": mosquitto_version,
+    }
+
+
+@dataclass
+class Report:
+    """All results of one ``fleetstream bench`` invocation."""
+
+    kind: str
+    params: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=machine)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def add(self, *rows: Row) -> None:
+        """Append rows and log them as they are measured."""
+        for r in rows:
+            self.rows.append(r)
+            _log.info("%s %s = %s %s", r["subject"], r["metric"], _fmt(r["value"]), r["unit"])
+
+    def check(self, target: str, required: str, measured: str, met: bool) -> None:
+        """Record whether a product target was met."""
+        self.targets.append(Target(target=target, required=required, measured=measured, met=met))
+
+    def table(self) -> str:
+        """A plain-text table: value, unit, baseline and ratio per row, then the targets."""
+        head = ("subject", "metric", "value", "unit", "baseline", "ratio")
+        lines = [
+            (
+                r["subject"],
+                r["metric"],
+                _fmt(r["value"]),
+                r["unit"],
+                f"{r['baseline']} ({_fmt(r['baseline_value'])})" if r["baseline"] else "",
+                f"{r['ratio']:.2f}x" if r["ratio"] is not None else "",
+            )
+            for r in self.rows
+        ]
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+        out = [
+            "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+            "  ".join("-" * w for w in widths),
+        ]
+        out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+        if self.targets:
+            out.append("")
+            for t in self.targets:
+                mark = "MET " if t["met"] else "MISS"
+                out.append(f"[{mark}] {t['target']}: required {t['required']}, got {t['measured']}")
+        return "\n".join(out)
+
+    def to_json(self) -> bytes:
+        """The whole report as indented JSON."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``<kind>-<time>.json`` and ``<kind>-latest.json``; return the first."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.started_at.replace(":", "").replace("+0000", "Z")
+        path = out_dir / f"{self.kind}-{stamp}.json"
+        data = self.to_json()
+        path.write_bytes(data)
+        (out_dir / f"{self.kind}-latest.json").write_bytes(data)
+        return path
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
