@@ -508,13 +508,16 @@ def bench_ingest(
     seconds: int = typer.Option(
         100, "--seconds", min=1, help="Seconds of 1 Hz telemetry per car in the load."
     ),
+    outage_s: float = typer.Option(
+        60.0, "--outage-s", min=0, help="Kafka outage phase for ingest's RSS; 0 skips it."
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
     from bench import BenchError, run_ingest
 
     try:
-        report = run_ingest(vehicles=vehicles, seconds=seconds)
+        report = run_ingest(vehicles=vehicles, seconds=seconds, outage_s=outage_s)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
