@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._report import Report, percentile, row
 from bench.errors import BenchError
-from bench.harness import IngestProcess, KafkaRecord, QosOnePublisher, read_topic
+from bench.harness import (
+    LOG_APPEND_TIME,
+    IngestProcess,
+    KafkaRecord,
+    ProcessWatch,
+    QosOnePublisher,
+    default_rules,
+    read_topic,
+)
 from fleetstream import infra
 from fleetstream.infra import _kafka
 from simulator import FleetConfig, iter_records
@@ -50,7 +58,6 @@ PACED_S = 8.0
 FLOOD_CAP_S = 60.0
 STALL_S = 15.0
 _PUBLISHERS = 2
-_RULES_FILE = Path(__file__).resolve().parent.parent / "ingest" / "rules.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,48 +135,6 @@ def _paced_messages(
         yield f"{prefix}/{record['vehicle_id']}/telemetry", orjson.dumps(record)
 
 
-class _Watch:
-    """Samples peak RSS (sum over the processes and their children) and CPU seconds."""
-
-    def __init__(self, processes: Callable[[], list[psutil.Process]]) -> None:
-        self._processes = processes
-        self.peak_rss_mb = 0.0
-        self._cpu0 = self._cpu()
-        self.cpu_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
-        self._thread.start()
-
-    def _tree(self) -> list[psutil.Process]:
-        out = []
-        for p in self._processes():
-            with contextlib.suppress(psutil.Error):
-                out.append(p)
-                out.extend(p.children(recursive=True))
-        return out
-
-    def _cpu(self) -> float:
-        total = 0.0
-        for p in self._tree():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            rss = 0.0
-            for p in self._tree():
-                with contextlib.suppress(psutil.Error):
-                    rss += p.memory_info().rss
-            self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
-
-    def stop(self) -> None:
-        self.cpu_s = self._cpu() - self._cpu0
-        self._stop.set()
-        self._thread.join()
-
-
 class _Bridge(Protocol):
     name: str
 
@@ -190,20 +155,12 @@ class _IngestBridge:
     procs: list[IngestProcess] = field(default_factory=list)
 
     def start(self, prefix: str, topic: str) -> None:
-        text = _RULES_FILE.read_text("utf-8")
-        for old, new in (
-            ("fleet/+/telemetry", f"{prefix}/+/telemetry"),
-            ('"vehicle-telemetry"', f'"{topic}"'),
-            ("mqttx/simulate/tesla/+", f"{prefix}/tesla/+"),
-            ('"my-vehicles"', f'"{prefix}-vehicles"'),
-            ('"vehicle-commands"', f'"{prefix}-commands"'),
-            ("fleet/{key}/commands", f"{prefix}/{{key}}/commands"),
-        ):
-            text = text.replace(old, new)
-        if self.replicas > 1:
-            text = text.replace('# share_group = "ingest"', 'share_group = "bench"', 1)
-        rules = self.workdir / f"{prefix}-rules.toml"
-        rules.write_text(text, "utf-8")
+        rules = default_rules(
+            self.workdir / f"{prefix}-rules.toml",
+            prefix,
+            topic,
+            share_group="bench" if self.replicas > 1 else None,
+        )
         self.procs = [
             IngestProcess(self.settings, self.workdir, f"{prefix}-ingest-{i}", rules)
             for i in range(self.replicas)
@@ -279,7 +236,7 @@ class _Result:
 
 
 def _create_topic(admin: AdminClient, name: str) -> None:
-    topic = NewTopic(name, 4, 1, config={"message.timestamp.type": "LogAppendTime"})
+    topic = NewTopic(name, 4, 1, config=LOG_APPEND_TIME)
     admin.create_topics([topic])[name].result(timeout=30)
 
 
@@ -370,7 +327,7 @@ class _Run:
         bridge.start(prefix, topic)
         try:
             base = self.wait_ready(prefix, topic, bridge)
-            watch = _Watch(bridge.processes)
+            watch = ProcessWatch(bridge.processes)
             _flood(self.settings, prefix, self.load)
             count, finished = _wait_offsets(
                 self.consumer, topic, base + self.load.count, bridge, FLOOD_CAP_S
@@ -470,7 +427,7 @@ def _mosquitto_sub(run: _Run, slug: str) -> _Result:
         publisher.close()
         time.sleep(1.0)
         base = len(lines())
-        watch = _Watch(lambda: [psutil.Process(proc.pid)])
+        watch = ProcessWatch(lambda: [psutil.Process(proc.pid)])
         _flood(settings, prefix, run.load)
         count = wait_lines(base + run.load.count, FLOOD_CAP_S)
         watch.stop()
@@ -529,7 +486,7 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
         thread = threading.Thread(
             target=publisher.publish, args=(messages, PACED_RATE), name="bench-outage-pub"
         )
-        watch = _Watch(bridge.processes)
+        watch = ProcessWatch(bridge.processes)
         thread.start()
         time.sleep(5)
         _log.info("stopping Kafka for %.0f s", outage_s)
