@@ -556,6 +556,9 @@ def as_rows(records: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes, in
 class ProcessWatch:
     """Samples peak RSS (sum over the processes and their children) and CPU seconds.
 
+    CPU is the growth of each process's CPU time between its first and last sample
+    (every 0.2 s), so processes that exit or restart during the watch are counted too.
+
     Args:
         processes: Returns the processes to watch (called at every sample, so a
             restarted service is followed).
@@ -564,38 +567,41 @@ class ProcessWatch:
     def __init__(self, processes: Callable[[], list[psutil.Process]]) -> None:
         self._processes = processes
         self.peak_rss_mb = 0.0
-        self._cpu0 = self._cpu()
         self.cpu_s = 0.0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
         self._stop = threading.Event()
+        self._sample()
         self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
         self._thread.start()
 
     def _tree(self) -> list[psutil.Process]:
         out = []
-        for p in self._processes():
-            with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error):
+            for p in self._processes():
                 out.append(p)
-                out.extend(p.children(recursive=True))
+                with contextlib.suppress(psutil.Error):
+                    out.extend(p.children(recursive=True))
         return out
 
-    def _cpu(self) -> float:
-        total = 0.0
+    def _sample(self) -> None:
+        rss = 0.0
         for p in self._tree():
             with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+                with p.oneshot():
+                    t = p.cpu_times()
+                    rss += p.memory_info().rss
+                self._first.setdefault(p.pid, t.user + t.system)
+                self._last[p.pid] = t.user + t.system
+        self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            rss = 0.0
-            for p in self._tree():
-                with contextlib.suppress(psutil.Error):
-                    rss += p.memory_info().rss
-            self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+            self._sample()
 
     def stop(self) -> None:
         """Stop sampling; ``cpu_s`` is then the CPU used since the watch started."""
-        self.cpu_s = self._cpu() - self._cpu0
         self._stop.set()
         self._thread.join()
+        self._sample()
+        self.cpu_s = sum(self._last[pid] - first for pid, first in self._first.items())
