@@ -7,8 +7,9 @@ Mosquitto -> ``fleetstream ingest`` (packaged default rules, private topics) -> 
 The output topics use ``LogAppendTime`` (the broker's time of the write) and are read
 live with ``read_committed``, noting when each record became readable:
 
-- publish -> ingest receive: the payload's ``ts`` (set when the simulator renders the
-  message, just before publishing) to ingest's ``received_at`` header;
+- ts -> ingest receive: the payload's event time to ingest's ``received_at`` header
+  (the simulator spreads each second's messages over that second, so this is within
+  about +-1 s of the true publish -> receive time; its tail is what matters);
 - ts -> rule alert readable on Kafka (read_committed, as backend services read it;
   sensor glitches injected at a high rate), and when it was appended;
 - ts -> the record's window stats on Kafka (includes waiting for the 60 s window and
@@ -232,7 +233,7 @@ def _collect(
     bootstrap = settings.kafka_bootstrap
     telemetry = read_topic(bootstrap, topics["input"], expect=result.sent, timeout_s=120)
     keys: set[tuple[str, int]] = set()
-    per_window: dict[tuple[str, int], int] = {}
+    per_window: dict[tuple[str, int], list[int]] = {}
     max_ts = 0
     for r in telemetry:
         value = orjson.loads(r.value)
@@ -244,7 +245,7 @@ def _collect(
         ts = int(value["ts"])
         max_ts = max(max_ts, ts)
         window = (value["vehicle_id"], ts - ts % WINDOW_MS)
-        per_window[window] = per_window.get(window, 0) + 1
+        per_window.setdefault(window, []).append(ts)
         received = r.headers.get("received_at")
         if received is not None:
             result.receive_ms.append(float(int(received) - ts))
@@ -264,10 +265,10 @@ def _collect(
         result.window_samples += int(value["samples"])
         result.close_ms.append(visible - end - GRACE_MS)
         # Every record of the window waited from its ts until the stats were visible.
-        n = per_window.get((value["vehicle_id"], start), 0)
-        result.stats_ms.extend([visible - (start + end) / 2] * n)
+        for ts in per_window.get((value["vehicle_id"], start), []):
+            result.stats_ms.append(visible - ts)
     result.window_expected = sum(
-        n for (_vid, start), n in per_window.items() if start + WINDOW_MS <= closed
+        len(tss) for (_vid, start), tss in per_window.items() if start + WINDOW_MS <= closed
     )
 
 
@@ -344,8 +345,8 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
             row(name, "sent", r.sent, "msgs"),
             row(name, "lost", r.lost, "msgs"),
             row(name, "duplicates in Kafka", r.duplicates, "msgs"),
-            row(name, "p50 publish->ingest receive", percentile(r.receive_ms, 50), "ms"),
-            row(name, "p99 publish->ingest receive", percentile(r.receive_ms, 99), "ms"),
+            row(name, "p50 ts->ingest receive", percentile(r.receive_ms, 50), "ms"),
+            row(name, "p99 ts->ingest receive", percentile(r.receive_ms, 99), "ms"),
             row(name, "p50 ts->rule alert on Kafka", percentile(r.alert_ms, 50), "ms"),
             row(name, "p95 ts->rule alert on Kafka", percentile(r.alert_ms, 95), "ms"),
             row(name, "p99 ts->rule alert on Kafka", percentile(r.alert_ms, 99), "ms",
