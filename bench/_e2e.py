@@ -318,6 +318,8 @@ def run_e2e(*, vehicles: list[int], seconds: int, search: bool = False) -> Repor
 
 
 def _next_sizes(results: list[_SizeResult]) -> list[int]:
+    """Next fleet size to try: double while passing, then the midpoint once."""
+    tried = {r.vehicles for r in results}
     passed = [r.vehicles for r in results if r.passed]
     failed = [r.vehicles for r in results if not r.passed]
     if len(results) >= 6:
@@ -326,14 +328,14 @@ def _next_sizes(results: list[_SizeResult]) -> list[int]:
         return [max(passed) * 2]
     if not passed:
         low = min(failed) // 2
-        return [low] if low >= 1 and low not in {r.vehicles for r in results} else []
-    best, worst = (
-        max(passed),
-        min(f for f in failed if f > max(passed)) if any(f > max(passed) for f in failed) else 0,
-    )
+        return [low] if low >= 1 and low not in tried else []
+    best = max(passed)
+    above = [f for f in failed if f > best]
+    if not above:
+        return []
+    worst = min(above)
     mid = (best + worst) // 2
-    tried = {r.vehicles for r in results}
-    return [mid] if worst and mid not in tried and worst - best > best // 4 else []
+    return [mid] if mid not in tried and worst - best > best // 2 else []
 
 
 def _fill(report: Report, results: list[_SizeResult]) -> None:
