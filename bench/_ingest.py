@@ -299,6 +299,7 @@ class _Run:
     run_id: str
     admin: AdminClient
     consumer: Consumer
+    paced_s: float = PACED_S
 
     def wait_ready(self, prefix: str, topic: str, bridge: _Bridge) -> int:
         """Publish probes until one arrives in Kafka; return the records already there."""
@@ -366,7 +367,7 @@ class _Run:
         publisher = QosOnePublisher(self.settings, f"{prefix}-paced")
         try:
             sent = publisher.publish(
-                _paced_messages(prefix, PACED_RATE, PACED_S, "lat"), PACED_RATE
+                _paced_messages(prefix, PACED_RATE, self.paced_s, "lat"), PACED_RATE
             )
             publisher.wait_acked(sent, timeout_s=120)
         finally:
@@ -449,7 +450,9 @@ def _mosquitto_sub(run: _Run, slug: str) -> _Result:
     try:
         time.sleep(1.0)
         publisher = QosOnePublisher(settings, f"{prefix}-paced")
-        sent = publisher.publish(_paced_messages(prefix, PACED_RATE, PACED_S, "lat"), PACED_RATE)
+        sent = publisher.publish(
+            _paced_messages(prefix, PACED_RATE, run.paced_s, "lat"), PACED_RATE
+        )
         publisher.wait_acked(sent)
         publisher.close()
         wait_lines(sent, 60)
@@ -521,13 +524,16 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
         run.admin.delete_topics([topic])
 
 
-def run_ingest(*, vehicles: int, seconds: int, outage_s: float = 60.0) -> Report:
+def run_ingest(
+    *, vehicles: int, seconds: int, outage_s: float = 60.0, paced_s: float = PACED_S
+) -> Report:
     """Benchmark ingest against mosquitto_sub, MQTTSource and a naive bridge.
 
     Args:
         vehicles: Cars in the flood load.
         seconds: Seconds of 1 Hz telemetry per car in the flood load.
         outage_s: Length of the Kafka outage phase; 0 skips it.
+        paced_s: Length of the paced latency phase per bridge.
 
     Returns:
         The report with rows, ratios and the ingest targets.
@@ -544,7 +550,7 @@ def run_ingest(*, vehicles: int, seconds: int, outage_s: float = 60.0) -> Report
     report = Report(
         "ingest",
         {"vehicles": vehicles, "seconds": seconds, "messages": vehicles * seconds,
-         "paced_rate": PACED_RATE, "paced_s": PACED_S, "outage_s": outage_s,
+         "paced_rate": PACED_RATE, "paced_s": paced_s, "outage_s": outage_s,
          "flood_cap_s": FLOOD_CAP_S, "publishers": f"{_PUBLISHERS} x mosquitto_pub -q 1 -M 1000"},
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fleetstream-bench-") as tmp:
@@ -553,7 +559,7 @@ def run_ingest(*, vehicles: int, seconds: int, outage_s: float = 60.0) -> Report
         consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench"})
         run = _Run(
             settings, workdir, load, uuid.uuid4().hex[:6],
-            AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), consumer,
+            AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), consumer, paced_s,
         )  # fmt: skip
         try:
             results = _measure_all(run, settings, workdir)
