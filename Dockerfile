@@ -24,6 +24,7 @@ COPY ingest ./ingest
 COPY processing ./processing
 COPY dashboard ./dashboard
 COPY models ./models
+COPY bench ./bench
 RUN uv sync --frozen --no-dev --no-editable
 
 # --- runtime stage: the virtualenv only, no build tools, no source tree -----------------------
