@@ -427,7 +427,9 @@ class HighConsumption:
             return Verdict(False, {}, normal=True)
         base = m.get("base")
         count = m.get("n", 0)
-        if base is None:
+        if base is None or base <= 0:
+            # A zero first window (a glitched odometer jump while idling) is no baseline:
+            # dividing by it crashed the app, and again on every restart.
             m["base"], m["n"] = value, 1
             return Verdict.quiet()
         ratio = value / base
