@@ -92,7 +92,12 @@ def measured_span(samples: Iterable[Sample], total: int) -> Span:
 
 
 def simulate(prefix: str, vehicles: int, seconds: int, seed: int = 7) -> list[dict[str, Any]]:
-    """1 Hz v1 telemetry with anomalies, ending now (topic retention keeps recent records)."""
+    """1 Hz v1 telemetry with anomalies, ending at today's 00:00 UTC.
+
+    Recent, so topic retention keeps it; the same time of day every run, so every run
+    (and every day) gets the same drives and anomalies and the counts stay comparable.
+    """
+    day_ms = 86_400_000
     config = FleetConfig(
         vehicles=vehicles,
         duration_s=seconds,
@@ -100,7 +105,7 @@ def simulate(prefix: str, vehicles: int, seconds: int, seed: int = 7) -> list[di
         # Several episodes per car-day so even a short run raises some alerts.
         anomaly_rate=24.0,
         id_prefix=prefix,
-        start_ms=time.time_ns() // 1_000_000 - seconds * 1000,
+        start_ms=time.time_ns() // 1_000_000 // day_ms * day_ms - seconds * 1000,
     )
     return list(iter_records(config))
 
