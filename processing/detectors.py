@@ -253,7 +253,6 @@ class Overheat:
             m["base"] = temp
             return Verdict.quiet()
         excess = temp - base
-        evidence = {"temp_c": temp, "baseline_c": round(base, 2), "excess_c": round(excess, 2)}
         if driving_ice:
             # An engine warming up rises 70 °C in minutes: judge coolant by its limit.
             hot = temp > self.COOLANT_MAX_C
@@ -269,6 +268,7 @@ class Overheat:
             m["base"] = temp
         if hot and not active:
             what = "battery" if ev else "coolant"
+            evidence = {"temp_c": temp, "baseline_c": round(base, 2), "excess_c": round(excess, 2)}
             return Verdict(
                 True,
                 evidence,
