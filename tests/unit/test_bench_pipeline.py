@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench import BenchError
@@ -26,10 +28,22 @@ def test_the_span_starts_at_the_first_poll_that_saw_records() -> None:
 
 
 def test_records_before_the_clock_started_are_not_counted() -> None:
-    # Everything was consumed between two polls: nothing was timed, the rate is 0, not infinite.
-    span = measured_span([Sample(0.0, 0.0, 0.0), Sample(1.0, 100.0, 1.0)], total=100)
-    assert span.records == 0.0
+    samples = [Sample(0.0, 0.0, 0.0), Sample(1.0, 40.0, 1.0), Sample(2.0, 100.0, 1.5)]
+    span = measured_span(samples, total=100)
+    assert (span.records, span.seconds, span.coarse) == (60.0, 1.0, False)
+
+
+def test_a_run_consumed_between_two_polls_is_timed_from_the_poll_before() -> None:
+    samples = [Sample(0.0, -1.0, 0.0), Sample(1.0, 0.0, 1.0), Sample(1.5, 100.0, 1.2)]
+    span = measured_span(samples, total=100)
+    assert (span.records, span.seconds, span.coarse) == (100.0, 0.5, True)
+    assert span.cpu_us_per_record == pytest.approx(2000.0)
+
+
+def test_an_empty_span_has_no_rate_and_no_cost_per_record() -> None:
+    span = measured_span([Sample(0.0, 100.0, 1.0)], total=100)
     assert span.rate == 0.0
+    assert math.isnan(span.cpu_us_per_record)
 
 
 def test_a_run_that_never_finished_is_an_error() -> None:
