@@ -470,6 +470,17 @@ class ProcessingRun:
                 return float(line.split()[-1])
         return 0.0
 
+    def metrics(self) -> dict[str, float]:
+        """The service's Prometheus samples, by name with labels."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
     def wait_consumed(self, count: int, timeout_s: float = 400.0) -> None:
         """Wait until the service has read ``count`` records and committed."""
         deadline = time.monotonic() + timeout_s

@@ -52,10 +52,10 @@ class Pipeline:
 def parse(value: bytes) -> dict[str, Any]:
     """Decode and validate one ``vehicle-telemetry`` value; invalid ones are marked, not raised."""
     try:
-        record = validate(decode(value), require_seq=False)
+        # orjson returns a fresh dict and validate() does not copy it: it is the record.
+        return validate(decode(value), require_seq=False)  # type: ignore[return-value]
     except ContractError as exc:
         return {"_invalid": exc.reason, "_detail": str(exc), "_raw": value}
-    return dict(record)
 
 
 def _quarantine_record(value: dict[str, Any]) -> bytes:
@@ -74,8 +74,19 @@ def _quarantine_headers(
     ]
 
 
+# Roles of the rare per-record outputs (see define_pipeline).
+_ALERT, _SESSION, _QUARANTINE = "alert", "session", "quarantine"
+
+
 def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
-    """Build the stats, sessions, alerts and quarantine branches from the telemetry stream."""
+    """Build the stats, sessions, alerts and quarantine branches from the telemetry stream.
+
+    Quix runs every step as a Python call per record and pickles the value once per extra
+    branch at every fork, so the per-record part is one stateful step. It returns
+    ``(window sample or None, outputs)``; the stream forks once, into the window and
+    the rare outputs (alerts, sessions, quarantined records), which fork again only when
+    there is one.
+    """
     cfg = config or PipelineConfig()
     metrics = cfg.metrics
 
@@ -84,9 +95,12 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     # clock is late. Quix does not report all of those (it drops some silently), so
     # lateness is counted here, before the window.
     partition_clock: dict[tuple[str, int], int] = {}
+    records_in = metrics.records_in
 
-    def counted_parse(value: bytes, key: Any, timestamp: int, _headers: Any) -> dict[str, Any]:
-        metrics.records_in.inc()
+    def per_record(
+        value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
+    ) -> tuple[list[Any] | None, list[tuple[str, Any]]]:
+        records_in.inc()
         ctx = message_context()
         where = (ctx.topic, ctx.partition) if ctx is not None else ("", 0)
         clock = partition_clock.get(where, 0)
@@ -96,27 +110,29 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             _log.info(
                 "late record for %s at %d; counted in fleetstream_processing_late", vid, timestamp
             )
-        partition_clock[where] = max(clock, timestamp)
+        if timestamp > clock:
+            partition_clock[where] = timestamp
         record = parse(value)
         if "_invalid" in record:
             metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
             _log.warning("quarantining an invalid record: %s", record["_detail"])
-        return record
-
-    sdf = sdf.apply(counted_parse, metadata=True)
-    quarantine = sdf.filter(lambda v: "_invalid" in v)
-    records = sdf.filter(lambda v: "_invalid" not in v)
-
-    def per_record(value: dict[str, Any], state: State[str, Any]) -> dict[str, list[Any]]:
+            return None, [(_QUARANTINE, record)]
         car: dict[str, Any] = state.get("car") or {}
-        alerts = detect(car, value)
-        sessions = track(car, value)
+        alerts = detect(car, record)
+        sessions = track(car, record)
         state.set("car", car)
-        return {"alerts": alerts, "sessions": sessions}
+        outputs: list[tuple[str, Any]] = []
+        if alerts or sessions:
+            outputs = [(_ALERT, a) for a in alerts] + [(_SESSION, s) for s in sessions]
+        sample = to_sample(record)
+        sample.append(record["powertrain"])
+        return sample, outputs
 
-    events = records.apply(per_record, stateful=True)
-    alerts = events.apply(lambda e: e["alerts"], expand=True)
-    sessions = events.apply(lambda e: e["sessions"], expand=True)
+    events = sdf.apply(per_record, stateful=True, metadata=True)
+    outputs = events.apply(lambda e: e[1], expand=True)
+    alerts = outputs.filter(lambda o: o[0] == _ALERT).apply(lambda o: o[1])
+    sessions = outputs.filter(lambda o: o[0] == _SESSION).apply(lambda o: o[1])
+    quarantine = outputs.filter(lambda o: o[0] == _QUARANTINE).apply(lambda o: o[1])
 
     def on_late(
         value: Any,
@@ -133,7 +149,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         return False  # counted before the window (see counted_parse)
 
     windows = (
-        records.apply(lambda v: [*to_sample(v), v["powertrain"]])
+        events.filter(lambda e: e[0] is not None)
+        .apply(lambda e: e[0])
         .tumbling_window(cfg.window_ms, grace_ms=cfg.grace_ms, name="stats", on_late=on_late)
         .agg(samples=Collect())
         # Close on the partition's clock: a car that stops sending still gets its window.

@@ -173,6 +173,12 @@ class TelemetryRecord(TypedDict, total=False):
 
 _COMMON_CHECKS: Final = COMMON_NUMBERS[2:]
 _BY_POWERTRAIN: Final = {"ev": EV_NUMBERS, "ice": ICE_NUMBERS}
+# (name, low, high, integer, spec) of the nullable measurements, per powertrain, in the
+# order validate() reports them: the fast path in validate() reads plain tuples.
+_FAST_CHECKS: Final = {
+    powertrain: tuple((f.name, f.low, f.high, f.integer, f) for f in (*_COMMON_CHECKS, *specific))
+    for powertrain, specific in _BY_POWERTRAIN.items()
+}
 
 
 def _check_number(obj: dict[str, Any], spec: NumberField, *, nullable: bool) -> None:
@@ -255,10 +261,16 @@ def validate(obj: object, *, require_seq: bool = True) -> TelemetryRecord:
         raise ContractError(
             Problem.BAD_VALUE, "state", f"{state!r} is not one of {', '.join(STATES)}"
         )
-    for spec in _COMMON_CHECKS:
-        _check_number(obj, spec, nullable=True)
-    for spec in specific:
-        _check_number(obj, spec, nullable=True)
+    get = obj.get
+    for name, low, high, integer, spec in _FAST_CHECKS[powertrain]:
+        value = get(name, _MISSING)
+        if value is None:
+            continue
+        kind = type(value)
+        # NaN and infinities fail the range test, so they take the slow path too.
+        if (kind is int or (kind is float and not integer)) and low <= value <= high:
+            continue
+        _check_number(obj, spec, nullable=True)  # raises the precise error
     return obj  # type: ignore[return-value]
 
 

@@ -388,6 +388,16 @@ def test_high_consumption_ignores_short_windows() -> None:
     assert out == []
 
 
+def test_high_consumption_survives_a_zero_first_window() -> None:
+    # An odometer glitch makes a "driving" window with distance and no fuel: consumption 0.
+    state: dict[str, Any] = {}
+    out = []
+    for i, value in enumerate([0.0] + [150.0] * 6 + [150.0 * 1.8] * 3):
+        out += detect_window(state, stats_window(i, value))
+    assert [a["status"] for a in out] == ["raised"]
+    assert state["high_consumption"]["base"] > 0
+
+
 # -------------------------------------------------------------------------- simulated fleets
 
 
