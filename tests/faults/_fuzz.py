@@ -1,6 +1,6 @@
 """Seeded generator of bad telemetry payloads for the fuzz cases.
 
-Every payload is checked against the contract here (``telemetry.contract.parse``), so a
+Every payload is checked against the contract here (``telemetry.contract``), so a
 generated payload that happens to be valid is never counted as bad, and the test knows
 the exact quarantine reason to expect for each one.
 """
@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, parse
+from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, decode, validate
 
 NUMBER_FIELDS: Final = (
     "ts", "seq", "lat", "lon", "speed_kmh", "odometer_km", "heading_deg", "elevation_m",
@@ -125,13 +125,17 @@ _MAKERS: Final[dict[str, Callable[[random.Random, dict[str, Any]], bytes]]] = {
 }
 
 
-def bad_payloads(count: int, templates: list[bytes], seed: int = 9) -> list[BadPayload]:
+def bad_payloads(
+    count: int, templates: list[bytes], seed: int = 9, *, require_seq: bool = True
+) -> list[BadPayload]:
     """``count`` bad payloads, the kinds in turn, each derived from a valid template.
 
     Args:
         count: How many to generate.
         templates: Valid v1 payloads to corrupt.
         seed: Random seed; the same seed gives the same payloads.
+        require_seq: The contract as ingest applies it (True) or as processing does
+            (False: ``seq`` may be missing or null).
 
     Returns:
         The payloads with their kind and expected quarantine reason.
@@ -142,7 +146,7 @@ def bad_payloads(count: int, templates: list[bytes], seed: int = 9) -> list[BadP
         kind = KINDS[len(out) % len(KINDS)]
         payload = _MAKERS[kind](rng, orjson.loads(rng.choice(templates)))
         try:
-            parse(payload)
+            validate(decode(payload), require_seq=require_seq)
         except ContractError as exc:
             out.append(BadPayload(kind, payload, exc.reason))
         # A mutation that happens to be valid is dropped and the kind drawn again.
