@@ -49,9 +49,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_rules(path: Path, prefix: str, *, share_group: str | None = None) -> Path:
-    """A rules file isolated to one test: its own MQTT filters and Kafka topics."""
+def write_rules(
+    path: Path,
+    prefix: str,
+    *,
+    share_group: str | None = None,
+    headers: Iterable[str] | None = None,
+) -> Path:
+    """A rules file isolated to one test: its own MQTT filters and Kafka topics.
+
+    Args:
+        path: Where to write it.
+        prefix: MQTT topic root and Kafka topic prefix of the test.
+        share_group: Shared-subscription group of the MQTT rules, if any.
+        headers: Record headers of the MQTT rules (default: the rules' default).
+    """
     share = f'share_group = "{share_group}"\n' if share_group else ""
+    if headers is not None:
+        share += f"headers = {orjson.dumps(list(headers)).decode()}\n"
     path.write_text(
         f"""
 [[mqtt_to_kafka]]
