@@ -1,12 +1,666 @@
-"""``fleetstream bench ingest``."""
+"""``fleetstream bench ingest``: MQTT QoS 1 -> Kafka, fleetstream next to its peers.
+
+Every bridge gets the same load, on its own MQTT filter and its own Kafka topic:
+
+1. *flood*: N cars x S seconds of v1 telemetry, published by two ``mosquitto_pub -l``
+   (C, QoS 1) as fast as the broker takes them; the bridge drains the backlog. Sustained
+   rate = records / (last - first Kafka append time); the topics use ``LogAppendTime``
+   so every record carries the broker's time of the write.
+2. *paced*: 1,000 msg/s for a few seconds, each payload stamped with its publish time:
+   publish -> Kafka latency (and receive -> Kafka from ingest's ``received_at`` header).
+3. for one ingest process only: a Kafka outage (broker stopped) under the paced load,
+   peak RSS and loss.
+
+The broker's own delivery limit is measured with ``mosquitto_sub`` (C) before and after
+the bridges; ratios use the mean of both.
+"""
 
 from __future__ import annotations
 
-from bench._report import Report
+import contextlib
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench._report import Report, percentile, row
 from bench.errors import BenchError
+from bench.harness import (
+    LOG_APPEND_TIME,
+    IngestProcess,
+    KafkaRecord,
+    ProcessWatch,
+    QosOnePublisher,
+    default_rules,
+    read_topic,
+)
+from fleetstream import infra
+from fleetstream.infra import _kafka
+from simulator import FleetConfig, iter_records
+
+_log = logging.getLogger(__name__)
+
+PACED_RATE = 1000.0
+PACED_S = 8.0
+FLOOD_CAP_S = 60.0
+STALL_S = 15.0
+_PUBLISHERS = 2
 
 
-def run_ingest(*, vehicles: int, seconds: int) -> Report:
-    """Not built yet."""
-    msg = "fleetstream bench ingest is not built yet"
-    raise BenchError(msg)
+@dataclass(frozen=True, slots=True)
+class _Load:
+    files: list[Path]
+    keys: frozenset[tuple[str, int]]
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+
+def _build_load(workdir: Path, vehicles: int, seconds: int) -> _Load:
+    config = FleetConfig(
+        vehicles=vehicles, duration_s=seconds, seed=9, anomaly_rate=4.0, id_prefix="bnc"
+    )
+    files = [workdir / f"load-{i}.jsonl" for i in range(_PUBLISHERS)]
+    keys = set()
+    handles = [f.open("wb") for f in files]
+    try:
+        for record in iter_records(config):
+            # Each car on one publisher, so its messages stay in order.
+            index = int(record["vehicle_id"][3:].lstrip("-") or 0) % _PUBLISHERS
+            handles[index].write(orjson.dumps(record) + b"\n")
+            keys.add((record["vehicle_id"], record["seq"]))
+    finally:
+        for h in handles:
+            h.close()
+    return _Load(files, frozenset(keys))
+
+
+def _flood(settings: infra.InfraSettings, prefix: str, load: _Load) -> float:
+    """Publish the load with mosquitto_pub (C, QoS 1); return the seconds it took."""
+    began = time.monotonic()
+    procs = []
+    for i, path in enumerate(load.files):
+        with path.open("rb") as stdin:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "mosquitto_pub",
+                        "-h",
+                        settings.host,
+                        "-p",
+                        str(settings.mqtt_port),
+                        "-q",
+                        "1",
+                        "-M",
+                        "1000",
+                        "-l",
+                        "-t",
+                        f"{prefix}/pub{i}/telemetry",
+                        "-i",
+                        f"{prefix}-pub{i}",
+                    ],
+                    stdin=stdin,
+                    stderr=subprocess.PIPE,
+                )
+            )
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            msg = f"mosquitto_pub failed ({proc.returncode}): {err.decode(errors='replace')}"
+            raise BenchError(msg)
+    return time.monotonic() - began
+
+
+def _paced_messages(
+    prefix: str, rate: float, seconds: float, tag: str
+) -> Iterator[tuple[str, bytes]]:
+    """v1 records of ``rate`` cars at 1 Hz, each stamped with the moment it is published."""
+    config = FleetConfig(vehicles=max(1, int(rate)), duration_s=seconds, seed=5, id_prefix=tag)
+    for record in iter_records(config):
+        record["ts"] = time.time_ns() // 1_000_000
+        yield f"{prefix}/{record['vehicle_id']}/telemetry", orjson.dumps(record)
+
+
+class _Bridge(Protocol):
+    name: str
+
+    def start(self, mqtt_filter_prefix: str, topic: str) -> None: ...
+    def processes(self) -> list[psutil.Process]: ...
+    def stop(self) -> None: ...
+    def log(self) -> str: ...
+
+
+@dataclass
+class _IngestBridge:
+    """1 or 2 fleetstream ingest processes on the packaged default rules (renamed topics)."""
+
+    settings: infra.InfraSettings
+    workdir: Path
+    name: str
+    replicas: int = 1
+    procs: list[IngestProcess] = field(default_factory=list)
+
+    def start(self, prefix: str, topic: str) -> None:
+        rules = default_rules(
+            self.workdir / f"{prefix}-rules.toml",
+            prefix,
+            topic,
+            share_group="bench" if self.replicas > 1 else None,
+        )
+        self.procs = [
+            IngestProcess(self.settings, self.workdir, f"{prefix}-ingest-{i}", rules)
+            for i in range(self.replicas)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def processes(self) -> list[psutil.Process]:
+        return [psutil.Process(p.proc.pid) for p in self.procs if p.proc is not None]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(Exception):
+                p.stop()
+
+    def log(self) -> str:
+        return "\n".join(p.log() for p in self.procs)
+
+
+@dataclass
+class _PeerBridge:
+    """A peer from :mod:`bench._peers` in its own process."""
+
+    settings: infra.InfraSettings
+    workdir: Path
+    name: str
+    kind: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, prefix: str, topic: str) -> None:
+        self.log_path = self.workdir / f"{prefix}-{self.kind}.log"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench", self.kind,
+                 "--mqtt-host", self.settings.host, "--mqtt-port", str(self.settings.mqtt_port),
+                 "--filter", f"{prefix}/+/telemetry", "--topic", topic,
+                 "--bootstrap", self.settings.kafka_bootstrap,
+                 "--client-id", f"{prefix}-{self.kind}"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def processes(self) -> list[psutil.Process]:
+        return [psutil.Process(self.proc.pid)] if self.proc is not None else []
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text("utf-8", errors="replace")[-4000:]
+
+
+@dataclass
+class _Result:
+    name: str
+    delivered: int
+    lost: int | None
+    duplicates: int
+    rate: float
+    cpu_s: float
+    peak_rss_mb: float
+    publish_to_kafka_ms: list[float] = field(default_factory=list)
+    receive_to_kafka_ms: list[float] = field(default_factory=list)
+    finished: bool = True
+
+
+def _create_topic(admin: AdminClient, name: str) -> None:
+    topic = NewTopic(name, 4, 1, config=LOG_APPEND_TIME)
+    admin.create_topics([topic])[name].result(timeout=30)
+
+
+def _end_offsets(consumer: Consumer, topic: str) -> int:
+    total = 0
+    for p in range(4):
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+        total += max(high, 0)
+    return total
+
+
+def _wait_offsets(
+    consumer: Consumer, topic: str, target: int, bridge: _Bridge, cap_s: float
+) -> tuple[int, bool]:
+    """Wait until ``target`` records are in the topic, progress stalls, or ``cap_s`` passes."""
+    deadline = time.monotonic() + cap_s
+    last, last_change = -1, time.monotonic()
+    while True:
+        count = _end_offsets(consumer, topic)
+        now = time.monotonic()
+        if count >= target:
+            return count, True
+        if count != last:
+            last, last_change = count, now
+        if now - last_change > STALL_S or now > deadline:
+            return count, False
+        _require_alive(bridge)
+        time.sleep(0.25)
+
+
+def _require_alive(bridge: _Bridge) -> None:
+    for p in bridge.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                continue
+        msg = f"{bridge.name} exited during the benchmark:\n{bridge.log()}"
+        raise BenchError(msg)
+
+
+def _keys(records: list[KafkaRecord]) -> Counter[tuple[str, int]]:
+    out: Counter[tuple[str, int]] = Counter()
+    for r in records:
+        value = orjson.loads(r.value)
+        out[(value["vehicle_id"], value["seq"])] += 1
+    return out
+
+
+def _rate(append_ms: list[int]) -> float:
+    if len(append_ms) < 2:
+        return 0.0
+    span = (max(append_ms) - min(append_ms)) / 1000
+    return (len(append_ms) - 1) / span if span > 0 else float("inf")
+
+
+@dataclass
+class _Run:
+    settings: infra.InfraSettings
+    workdir: Path
+    load: _Load
+    run_id: str
+    admin: AdminClient
+    consumer: Consumer
+    paced_s: float = PACED_S
+
+    def wait_ready(self, prefix: str, topic: str, bridge: _Bridge) -> int:
+        """Publish probes until one arrives in Kafka; return the records already there."""
+        publisher = QosOnePublisher(self.settings, f"{prefix}-probe")
+        try:
+            probes = _paced_messages(prefix, 1, 600, "prb")
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                publisher.publish([next(probes)])
+                time.sleep(1.0)
+                count = _end_offsets(self.consumer, topic)
+                if count:
+                    time.sleep(1.5)
+                    return _end_offsets(self.consumer, topic)
+                _require_alive(bridge)
+        finally:
+            publisher.close()
+        msg = f"{bridge.name} did not deliver a probe within 90 s:\n{bridge.log()}"
+        raise BenchError(msg)
+
+    def bridge(self, bridge: _Bridge, slug: str, *, outage_s: float = 0.0) -> _Result:
+        prefix = f"bench-{self.run_id}-{slug}"
+        topic = f"{prefix}-telemetry"
+        _create_topic(self.admin, topic)
+        _log.info("%s: starting", bridge.name)
+        bridge.start(prefix, topic)
+        try:
+            base = self.wait_ready(prefix, topic, bridge)
+            watch = ProcessWatch(bridge.processes)
+            _flood(self.settings, prefix, self.load)
+            count, finished = _wait_offsets(
+                self.consumer, topic, base + self.load.count, bridge, FLOOD_CAP_S
+            )
+            watch.stop()
+            records = read_topic(
+                self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
+            )
+            flood = [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("bnc")]
+            keys = _keys(flood)
+            result = _Result(
+                name=bridge.name,
+                delivered=len(keys),
+                lost=len(self.load.keys - set(keys)) if finished else None,
+                duplicates=sum(c - 1 for c in keys.values()),
+                rate=_rate([r.timestamp for r in flood]),
+                cpu_s=watch.cpu_s,
+                peak_rss_mb=watch.peak_rss_mb,
+                finished=finished,
+            )
+            _log.info(
+                "%s: %d of %d in %s, %.0f msg/s",
+                bridge.name, len(keys), self.load.count,
+                "time" if finished else f"the {FLOOD_CAP_S:.0f} s cap", result.rate,
+            )  # fmt: skip
+            if finished:
+                self._paced(bridge, prefix, topic, result, count)
+            return result
+        finally:
+            bridge.stop()
+            self.admin.delete_topics([topic])
+
+    def _paced(
+        self, bridge: _Bridge, prefix: str, topic: str, result: _Result, before: int
+    ) -> None:
+        publisher = QosOnePublisher(self.settings, f"{prefix}-paced")
+        try:
+            sent = publisher.publish(
+                _paced_messages(prefix, PACED_RATE, self.paced_s, "lat"), PACED_RATE
+            )
+            publisher.wait_acked(sent, timeout_s=120)
+        finally:
+            publisher.close()
+        count, _ = _wait_offsets(self.consumer, topic, before + sent, bridge, 120)
+        records = read_topic(
+            self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
+        )
+        for r in records:
+            value = orjson.loads(r.value)
+            if not value["vehicle_id"].startswith("lat"):
+                continue
+            result.publish_to_kafka_ms.append(float(r.timestamp - value["ts"]))
+            received = r.headers.get("received_at")
+            if received is not None:
+                result.receive_to_kafka_ms.append(float(r.timestamp - int(received)))
+
+
+def _mosquitto_sub(run: _Run, slug: str) -> _Result:
+    """The broker's delivery limit to a C client, and its publish -> receive latency."""
+    settings = run.settings
+    prefix = f"bench-{run.run_id}-{slug}"
+    out = run.workdir / f"{prefix}.txt"
+
+    def start(fmt: str) -> subprocess.Popen[bytes]:
+        with out.open("wb") as sink:
+            return subprocess.Popen(
+                ["mosquitto_sub", "-h", settings.host, "-p", str(settings.mqtt_port), "-q", "1",
+                 "-t", f"{prefix}/+/telemetry", "-i", f"{prefix}-sub", "-F", fmt],
+                stdout=sink,
+            )  # fmt: skip
+
+    def lines() -> list[bytes]:
+        return out.read_bytes().splitlines()
+
+    def wait_lines(target: int, cap_s: float) -> int:
+        deadline = time.monotonic() + cap_s
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = len(lines())
+            if count >= target:
+                return count
+            if count != last:
+                last, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > STALL_S:
+                break
+            time.sleep(0.25)
+        return len(lines())
+
+    proc = start("%U")
+    try:
+        # Subscribed once a probe comes through.
+        publisher = QosOnePublisher(settings, f"{prefix}-probe")
+        probes = _paced_messages(prefix, 1, 600, "prb")
+        while not lines():
+            publisher.publish([next(probes)])
+            time.sleep(0.5)
+        publisher.close()
+        time.sleep(1.0)
+        base = len(lines())
+        watch = ProcessWatch(lambda: [psutil.Process(proc.pid)])
+        _flood(settings, prefix, run.load)
+        count = wait_lines(base + run.load.count, FLOOD_CAP_S)
+        watch.stop()
+        times = [float(t) for t in lines()[base:count]]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    span = max(times) - min(times) if len(times) > 1 else 0.0
+    result = _Result(
+        name="mosquitto_sub (C)",
+        delivered=len(times),
+        lost=run.load.count - len(times),
+        duplicates=0,
+        rate=(len(times) - 1) / span if span > 0 else 0.0,
+        cpu_s=watch.cpu_s,
+        peak_rss_mb=watch.peak_rss_mb,
+    )
+    proc = start("%U %p")
+    try:
+        time.sleep(1.0)
+        publisher = QosOnePublisher(settings, f"{prefix}-paced")
+        sent = publisher.publish(
+            _paced_messages(prefix, PACED_RATE, run.paced_s, "lat"), PACED_RATE
+        )
+        publisher.wait_acked(sent)
+        publisher.close()
+        wait_lines(sent, 60)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    for line in lines():
+        received, _, payload = line.partition(b" ")
+        with contextlib.suppress(ValueError, orjson.JSONDecodeError):
+            ts = orjson.loads(payload)["ts"]
+            result.publish_to_kafka_ms.append(float(received) * 1000 - ts)
+    _log.info("mosquitto_sub: %d of %d, %.0f msg/s", len(times), run.load.count, result.rate)
+    return result
+
+
+def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
+    """Kafka stopped for ``outage_s`` under the paced load: ingest's peak RSS and loss."""
+    settings = run.settings
+    kafka = _kafka.process(settings)
+    if kafka.pid() is None:
+        msg = "the outage phase needs the Kafka that `fleetstream infra up` started"
+        raise BenchError(msg)
+    prefix = f"bench-{run.run_id}-outage"
+    topic = f"{prefix}-telemetry"
+    _create_topic(run.admin, topic)
+    bridge = _IngestBridge(settings, run.workdir, "fleetstream ingest (Kafka outage)")
+    bridge.start(prefix, topic)
+    try:
+        base = run.wait_ready(prefix, topic, bridge)
+        total_s = outage_s + 20.0
+        messages = list(_paced_messages(prefix, PACED_RATE, total_s, "out"))
+        keys = {(orjson.loads(p)["vehicle_id"], orjson.loads(p)["seq"]) for _, p in messages}
+        publisher = QosOnePublisher(settings, f"{prefix}-pub")
+        thread = threading.Thread(
+            target=publisher.publish, args=(messages, PACED_RATE), name="bench-outage-pub"
+        )
+        watch = ProcessWatch(bridge.processes)
+        thread.start()
+        time.sleep(5)
+        _log.info("stopping Kafka for %.0f s", outage_s)
+        down_at = time.monotonic()
+        kafka.stop()
+        time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
+        infra.up(settings)
+        back = time.monotonic()
+        _log.info("Kafka back after %.0f s", back - down_at)
+        thread.join()
+        publisher.wait_acked(len(messages), timeout_s=300)
+        publisher.close()
+        fresh = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": prefix})
+        try:
+            count, _ = _wait_offsets(fresh, topic, base + len(messages), bridge, 300)
+        finally:
+            fresh.close()
+        drained_s = time.monotonic() - back
+        watch.stop()
+        records = read_topic(settings.kafka_bootstrap, topic, expect=count, timeout_s=180)
+        got = _keys([r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("out")])
+        return {
+            "outage_s": outage_s,
+            "sent": len(keys),
+            "lost": len(keys - set(got)),
+            "duplicates": sum(c - 1 for c in got.values()),
+            "peak_rss_mb": watch.peak_rss_mb,
+            "drain_after_restart_s": drained_s,
+        }
+    finally:
+        bridge.stop()
+        run.admin.delete_topics([topic])
+
+
+def run_ingest(
+    *, vehicles: int, seconds: int, outage_s: float = 60.0, paced_s: float = PACED_S
+) -> Report:
+    """Benchmark ingest against mosquitto_sub, MQTTSource and a naive bridge.
+
+    Args:
+        vehicles: Cars in the flood load.
+        seconds: Seconds of 1 Hz telemetry per car in the flood load.
+        outage_s: Length of the Kafka outage phase; 0 skips it.
+        paced_s: Length of the paced latency phase per bridge.
+
+    Returns:
+        The report with rows, ratios and the ingest targets.
+
+    Raises:
+        BenchError: A broker or a bridge failed.
+    """
+    settings = infra.InfraSettings()
+    try:
+        infra.up(settings)
+    except infra.InfraError as exc:
+        msg = f"cannot start the local brokers: {exc}"
+        raise BenchError(msg) from exc
+    report = Report(
+        "ingest",
+        {"vehicles": vehicles, "seconds": seconds, "messages": vehicles * seconds,
+         "paced_rate": PACED_RATE, "paced_s": paced_s, "outage_s": outage_s,
+         "flood_cap_s": FLOOD_CAP_S, "publishers": f"{_PUBLISHERS} x mosquitto_pub -q 1 -M 1000"},
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fleetstream-bench-") as tmp:
+        workdir = Path(tmp)
+        load = _build_load(workdir, vehicles, seconds)
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench"})
+        run = _Run(
+            settings, workdir, load, uuid.uuid4().hex[:6],
+            AdminClient({"bootstrap.servers": settings.kafka_bootstrap}), consumer, paced_s,
+        )  # fmt: skip
+        try:
+            results = _measure_all(run, settings, workdir)
+            outage = _outage(run, outage_s) if outage_s > 0 else None
+        finally:
+            consumer.close()
+    _fill(report, results, outage)
+    return report
+
+
+def _measure_all(run: _Run, settings: infra.InfraSettings, workdir: Path) -> dict[str, _Result]:
+    results = {"sub_before": _mosquitto_sub(run, "sub1")}
+    results["ingest"] = run.bridge(_IngestBridge(settings, workdir, "fleetstream ingest"), "ingest")
+    results["ingest2"] = run.bridge(
+        _IngestBridge(settings, workdir, "fleetstream ingest x2 (shared sub)", 2), "ingest2"
+    )
+    results["mqtt_source"] = run.bridge(
+        _PeerBridge(settings, workdir, "quixstreams MQTTSource", "mqtt-source"), "mqttsource"
+    )
+    results["naive"] = run.bridge(
+        _PeerBridge(settings, workdir, "naive paho + flush per message", "naive"), "naive"
+    )
+    results["sub_after"] = _mosquitto_sub(run, "sub2")
+    return results
+
+
+def _fill(report: Report, results: dict[str, _Result], outage: dict[str, Any] | None) -> None:
+    before, after = results["sub_before"], results["sub_after"]
+    broker = (before.rate + after.rate) / 2
+    base = ("mosquitto_sub (mean)", broker)
+    report.details["flood_messages"] = results["ingest"].delivered
+    report.add(
+        row("mosquitto_sub (C), before", "msg/s", before.rate, "msg/s"),
+        row("mosquitto_sub (C), after", "msg/s", after.rate, "msg/s"),
+    )
+    for key in ("ingest", "ingest2", "mqtt_source", "naive"):
+        r = results[key]
+        note = "" if r.finished else f" (stopped at {FLOOD_CAP_S:.0f} s cap)"
+        report.add(row(r.name, "sustained msg/s" + note, r.rate, "msg/s", base))
+        if key == "ingest":
+            report.add(
+                row(r.name, "sustained msg/s", r.rate, "msg/s",
+                    ("quixstreams MQTTSource", results["mqtt_source"].rate))
+            )  # fmt: skip
+        if key == "ingest2":
+            report.add(
+                row(r.name, "sustained msg/s", r.rate, "msg/s",
+                    ("fleetstream ingest", results["ingest"].rate))
+            )  # fmt: skip
+        if r.publish_to_kafka_ms:
+            sub = ("mosquitto_sub", percentile(before.publish_to_kafka_ms, 50))
+            sub99 = ("mosquitto_sub", percentile(before.publish_to_kafka_ms, 99))
+            report.add(
+                row(r.name, f"p50 publish->Kafka @{PACED_RATE:.0f}/s",
+                    percentile(r.publish_to_kafka_ms, 50), "ms", sub),
+                row(r.name, f"p99 publish->Kafka @{PACED_RATE:.0f}/s",
+                    percentile(r.publish_to_kafka_ms, 99), "ms", sub99),
+            )  # fmt: skip
+        if r.receive_to_kafka_ms:
+            report.add(
+                row(r.name, "p50 receive->Kafka", percentile(r.receive_to_kafka_ms, 50), "ms"),
+                row(r.name, "p99 receive->Kafka", percentile(r.receive_to_kafka_ms, 99), "ms"),
+            )
+        report.add(
+            row(r.name, "peak RSS (flood)", r.peak_rss_mb, "MiB"),
+            row(r.name, "CPU per 10k msgs", r.cpu_s / max(r.delivered, 1) * 10_000, "s"),
+        )
+        if r.lost is not None:
+            report.add(
+                row(r.name, "lost", r.lost, "msgs"), row(r.name, "duplicates", r.duplicates, "msgs")
+            )
+    report.add(
+        row("mosquitto_sub (C)", f"p50 publish->receive @{PACED_RATE:.0f}/s",
+            percentile(before.publish_to_kafka_ms, 50), "ms"),
+        row("mosquitto_sub (C)", f"p99 publish->receive @{PACED_RATE:.0f}/s",
+            percentile(before.publish_to_kafka_ms, 99), "ms"),
+    )  # fmt: skip
+    ingest = results["ingest"]
+    ratio_sub = ingest.rate / broker if broker else 0.0
+    ratio_peer = ingest.rate / results["mqtt_source"].rate if results["mqtt_source"].rate else 0.0
+    report.check("ingest >= 0.5x mosquitto_sub", ">= 0.50x", f"{ratio_sub:.2f}x", ratio_sub >= 0.5)
+    report.check("ingest >= 3x MQTTSource", ">= 3.00x", f"{ratio_peer:.2f}x", ratio_peer >= 3.0)
+    lost = sum(results[k].lost or 0 for k in ("ingest", "ingest2"))
+    unfinished = [results[k].name for k in ("ingest", "ingest2") if not results[k].finished]
+    report.check(
+        "ingest loses nothing", "lost = 0, all delivered",
+        f"lost {lost}" + (f", unfinished: {unfinished}" if unfinished else ""),
+        lost == 0 and not unfinished,
+    )  # fmt: skip
+    if outage is not None:
+        report.details["outage"] = outage
+        report.add(
+            row("fleetstream ingest", f"peak RSS, {outage['outage_s']:.0f} s Kafka outage",
+                outage["peak_rss_mb"], "MiB"),
+            row("fleetstream ingest", "lost in outage", outage["lost"], "msgs"),
+            row("fleetstream ingest", "drain after Kafka restart",
+                outage["drain_after_restart_s"], "s"),
+        )  # fmt: skip
+        report.check(
+            f"ingest RSS < 150 MB through a {outage['outage_s']:.0f} s Kafka outage",
+            "< 150 MB, lost = 0",
+            f"{outage['peak_rss_mb'] * 1.048576:.0f} MB, lost {outage['lost']}",
+            outage["peak_rss_mb"] * 1.048576 < 150 and outage["lost"] == 0,
+        )

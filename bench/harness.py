@@ -16,10 +16,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -33,6 +33,9 @@ from paho.mqtt.properties import Properties
 from bench.errors import HarnessError
 from fleetstream import infra
 from simulator import Fleet, FleetConfig, iter_records
+
+# Topic config: every record carries the broker's time of the write (latency benchmarks).
+LOG_APPEND_TIME: Final = {"message.timestamp.type": "LogAppendTime"}
 
 
 def _require(proc: subprocess.Popen[bytes] | None) -> subprocess.Popen[bytes]:
@@ -94,6 +97,35 @@ group = "{prefix}-commands"
 """,
         "utf-8",
     )
+    return path
+
+
+def default_rules(
+    path: Path, prefix: str, telemetry_topic: str, *, share_group: str | None = None
+) -> Path:
+    """The packaged default rules with every MQTT filter and Kafka topic made private.
+
+    Benchmarks run the rules users get, only renamed, so they measure the default
+    headers, adapter and templates.
+    """
+    import ingest  # noqa: PLC0415 - only the benchmarks need the packaged file
+
+    text = (Path(ingest.__file__).parent / "rules.toml").read_text("utf-8")
+    for old, new in (
+        ("fleet/+/telemetry", f"{prefix}/+/telemetry"),
+        ('"vehicle-telemetry"', f'"{telemetry_topic}"'),
+        ("mqttx/simulate/tesla/+", f"{prefix}/tesla/+"),
+        ('"my-vehicles"', f'"{prefix}-vehicles"'),
+        ('"vehicle-commands"', f'"{prefix}-commands"'),
+        ("fleet/{key}/commands", f"{prefix}/{{key}}/commands"),
+    ):
+        if old not in text:
+            msg = f"the packaged rules no longer contain {old!r}; update default_rules()"
+            raise HarnessError(msg)
+        text = text.replace(old, new)
+    if share_group is not None:
+        text = text.replace('# share_group = "ingest"', f'share_group = "{share_group}"', 1)
+    path.write_text(text, "utf-8")
     return path
 
 
@@ -660,10 +692,14 @@ class ProcessingRun:
         return path.read_text("utf-8", errors="replace")[-5000:] if path.exists() else ""
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
-    """Create a topic and wait for it."""
+def create_topic(
+    bootstrap: str, name: str, partitions: int = 4, config: dict[str, str] | None = None
+) -> None:
+    """Create a topic (with optional topic configs) and wait for it."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+    admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(
+        timeout=30
+    )
 
 
 def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, int]]) -> None:
@@ -712,3 +748,57 @@ def simulate(config: FleetConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     for _ in range(round(config.duration_s * config.rate_hz)):
         records.extend(fleet.tick())
     return records, [dict(label) for label in fleet.labels()]
+
+
+class ProcessWatch:
+    """Samples peak RSS (sum over the processes and their children) and CPU seconds.
+
+    CPU is the growth of each process's CPU time between its first and last sample
+    (every 0.2 s), so processes that exit or restart during the watch are counted too.
+
+    Args:
+        processes: Returns the processes to watch (called at every sample, so a
+            restarted service is followed).
+    """
+
+    def __init__(self, processes: Callable[[], list[psutil.Process]]) -> None:
+        self._processes = processes
+        self.peak_rss_mb = 0.0
+        self.cpu_s = 0.0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[psutil.Process]:
+        out = []
+        with contextlib.suppress(psutil.Error):
+            for p in self._processes():
+                out.append(p)
+                with contextlib.suppress(psutil.Error):
+                    out.extend(p.children(recursive=True))
+        return out
+
+    def _sample(self) -> None:
+        rss = 0.0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                with p.oneshot():
+                    t = p.cpu_times()
+                    rss += p.memory_info().rss
+                self._first.setdefault(p.pid, t.user + t.system)
+                self._last[p.pid] = t.user + t.system
+        self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self) -> None:
+        """Stop sampling; ``cpu_s`` is then the CPU used since the watch started."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.cpu_s = sum(self._last[pid] - first for pid, first in self._first.items())

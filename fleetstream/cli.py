@@ -508,13 +508,16 @@ def bench_ingest(
     seconds: int = typer.Option(
         100, "--seconds", min=1, help="Seconds of 1 Hz telemetry per car in the load."
     ),
+    outage_s: float = typer.Option(
+        60.0, "--outage-s", min=0, help="Kafka outage phase for ingest's RSS; 0 skips it."
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
     from bench import BenchError, run_ingest
 
     try:
-        report = run_ingest(vehicles=vehicles, seconds=seconds)
+        report = run_ingest(vehicles=vehicles, seconds=seconds, outage_s=outage_s)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -546,13 +549,16 @@ def bench_e2e(
         [1000], "--vehicles", "-n", min=1, help="Cars at 1 Hz; repeat to try several sizes."
     ),
     seconds: int = typer.Option(120, "--seconds", min=10, help="Real-time seconds per size."),
+    search: bool = typer.Option(
+        False, "--search", help="Double the fleet until loss or p99 >= 1 s, then bisect once."
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """Simulated cars at 1 Hz through ingest and processing: loss, latency, CPU, RSS."""
     from bench import BenchError, run_e2e
 
     try:
-        report = run_e2e(vehicles=vehicles, seconds=seconds)
+        report = run_e2e(vehicles=vehicles, seconds=seconds, search=search)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -34,11 +34,12 @@ class OrderedAcker:
     """FIFO of pending messages; acknowledges the completed prefix in order.
 
     Args:
-        send_ack: Called as ``send_ack(mid, qos)`` to send the PUBACK (or PUBCOMP).
+        send_acks: Called with the ``(mid, qos)`` pairs released together, in order, to
+            send their PUBACKs (or PUBCOMPs); one call per release so they can share a write.
     """
 
-    def __init__(self, send_ack: Callable[[int, int], object]) -> None:
-        self._send_ack = send_ack
+    def __init__(self, send_acks: Callable[[list[tuple[int, int]]], object]) -> None:
+        self._send_acks = send_acks
         self._queue: deque[Pending] = deque()
         self.generation = 0
         self.acked = 0
@@ -62,10 +63,13 @@ class OrderedAcker:
 
     def _release(self) -> None:
         queue = self._queue
+        batch = []
         while queue and queue[0].outstanding <= 0:
             entry = queue.popleft()
-            self._send_ack(entry.mid, entry.qos)
-            self.acked += 1
+            batch.append((entry.mid, entry.qos))
+        if batch:
+            self.acked += len(batch)
+            self._send_acks(batch)
 
     def reset(self) -> int:
         """Forget all pending entries: the connection they arrived on is gone.

@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 from ingest._acks import OrderedAcker, Pending
 from ingest._kafka import KafkaSink, ensure_topics
 from ingest._metrics import IngestMetrics, serve_http
-from ingest._paho import send_ack, take_over_acks_and_delivery, watch_session_present
+from ingest._paho import send_acks, take_over_acks_and_delivery, watch_session_present
 from ingest._routing import Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
 from ingest._settings import IngestSettings
@@ -52,7 +52,7 @@ class IngestService:
         self.rules = rules
         self.metrics = IngestMetrics()
         self.sink = KafkaSink(settings, self.metrics)
-        self.acker = OrderedAcker(self._send_ack)
+        self.acker = OrderedAcker(self._send_acks)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._stop = asyncio.Event()
@@ -148,10 +148,10 @@ class IngestService:
         return ok, detail
 
     # --------------------------------------------------------------------- MQTT
-    def _send_ack(self, mid: int, qos: int) -> None:
+    def _send_acks(self, batch: list[tuple[int, int]]) -> None:
         if self._client is not None:
-            send_ack(self._client, mid, qos)
-            self.metrics.acked.inc()
+            send_acks(self._client, batch)
+            self.metrics.acked.inc(len(batch))
 
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings

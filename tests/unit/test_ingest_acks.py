@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 def test_out_of_order_confirmations_ack_in_receive_order() -> None:
     sent: list[tuple[int, int]] = []
-    acker = OrderedAcker(lambda mid, qos: sent.append((mid, qos)))
+    acker = OrderedAcker(sent.extend)
     entries = [acker.add(mid, 1, 1) for mid in (10, 11, 12)]
     acker.confirm(entries[2])
     acker.confirm(entries[1])
@@ -25,7 +25,7 @@ def test_out_of_order_confirmations_ack_in_receive_order() -> None:
 
 def test_entry_with_several_records_waits_for_all() -> None:
     sent: list[int] = []
-    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    acker = OrderedAcker(lambda batch: sent.extend(mid for mid, _qos in batch))
     entry = acker.add(1, 1, 2)
     acker.confirm(entry)
     assert sent == []
@@ -35,7 +35,7 @@ def test_entry_with_several_records_waits_for_all() -> None:
 
 def test_no_records_acks_immediately_in_order() -> None:
     sent: list[int] = []
-    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    acker = OrderedAcker(lambda batch: sent.extend(mid for mid, _qos in batch))
     first = acker.add(1, 1, 1)
     acker.add(2, 1, 0)
     assert sent == []
@@ -45,7 +45,7 @@ def test_no_records_acks_immediately_in_order() -> None:
 
 def test_reset_drops_entries_of_the_old_connection() -> None:
     sent: list[int] = []
-    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    acker = OrderedAcker(lambda batch: sent.extend(mid for mid, _qos in batch))
     old = acker.add(1, 1, 1)
     assert acker.reset() == 1
     acker.confirm(old)  # confirmed after reconnect: must not be acked on the new connection
@@ -59,7 +59,7 @@ def test_reset_drops_entries_of_the_old_connection() -> None:
 def test_random_confirmation_order_always_acks_a_prefix(seed: int) -> None:
     rng = random.Random(seed)
     sent: list[int] = []
-    acker = OrderedAcker(lambda mid, _qos: sent.append(mid))
+    acker = OrderedAcker(lambda batch: sent.extend(mid for mid, _qos in batch))
     entries = [acker.add(i, 1, rng.randint(1, 3)) for i in range(200)]
     confirmations = [e for e in entries for _ in range(e.outstanding)]
     rng.shuffle(confirmations)

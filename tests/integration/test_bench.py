@@ -1,0 +1,57 @@
+"""``fleetstream bench`` at toy sizes on the real brokers: it runs, counts right, loses nothing.
+
+Speed is not asserted here (benchmarks report it); these tests guard the measuring code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import Report, run_e2e, run_ingest
+from fleetstream import infra
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _rows(report: Report) -> dict[tuple[str, str], float]:
+    return {(r["subject"], r["metric"]): r["value"] for r in report.rows}
+
+
+def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> None:
+    report = run_ingest(vehicles=40, seconds=25, outage_s=0, paced_s=2)
+    rows = _rows(report)
+    for bridge in (
+        "fleetstream ingest",
+        "fleetstream ingest x2 (shared sub)",
+        "quixstreams MQTTSource",
+        "naive paho + flush per message",
+    ):
+        assert rows[(bridge, "lost")] == 0, bridge
+        assert rows[(bridge, "sustained msg/s")] > 0, bridge
+        assert (bridge, "p99 publish->Kafka @1000/s") in rows
+    assert rows[("mosquitto_sub (C), before", "msg/s")] > 0
+    ratio = next(
+        r["ratio"]
+        for r in report.rows
+        if r["subject"] == "fleetstream ingest" and r["baseline"] == "mosquitto_sub (mean)"
+    )
+    assert ratio is not None
+    assert ratio > 0
+    assert {t["target"] for t in report.targets} >= {
+        "ingest >= 0.5x mosquitto_sub",
+        "ingest >= 3x MQTTSource",
+        "ingest loses nothing",
+    }
+    assert next(t for t in report.targets if t["target"] == "ingest loses nothing")["met"]
+
+
+def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
+    report = run_e2e(vehicles=[30], seconds=30)
+    size = report.details["sizes"][0]
+    assert size["sent"] == 30 * 30
+    assert size["lost"] == 0
+    assert size["consumed"] >= size["sent"]
+    rows = _rows(report)
+    assert rows[("30 cars x 30 s", "simulator msg/s")] > 0
+    assert rows[("30 cars x 30 s", "rule alerts measured")] > 0
+    assert ("30 cars x 30 s", "processing peak RSS") in rows

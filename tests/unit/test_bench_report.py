@@ -1,0 +1,68 @@
+"""The benchmark report: ratios, percentiles, targets, JSON, fleet-size search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench._e2e import _next_sizes, _SizeResult
+from bench._report import Report, percentile, row
+
+pytestmark = pytest.mark.unit
+
+
+def test_row_ratio_is_value_over_baseline() -> None:
+    r = row("ingest", "msg/s", 15_000.0, "msg/s", ("mosquitto_sub", 30_000.0))
+    assert r["ratio"] == pytest.approx(0.5)
+    assert row("ingest", "rss", 50.0, "MiB")["ratio"] is None
+    assert row("x", "y", 1.0, "u", ("zero", 0.0))["ratio"] is None
+
+
+@pytest.mark.parametrize(("q", "expected"), [(0, 1.0), (50, 50.0), (99, 99.0), (100, 100.0)])
+def test_percentile_by_nearest_rank(q: float, expected: float) -> None:
+    values = [float(v) for v in range(100, 0, -1)]
+    assert percentile(values, q) == expected
+
+
+def test_percentile_of_nothing_is_nan() -> None:
+    assert percentile([], 99) != percentile([], 99)
+
+
+def test_table_json_and_targets(tmp_path: Path) -> None:
+    report = Report("ingest", {"vehicles": 3})
+    report.add(row("ingest", "msg/s", 12_345.0, "msg/s", ("mosquitto_sub", 24_690.0)))
+    report.check("ingest >= 0.5x mosquitto_sub", ">= 0.50x", "0.50x", met=True)
+    report.check("ingest >= 3x MQTTSource", ">= 3.00x", "1.20x", met=False)
+    text = report.table()
+    assert "12,345" in text
+    assert "0.50x" in text
+    assert "[MISS] ingest >= 3x MQTTSource" in text
+    path = report.write(tmp_path)
+    data = orjson.loads(path.read_bytes())
+    assert data["rows"][0]["ratio"] == pytest.approx(0.5)
+    assert data["machine"]["cores"] >= 1
+    assert (tmp_path / "ingest-latest.json").read_bytes() == path.read_bytes()
+
+
+def _result(vehicles: int, passed: bool) -> _SizeResult:
+    r = _SizeResult(vehicles, 60, sent=vehicles * 60, in_kafka=vehicles * 60)
+    r.receive_ms = [5.0]
+    r.alert_ms = [100.0 if passed else 5000.0]
+    return r
+
+
+def test_fleet_search_doubles_then_bisects_once() -> None:
+    assert _next_sizes([_result(1000, True)]) == [2000]
+    assert _next_sizes([_result(1000, True), _result(2000, True), _result(4000, False)]) == [3000]
+    done = [_result(1000, True), _result(2000, True), _result(4000, False), _result(3000, True)]
+    assert _next_sizes(done) == []
+    assert _next_sizes([_result(1000, False)]) == [500]
+
+
+def test_a_size_with_loss_does_not_pass() -> None:
+    r = _result(100, True)
+    assert r.passed
+    r.in_kafka -= 1
+    assert not r.passed
