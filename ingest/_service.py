@@ -21,7 +21,12 @@ from paho.mqtt.properties import Properties
 from ingest._acks import OrderedAcker, Pending
 from ingest._kafka import KafkaSink, ensure_topics
 from ingest._metrics import IngestMetrics, serve_http
-from ingest._paho import send_acks, take_over_acks_and_delivery, watch_session_present
+from ingest._paho import (
+    guard_write_registration,
+    send_acks,
+    take_over_acks_and_delivery,
+    watch_session_present,
+)
 from ingest._routing import Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
 from ingest._settings import IngestSettings
@@ -184,6 +189,7 @@ class IngestService:
         client.pending_calls_threshold = 10_000
         take_over_acks_and_delivery(client, self._on_message)
         watch_session_present(client, self._on_connack)
+        guard_write_registration(client)
         return client
 
     def _on_connack(self, session_present: bool) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+import socket
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -13,7 +14,7 @@ from paho.mqtt.client import CallbackOnConnect_v2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest._paho import watch_session_present
+from ingest._paho import guard_write_registration, watch_session_present
 from ingest._rules import load_rules
 from ingest._service import IngestService
 from ingest._settings import IngestSettings
@@ -55,3 +56,34 @@ def test_a_lost_session_after_the_first_connect_is_an_error_and_counted(
     errors = [r for r in caplog.records if r.name == "ingest" and r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "no longer has the session of ingest-x" in errors[0].getMessage()
+
+
+def test_write_registration_is_skipped_for_a_socket_closed_meanwhile() -> None:
+    """A PUBACK queued as the broker drops the connection must not log a traceback."""
+
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        client = aiomqtt.Client("127.0.0.1", 1)
+        guard_write_registration(client)
+        paho = client._client
+        assert paho.on_socket_register_write is not None
+        live, peer = socket.socketpair()
+        dead, peer2 = socket.socketpair()
+        with live, peer, peer2:
+            paho._sock = live
+            paho.on_socket_register_write(paho, None, live)
+            await asyncio.sleep(0.01)
+            registered = loop.remove_writer(live.fileno())
+            # paho forgets and closes the socket before the scheduled registration runs.
+            paho._sock = dead
+            paho.on_socket_register_write(paho, None, dead)
+            paho._sock = None
+            dead.close()
+            await asyncio.sleep(0.01)
+        return registered, errors
+
+    registered, errors = asyncio.run(scenario())
+    assert registered
+    assert errors == []
