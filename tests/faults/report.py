@@ -16,18 +16,32 @@ import orjson
 from bench.harness import FaultRow
 
 _DEFAULT = Path(__file__).resolve().parents[2] / "test-output" / "faults" / "rows.jsonl"
+# Table order: the order of the cases in the suite (names carry counts, so by prefix).
+_ORDER = (
+    "ingest_kill9",
+    "kafka_stopped",
+    "kafka_sigstop",
+    "mosquitto_restart",
+    "mosquitto_kill9",
+    "ingest_fuzz",
+    "processing_kill9",
+    "processing_fuzz",
+)
+
+
+def _rank(case: str) -> int:
+    return next((i for i, p in enumerate(_ORDER) if case.startswith(p)), len(_ORDER))
 
 
 def latest_rows(path: Path, scale: str) -> list[dict[str, Any]]:
-    """The last row of every case run at ``scale``, in the order the cases first ran."""
+    """The last row of every case run at ``scale``, in the suite's order."""
     rows: dict[str, dict[str, Any]] = {}
     for line in path.read_bytes().splitlines():
         if line.strip():
             row = orjson.loads(line)
             if row.get("scale") == scale:
-                rows.pop(row["case"], None)
-                rows[row["case"]] = row
-    return list(rows.values())
+                rows[row["case"]] = row  # a re-run replaces the row
+    return sorted(rows.values(), key=lambda r: _rank(r["case"]))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
