@@ -27,10 +27,12 @@ import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.errors import HarnessError
 from fleetstream import infra
-from simulator import FleetConfig, iter_records
+from simulator import Fleet, FleetConfig, iter_records
 
 # Topic config: every record carries the broker's time of the write (latency benchmarks).
 LOG_APPEND_TIME: Final = {"message.timestamp.type": "LogAppendTime"}
@@ -50,9 +52,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_rules(path: Path, prefix: str, *, share_group: str | None = None) -> Path:
-    """A rules file isolated to one test: its own MQTT filters and Kafka topics."""
+def write_rules(
+    path: Path,
+    prefix: str,
+    *,
+    share_group: str | None = None,
+    headers: Iterable[str] | None = None,
+) -> Path:
+    """A rules file isolated to one test: its own MQTT filters and Kafka topics.
+
+    Args:
+        path: Where to write it.
+        prefix: MQTT topic root and Kafka topic prefix of the test.
+        share_group: Shared-subscription group of the MQTT rules, if any.
+        headers: Record headers of the MQTT rules (default: the rules' default).
+    """
     share = f'share_group = "{share_group}"\n' if share_group else ""
+    if headers is not None:
+        share += f"headers = {orjson.dumps(list(headers)).decode()}\n"
     path.write_text(
         f"""
 [[mqtt_to_kafka]]
@@ -124,11 +141,24 @@ class IngestProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    unexpected_exits: int = 0
+    _ended_by_us: bool = False
 
     @property
     def log_path(self) -> Path:
         """Where this process's stdout and stderr go."""
         return self.workdir / f"{self.client_id}.log"
+
+    def _check_alive(self) -> None:
+        # Called before we end or replace the process: an exit we did not cause is a crash.
+        if self.proc is not None and self.proc.poll() is not None and not self._ended_by_us:
+            self.unexpected_exits += 1
+            self._ended_by_us = True  # counted once
+
+    def crashes(self) -> int:
+        """Exits we did not cause plus Python tracebacks in the whole log."""
+        self._check_alive()
+        return self.unexpected_exits + count_tracebacks(self.log_path)
 
     def env(self) -> dict[str, str]:
         """The service's environment: broker addresses, ids, ports, overrides."""
@@ -148,6 +178,8 @@ class IngestProcess:
 
     def start(self, wait: bool = True) -> IngestProcess:
         """Start the process; with ``wait``, return once it is connected to MQTT."""
+        self._check_alive()
+        self._ended_by_us = False
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
@@ -200,19 +232,27 @@ class IngestProcess:
     def kill9(self) -> None:
         """``kill -9`` the process and reap it."""
         proc = _require(self.proc)
+        self._check_alive()
+        self._ended_by_us = True
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
     def stop(self, timeout_s: float = 40.0) -> int:
         """SIGTERM, wait for a clean exit, return the exit code."""
+        self._check_alive()
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        self._ended_by_us = True
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.unexpected_exits += 1  # a graceful stop that hangs is a failure too
             raise
+        if code != 0:
+            self.unexpected_exits += 1
+        return code
 
     def rss_mb(self) -> float:
         """Resident memory in MiB."""
@@ -224,6 +264,15 @@ class IngestProcess:
             return self.log_path.read_text("utf-8", errors="replace")[-6000:]
         except FileNotFoundError:
             return ""
+
+
+def count_tracebacks(log: Path) -> int:
+    """Python tracebacks in a service's log (0 when there is no log)."""
+    try:
+        text = log.read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return 0
+    return text.count("Traceback (most recent call last)")
 
 
 @contextlib.contextmanager
@@ -258,21 +307,46 @@ def telemetry_messages(
 class QosOnePublisher:
     """paho publisher with a wide in-flight window; counts broker PUBACKs."""
 
-    def __init__(self, settings: infra.InfraSettings, client_id: str) -> None:
+    def __init__(
+        self,
+        settings: infra.InfraSettings,
+        client_id: str,
+        *,
+        session_expiry_s: int | None = None,
+    ) -> None:
+        """Connect and start paho's network thread.
+
+        Args:
+            settings: Broker address.
+            client_id: MQTT client id.
+            session_expiry_s: With a value, a persistent session (no clean start after
+                the first connect) that the broker keeps this long while we are away.
+        """
         self.acked = 0
+        self.connects = 0
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self.client.max_inflight_messages_set(500)
         self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(1, 5)
         self.client.on_publish = self._on_publish
-        self.client.connect(settings.host, settings.mqtt_port)
+        self.client.on_connect = self._on_connect
+        properties = None
+        if session_expiry_s is not None:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = session_expiry_s
+        self.client.connect(settings.host, settings.mqtt_port, properties=properties)
         self.client.loop_start()
 
     def _on_publish(self, *_args: object) -> None:
         with self._lock:
             self.acked += 1
+
+    def _on_connect(self, *_args: object) -> None:
+        with self._lock:
+            self.connects += 1
 
     def publish(self, messages: Iterable[tuple[str, bytes]], rate: float | None = None) -> int:
         """Publish QoS 1 messages, optionally paced at ``rate`` msg/s; return the count."""
@@ -283,7 +357,8 @@ class QosOnePublisher:
             while count - self.acked > 20_000:
                 time.sleep(0.005)
             info = self.client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # NO_CONN: the broker is away; paho keeps the message and sends it on reconnect.
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 msg = f"publish failed: {info.rc}"
                 raise HarnessError(msg)
             count += 1
@@ -404,6 +479,89 @@ def delivery_report(
 
 
 @dataclass
+class FaultRow:
+    """One row of the fault-injection report (``make faults``).
+
+    Attributes:
+        case: Short case name, e.g. ``ingest_kill9_x10``.
+        scale: ``full`` or ``ci``.
+        sent: Distinct valid messages sent.
+        in_kafka: Distinct valid messages found in the output topic.
+        lost: Sent but not found.
+        duplicates: Extra copies of found messages (at-least-once redelivery).
+        quarantined: Records in the quarantine topic.
+        crashes: Exits of the services under test that the test did not cause, plus
+            Python tracebacks in their logs.
+        duration_s: Wall-clock time of the case.
+        unexpected: Records found that were never sent.
+        notes: Free-form measurements (outage length, kills, RSS, reasons).
+    """
+
+    case: str
+    scale: str
+    sent: int
+    in_kafka: int
+    lost: int
+    duplicates: int
+    quarantined: int
+    crashes: int
+    duration_s: float = 0.0
+    unexpected: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    COLUMNS = ("case", "sent", "in_kafka", "lost", "duplicates", "quarantined", "crashes")
+
+    @classmethod
+    def from_records(
+        cls,
+        case: str,
+        scale: str,
+        sent: set[tuple[str, int]],
+        records: list[KafkaRecord],
+        *,
+        quarantined: int = 0,
+        crashes: int = 0,
+    ) -> FaultRow:
+        """Count a delivery: ``records`` hold telemetry JSON with ``vehicle_id`` and ``seq``."""
+        keys: Counter[tuple[str, int]] = Counter()
+        for r in records:
+            value = orjson.loads(r.value)
+            keys[(value["vehicle_id"], value["seq"])] += 1
+        return cls(
+            case=case,
+            scale=scale,
+            sent=len(sent),
+            in_kafka=len(set(keys) & sent),
+            lost=len(sent - set(keys)),
+            duplicates=sum(c - 1 for c in keys.values()),
+            quarantined=quarantined,
+            crashes=crashes,
+            unexpected=len(set(keys) - sent),
+        )
+
+    def line(self) -> str:
+        """The printed row: ``case, sent, in_kafka, lost, duplicates, quarantined, crashes``."""
+        return ", ".join(f"{c}={getattr(self, c)}" for c in self.COLUMNS) + (
+            f", unexpected={self.unexpected}, duration_s={self.duration_s:.1f}"
+        )
+
+    def emit(self, path: Path) -> None:
+        """Print the row and append it as one JSON line to ``path``."""
+        print(f"\nFAULT ROW {self.line()}")  # noqa: T201 - the report row is the test's output
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{c: getattr(self, c) for c in self.COLUMNS},
+            "scale": self.scale,
+            "unexpected": self.unexpected,
+            "duration_s": round(self.duration_s, 1),
+            "notes": self.notes,
+        }
+        with path.open("ab") as out:
+            out.write(orjson.dumps(doc) + b"\n")
+
+
+@dataclass
 class ProcessingRun:
     """Topics, group and state of one processing deployment under test."""
 
@@ -415,6 +573,7 @@ class ProcessingRun:
     proc: subprocess.Popen[bytes] | None = None
     model_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    unexpected_exits: int = 0
 
     def __post_init__(self) -> None:
         self.group = self.group or f"{self.prefix}-group"
@@ -495,23 +654,52 @@ class ProcessingRun:
         msg = f"processing consumed {self.records_in()} of {count}:\n{self.log()}"
         raise HarnessError(msg)
 
+    def wait_records_in(self, count: int, timeout_s: float = 400.0) -> None:
+        """Wait until the service has read ``count`` records (no wait for a commit)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = _require(self.proc)
+            if proc.poll() is not None:
+                raise HarnessError(self.log())
+            if self.records_in() >= count:
+                return
+            time.sleep(0.2)
+        msg = f"processing read {self.records_in()} of {count}:\n{self.log()}"
+        raise HarnessError(msg)
+
     def stop(self) -> int:
         """SIGTERM, wait for a clean exit, return the exit code."""
         proc = _require(self.proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            return proc.wait(60)
+            code = proc.wait(60)
+            if code != 0:
+                self.unexpected_exits += 1
+            return code
+        if proc.returncode != -signal.SIGKILL:
+            self.unexpected_exits += 1  # it ended before we asked it to
         return int(proc.returncode)
 
     def kill9(self) -> None:
         """``kill -9`` the process and reap it."""
         proc = _require(self.proc)
+        if proc.poll() is not None:
+            self.unexpected_exits += 1
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
+    @property
+    def log_path(self) -> Path:
+        """Where this deployment's stdout and stderr go."""
+        return self.workdir / f"{self.group}.log"
+
+    def crashes(self) -> int:
+        """Exits we did not cause plus Python tracebacks in the whole log."""
+        return self.unexpected_exits + count_tracebacks(self.log_path)
+
     def log(self) -> str:
         """The last few KiB of the process's log."""
-        path = self.workdir / f"{self.group}.log"
+        path = self.log_path
         return path.read_text("utf-8", errors="replace")[-5000:] if path.exists() else ""
 
 
@@ -562,6 +750,15 @@ def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, in
 def as_rows(records: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes, int]]:
     """Telemetry dicts as (key, value, timestamp) rows for :func:`produce`."""
     return [(r["vehicle_id"].encode(), orjson.dumps(r), r["ts"]) for r in records]
+
+
+def simulate(config: FleetConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A simulated fleet run in arrival order, and its ground-truth anomaly labels."""
+    fleet = Fleet(config)
+    records: list[dict[str, Any]] = []
+    for _ in range(round(config.duration_s * config.rate_hz)):
+        records.extend(fleet.tick())
+    return records, [dict(label) for label in fleet.labels()]
 
 
 class ProcessWatch:

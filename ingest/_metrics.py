@@ -66,6 +66,11 @@ class IngestMetrics:
         self.mqtt_reconnects = Counter(
             "fleetstream_ingest_mqtt_reconnects", "MQTT connection attempts", registry=r
         )
+        self.mqtt_sessions_lost = Counter(
+            "fleetstream_ingest_mqtt_sessions_lost",
+            "Reconnects where the broker no longer had ingest's session",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "fleetstream_ingest_kafka_errors", "librdkafka client errors", ["code"], registry=r
         )

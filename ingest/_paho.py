@@ -6,10 +6,18 @@ unbounded queue. Ingest needs both changed:
 * ``manual_ack_set(True)``: paho then does not send the PUBACK when the message is read
   from the socket; we send it with ``ack(mid, qos)`` after Kafka confirmed the write.
   Without this a crash after the PUBACK and before Kafka would lose the message.
+* the CONNACK's *session present* flag, which aiomqtt does not expose: a broker that
+  forgot ingest's session (restart without persistence, crash before its autosave) has
+  also forgotten the subscription and the queued messages, and ingest must say so.
 * our own ``on_message``: messages are handled as paho parses them (on the asyncio loop
   thread), instead of piling up in aiomqtt's unbounded queue. Flow control is MQTT 5
   Receive Maximum, so at most that many messages are ever unacknowledged in memory.
 * PUBACKs released together are queued as one write (``send_acks``).
+* a guarded write registration: aiomqtt schedules ``add_writer(fd)`` for later, and when
+  a PUBACK is queued just as the broker drops the connection the socket is closed by
+  then: asyncio logged a traceback (``Bad file descriptor``), and a reused fd number
+  could get the callback of a dead socket. The registration is skipped when the socket
+  is no longer paho's.
 * a cheaper ``Properties`` for decoding PUBLISH packets: paho rebuilds its property
   tables (dicts of 27 names, ~60 ``list.index`` calls) for every message and then
   ``clear()``s 27 attributes, ~7 us per message, a tenth of ingest's per-message CPU.
@@ -27,14 +35,17 @@ only use to learn about disconnects) keep working unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet as paho_packet
+from paho.mqtt.client import CallbackOnConnect_v2
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 _READ_SIZE = 64 * 1024
 # PUBACK: fixed header, remaining length 2, packet id (MQTT 5 omits reason 0x00 Success).
@@ -148,3 +159,59 @@ def send_acks(client: aiomqtt.Client, batch: list[tuple[int, int]]) -> None:
         paho.ack(mid, qos)
     if run:
         paho._packet_queue(mqtt.PUBACK, b"".join(run), 0, 0)  # noqa: SLF001
+
+
+def guard_write_registration(client: aiomqtt.Client) -> None:
+    """Register paho's write interest only while its socket is still the current one.
+
+    Replaces aiomqtt's ``on_socket_register_write`` (same behaviour otherwise: write on
+    readiness, a failed write ends the connection). Call before connecting.
+    """
+    paho = _paho(client)
+    loop: asyncio.AbstractEventLoop = client._loop  # noqa: SLF001 - see the module docstring
+
+    def register_write(c: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                c.loop_write()
+            except Exception as exc:  # noqa: BLE001 - the connection is broken: report it
+                # aiomqtt makes a new future per connection: look it up now.
+                disconnected: asyncio.Future[None] = client._disconnected  # noqa: SLF001
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        def add() -> None:
+            # Runs later on the loop: the socket may be closed (and its fd reused) by now.
+            current: Any = c.socket()
+            fd = current.fileno() if current is sock and current is not None else -1
+            if fd >= 0:
+                loop.add_writer(fd, write)
+
+        # paho may call this from aiomqtt's connect thread.
+        loop.call_soon_threadsafe(add)
+
+    paho.on_socket_register_write = register_write
+
+
+def watch_session_present(client: aiomqtt.Client, on_connack: Callable[[bool], None]) -> None:
+    """Call ``on_connack(session_present)`` on every accepted CONNACK of ``client``.
+
+    Call before connecting; aiomqtt's own connect handling still runs afterwards.
+    """
+    paho = _paho(client)
+    # aiomqtt registers a version-2 callback (flags, reason code, properties).
+    original = cast("CallbackOnConnect_v2 | None", paho.on_connect)
+
+    def on_connect(
+        c: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not reason.is_failure:
+            on_connack(bool(flags.session_present))
+        if original is not None:
+            original(c, userdata, flags, reason, properties)
+
+    paho.on_connect = on_connect

@@ -21,7 +21,12 @@ from paho.mqtt.properties import Properties
 from ingest._acks import OrderedAcker, Pending
 from ingest._kafka import KafkaSink, ensure_topics
 from ingest._metrics import IngestMetrics, serve_http
-from ingest._paho import send_acks, take_over_acks_and_delivery
+from ingest._paho import (
+    guard_write_registration,
+    send_acks,
+    take_over_acks_and_delivery,
+    watch_session_present,
+)
 from ingest._routing import Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
 from ingest._settings import IngestSettings
@@ -58,6 +63,8 @@ class IngestService:
         self._stop = asyncio.Event()
         self._topics_ready = asyncio.Event()
         self._stopping = False
+        # Once subscribed, the broker must keep our session until it expires.
+        self._had_session = False
         self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
         self._received = {
             r.name: self.metrics.received.labels(rule=r.name) for r in rules.mqtt_to_kafka
@@ -181,7 +188,26 @@ class IngestService:
         )
         client.pending_calls_threshold = 10_000
         take_over_acks_and_delivery(client, self._on_message)
+        watch_session_present(client, self._on_connack)
+        guard_write_registration(client)
         return client
+
+    def _on_connack(self, session_present: bool) -> None:
+        """Report a session the broker lost: what it held for us is gone with it."""
+        if session_present:
+            _log.info("MQTT session resumed")
+        elif self._had_session:
+            self.metrics.mqtt_sessions_lost.inc()
+            _log.error(
+                "the MQTT broker no longer has the session of %s (restarted without "
+                "persistence, crashed before saving it, or it expired): messages it had "
+                "queued for ingest and those published before ingest subscribed again are "
+                "lost",
+                self.settings.mqtt_client_id,
+            )
+        else:
+            _log.info("new MQTT session (none stored for this client id)")
+        self._had_session = True
 
     async def _mqtt_loop(self) -> None:
         s = self.settings

@@ -1,11 +1,20 @@
-"""Fixtures shared by all tests."""
+"""Fixtures shared by all tests, including the real-broker fixtures of the integration
+and fault suites (a broker that cannot be started fails the tests; nothing here skips).
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from fleetstream import infra
+
+_log = logging.getLogger(__name__)
 
 
 @pytest.fixture
@@ -13,3 +22,40 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A topic/group/client-id-safe name unique to this test invocation."""
     base = re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name)[:40].strip("-")
     return f"t-{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def infra_settings() -> infra.InfraSettings:
+    """Settings of the local brokers (environment overrides apply)."""
+    return infra.InfraSettings()
+
+
+@pytest.fixture(scope="session")
+def brokers(infra_settings: infra.InfraSettings) -> Iterator[infra.InfraSettings]:
+    """Ensure Kafka and Mosquitto run for the whole session.
+
+    Brokers that were already running are left running; brokers this fixture started
+    are stopped at the end of the session.
+    """
+    already = {s.name for s in infra.status(infra_settings) if s.healthy}
+    report = infra.up(infra_settings)
+    _log.info("brokers ready: kafka %.1f s, mosquitto %.1f s", report.kafka_s, report.mosquitto_s)
+    yield infra_settings
+    if not already:
+        infra.down(infra_settings)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(brokers: infra.InfraSettings) -> str:
+    """``host:port`` of the real Kafka."""
+    return brokers.kafka_bootstrap
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str, unique_name: str) -> Iterator[str]:
+    """A fresh 3-partition topic, deleted after the test."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    futures = admin.create_topics([NewTopic(unique_name, num_partitions=3, replication_factor=1)])
+    futures[unique_name].result(timeout=30)
+    yield unique_name
+    admin.delete_topics([unique_name])[unique_name].result(timeout=30)

@@ -1,0 +1,89 @@
+"""Ingest notices a broker that lost its MQTT session (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, cast
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.client import CallbackOnConnect_v2
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest._paho import guard_write_registration, watch_session_present
+from ingest._rules import load_rules
+from ingest._service import IngestService
+from ingest._settings import IngestSettings
+
+pytestmark = pytest.mark.unit
+
+
+def _connack(client: aiomqtt.Client, session_present: bool, rc: int = 0) -> None:
+    paho = client._client
+    on_connect = cast("CallbackOnConnect_v2", paho.on_connect)
+    reason = ReasonCode(PacketTypes.CONNACK, identifier=rc)
+    on_connect(paho, None, mqtt.ConnectFlags(session_present), reason, None)
+
+
+def test_session_present_flag_reaches_the_callback_and_aiomqtt_still_connects() -> None:
+    async def scenario() -> list[bool]:
+        client = aiomqtt.Client("127.0.0.1", 1)  # aiomqtt needs a running loop
+        seen: list[bool] = []
+        watch_session_present(client, seen.append)
+        _connack(client, session_present=True)
+        assert client._connected.done()  # aiomqtt's own handler ran
+        _connack(client, session_present=False, rc=0x87)  # refused: not reported
+        return seen
+
+    assert asyncio.run(scenario()) == [True]
+
+
+def test_a_lost_session_after_the_first_connect_is_an_error_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = IngestService(
+        IngestSettings(ingest_metrics_port=0, mqtt_client_id="ingest-x"), load_rules(None)
+    )
+    with caplog.at_level(logging.INFO, logger="ingest"):
+        service._on_connack(False)  # first connect of a new client id: normal
+        service._on_connack(True)
+        service._on_connack(False)  # the broker forgot us
+    assert service.metrics.mqtt_sessions_lost._value.get() == 1
+    errors = [r for r in caplog.records if r.name == "ingest" and r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "no longer has the session of ingest-x" in errors[0].getMessage()
+
+
+def test_write_registration_is_skipped_for_a_socket_closed_meanwhile() -> None:
+    """A PUBACK queued as the broker drops the connection must not log a traceback."""
+
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        client = aiomqtt.Client("127.0.0.1", 1)
+        guard_write_registration(client)
+        paho = client._client
+        assert paho.on_socket_register_write is not None
+        live, peer = socket.socketpair()
+        dead, peer2 = socket.socketpair()
+        with live, peer, peer2:
+            paho._sock = live
+            paho.on_socket_register_write(paho, None, live)
+            await asyncio.sleep(0.01)
+            registered = loop.remove_writer(live.fileno())
+            # paho forgets and closes the socket before the scheduled registration runs.
+            paho._sock = dead
+            paho.on_socket_register_write(paho, None, dead)
+            paho._sock = None
+            dead.close()
+            await asyncio.sleep(0.01)
+        return registered, errors
+
+    registered, errors = asyncio.run(scenario())
+    assert registered
+    assert errors == []
