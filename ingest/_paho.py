@@ -22,12 +22,6 @@ unbounded queue. Ingest needs both changed:
   tables (dicts of 27 names, ~60 ``list.index`` calls) for every message and then
   ``clear()``s 27 attributes, ~7 us per message, a tenth of ingest's per-message CPU.
   The subclass shares one prebuilt copy of those read-only tables; parsing is paho's.
-* a read buffer under paho's socket: paho reads every packet with three or four
-  ``recv`` calls (1 byte of type, the length byte by byte, then the body) and aiomqtt
-  reads one packet per readiness callback. Profiles of a QoS 1 flood showed that
-  syscall and event-loop overhead as the largest single cost. The buffer serves those
-  small reads from one 64 KiB ``recv`` and reports ``pending()``, which aiomqtt's read
-  callback already honours (for TLS sockets) by reading on until nothing is pending.
 
 aiomqtt's connection handling, subscribe/publish and its message iterator (which we
 only use to learn about disconnects) keep working unchanged.
@@ -47,7 +41,6 @@ from paho.mqtt.client import CallbackOnConnect_v2
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-_READ_SIZE = 64 * 1024
 # PUBACK: fixed header, remaining length 2, packet id (MQTT 5 omits reason 0x00 Success).
 _PUBACK = struct.Struct("!BBH")
 
@@ -72,16 +65,6 @@ def take_over_acks_and_delivery(
 
     paho.on_message = deliver
 
-    aiomqtt_open = paho.on_socket_open
-
-    def open_buffered(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        buffered = BufferedSocket(sock)
-        client._sock = buffered  # noqa: SLF001 - see the module docstring
-        if aiomqtt_open is not None:
-            aiomqtt_open(client, userdata, buffered)
-
-    paho.on_socket_open = open_buffered
-
 
 class _SharedTableProperties(Properties):
     """paho's ``Properties`` with the lookup tables built once per packet type."""
@@ -100,45 +83,6 @@ class _SharedTableProperties(Properties):
         """Remove the properties set on this object (paho probes all 27 names)."""
         for name in [n for n in self.__dict__ if n not in self._tables[self.packetType]]:
             delattr(self, name)
-
-
-class BufferedSocket:
-    """A socket whose ``recv`` is served from one large read; everything else passes through.
-
-    Args:
-        sock: The connected, non-blocking socket (plain or TLS) paho created.
-    """
-
-    __slots__ = ("_data", "_pos", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-
-    def recv(self, bufsize: int) -> bytes:
-        """Return up to ``bufsize`` bytes, reading the socket only when the buffer is empty.
-
-        Raises:
-            BlockingIOError: Nothing buffered and nothing to read (as the socket would).
-        """
-        if self._pos >= len(self._data):
-            data = self._sock.recv(max(bufsize, _READ_SIZE))
-            if len(data) <= bufsize:
-                self._data, self._pos = b"", 0
-                return bytes(data)
-            self._data, self._pos = data, 0
-        chunk = self._data[self._pos : self._pos + bufsize]
-        self._pos += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        """Bytes readable without touching the socket (buffer plus TLS's own)."""
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._data) - self._pos + int(inner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 def send_acks(client: aiomqtt.Client, batch: list[tuple[int, int]]) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest._paho import BufferedSocket, _SharedTableProperties
+from ingest._paho import _SharedTableProperties
 
 pytestmark = pytest.mark.unit
 
@@ -37,24 +35,3 @@ def test_shared_table_properties_decode_like_paho(values: dict[str, object]) -> 
     # Reused for a message without properties, nothing of the previous one is left.
     ours.unpack(Properties(PacketTypes.PUBLISH).pack())  # type: ignore[no-untyped-call]
     assert str(ours) == str(Properties(PacketTypes.PUBLISH))  # type: ignore[no-untyped-call]
-
-
-def test_buffered_socket_serves_small_reads_from_one_recv() -> None:
-    left, right = socket.socketpair()
-    left.setblocking(False)
-    try:
-        right.sendall(b"\x32\x05hello" + b"x" * 100)
-        sock = BufferedSocket(left)
-        assert sock.recv(1) == b"\x32"
-        assert sock.pending() == 106
-        assert sock.recv(1) == b"\x05"
-        assert sock.recv(5) == b"hello"
-        assert sock.recv(1000) == b"x" * 100
-        assert sock.pending() == 0
-        with pytest.raises(BlockingIOError):
-            sock.recv(1)
-        right.close()
-        assert sock.recv(1) == b""  # EOF passes through: paho sees the closed connection
-        assert sock.fileno() == left.fileno()
-    finally:
-        left.close()
