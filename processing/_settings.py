@@ -33,7 +33,9 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_state_dir: Path = Path(".run/processing-state")
     processing_window_s: int = Field(default=60, ge=1)
     processing_grace_s: int = Field(default=10, ge=0)
-    processing_commit_interval_s: float = Field(default=1.0, gt=0)
+    # With exactly-once, outputs become readable only at a commit: this bounds alert
+    # latency (1.0 s gave p99 ts->alert 1.2 s; 0.25 s cost no measurable throughput).
+    processing_commit_interval_s: float = Field(default=0.25, gt=0)
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_model_dir: Path | None = Field(
