@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypedDict
 
 from processing.sessions import SessionRecord
 from processing.stats import WindowStats
+from telemetry.alerts import AlertFields
 
 RecordKind = Literal["telemetry", "stats", "sessions", "alerts", "feedback"]
 RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
@@ -56,18 +57,9 @@ class CarSample(TypedDict):
     tpms_rr_bar: float | None
 
 
-class AlertEntry(TypedDict):
+class AlertEntry(AlertFields):
     """One alert episode: its raised record, whether it cleared, and operator feedback."""
 
-    alert_id: str
-    episode_id: str
-    vehicle_id: str
-    kind: str
-    severity: str
-    ts: int
-    message: str
-    evidence: dict[str, Any]
-    detector: str
     active: bool
     cleared_ts: int | None
     verdict: str | None

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from processing.detectors import CONSUMPTION, AlertRecord, detect, detect_window
+from processing.detectors import CONSUMPTION, detect, detect_window
 from processing.stats import Sample, WindowStats, to_sample, window_stats
+from telemetry.alerts import AlertRecord
 
 if TYPE_CHECKING:
     from models.registry import LoadedModel

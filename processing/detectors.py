@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final
 
 from processing.stats import consumption, window_features
+from telemetry.alerts import AlertRecord
 
 if TYPE_CHECKING:
     from models.registry import LoadedModel
@@ -28,21 +29,6 @@ SEVERITY: Final = {
     "sensor_glitch": "info",
 }
 KINDS: Final = tuple(SEVERITY)
-
-
-class AlertRecord(TypedDict):
-    """One ``vehicle-alerts`` record."""
-
-    alert_id: str
-    episode_id: str
-    vehicle_id: str
-    kind: str
-    severity: str
-    ts: int
-    status: str
-    message: str
-    evidence: dict[str, Any]
-    detector: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ import pytest
 from processing.detectors import (
     SEVERITY,
     AlertBook,
-    AlertRecord,
     SensorGlitch,
     Verdict,
     detect,
@@ -21,6 +20,7 @@ from processing.detectors import (
 )
 from processing.stats import to_sample, window_stats
 from simulator import Fleet, FleetConfig
+from telemetry.alerts import AlertRecord
 
 from .records import make_ev, make_ice
 
