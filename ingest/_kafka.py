@@ -36,10 +36,6 @@ def producer_config(settings: IngestSettings) -> dict[str, Any]:
             "socket.keepalive.enable": True,
             "reconnect.backoff.ms": 100,
             "reconnect.backoff.max.ms": 5000,
-            # After a freeze longer than the broker session timeout, KRaft fences and
-            # unfences the broker; librdkafka then lost the partition leaders and (seen
-            # once in CI) produced nothing until its 5-minute periodic metadata refresh.
-            "topic.metadata.refresh.interval.ms": 10_000,
             "client.id": f"{settings.mqtt_client_id}-producer",
         }
     )
