@@ -45,6 +45,7 @@ from bench.harness import (
     ProcessWatch,
     create_topic,
     default_rules,
+    local_brokers,
     read_topic,
 )
 from fleetstream import infra
@@ -287,12 +288,7 @@ def run_e2e(*, vehicles: list[int], seconds: int, search: bool = False) -> Repor
     Raises:
         BenchError: A broker or a service failed.
     """
-    settings = infra.InfraSettings()
-    try:
-        infra.up(settings)
-    except infra.InfraError as exc:
-        msg = f"cannot start the local brokers: {exc}"
-        raise BenchError(msg) from exc
+    settings = local_brokers()
     report = Report(
         "e2e",
         {"vehicles": vehicles, "seconds": seconds, "search": search,

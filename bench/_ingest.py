@@ -45,6 +45,7 @@ from bench.harness import (
     ProcessWatch,
     QosOnePublisher,
     default_rules,
+    local_brokers,
     read_topic,
 )
 from fleetstream import infra
@@ -541,12 +542,7 @@ def run_ingest(
     Raises:
         BenchError: A broker or a bridge failed.
     """
-    settings = infra.InfraSettings()
-    try:
-        infra.up(settings)
-    except infra.InfraError as exc:
-        msg = f"cannot start the local brokers: {exc}"
-        raise BenchError(msg) from exc
+    settings = local_brokers()
     report = Report(
         "ingest",
         {"vehicles": vehicles, "seconds": seconds, "messages": vehicles * seconds,

@@ -100,6 +100,21 @@ group = "{prefix}-commands"
     return path
 
 
+def local_brokers() -> infra.InfraSettings:
+    """Start the local Kafka and Mosquitto if needed (idempotent); return their settings.
+
+    Raises:
+        HarnessError: A broker could not be started.
+    """
+    settings = infra.InfraSettings()
+    try:
+        infra.up(settings)
+    except infra.InfraError as exc:
+        msg = f"cannot start the local brokers: {exc}"
+        raise HarnessError(msg) from exc
+    return settings
+
+
 def default_rules(
     path: Path, prefix: str, telemetry_topic: str, *, share_group: str | None = None
 ) -> Path:
