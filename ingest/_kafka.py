@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +41,31 @@ def producer_config(settings: IngestSettings) -> dict[str, Any]:
             "client.id": f"{settings.mqtt_client_id}-producer",
         }
     )
+
+
+def kafka_problem(settings: IngestSettings, topics: set[str], timeout_s: float = 5.0) -> str | None:
+    """Ask Kafka, with a fresh client, whether it can take writes for ``topics``.
+
+    A separate client on purpose: the question is whether the *producer* is stuck, so the
+    answer must not come from its own (possibly stale) metadata.
+
+    Returns:
+        None when Kafka answers and every existing partition of ``topics`` has a leader,
+        else what is wrong.
+    """
+    admin = AdminClient(settings.kafka_client_config())
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        return f"no metadata: {exc}"
+    for name in sorted(topics & set(metadata.topics)):
+        topic = metadata.topics[name]
+        if topic.error is not None:
+            return f"{name}: {topic.error.str()}"
+        leaderless = [p.id for p in topic.partitions.values() if p.leader < 0]
+        if leaderless:
+            return f"{name}: no leader for partitions {leaderless}"
+    return None
 
 
 def ensure_topics(settings: IngestSettings, topics: set[str], timeout_s: float = 10.0) -> list[str]:
@@ -89,6 +116,9 @@ class KafkaSink:
         self._last_error_log = 0.0
         self._fatal = False
         self.producer = self._new_producer()
+        # Bumped with every new producer: delivery reports of an older one are stale.
+        self.epoch = 0
+        self.last_confirmed = time.monotonic()
 
     def _new_producer(self) -> Producer:
         config = producer_config(self._settings)
@@ -112,6 +142,12 @@ class KafkaSink:
                 self.last_error,
             )
 
+    def confirmed(self) -> None:
+        """Kafka confirmed a record: it is up, and the producer is making progress."""
+        self.last_confirmed = time.monotonic()
+        if not self.up:
+            self.mark(up=True)
+
     def mark(self, *, up: bool) -> None:
         """Record Kafka's state, logging transitions."""
         if up != self.up:
@@ -130,10 +166,37 @@ class KafkaSink:
         """True after a fatal producer error: records must be produced again by a new producer."""
         return self._fatal
 
-    def replace_producer(self) -> None:
-        """Discard a fatally failed producer and start a new one."""
+    def replace_producer(self) -> Producer:
+        """Start a new producer; returns the old one for :meth:`retire`.
+
+        Records still queued in the old producer are the caller's to produce again.
+        """
+        old = self.producer
         self.producer = self._new_producer()
+        self.epoch += 1
         self._fatal = False
+        self.last_confirmed = time.monotonic()
+        self._metrics.producer_restarts.inc()
+        return old
+
+    async def retire(self, old: Producer) -> int:
+        """Purge a replaced producer, serve its last delivery reports, destroy it off-loop.
+
+        Returns:
+            Records the old producer still held when it was destroyed.
+        """
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        deadline = time.monotonic() + 5.0
+        while len(old) and time.monotonic() < deadline:
+            old.poll(0)  # stale-epoch reports: see IngestService._produce
+            await asyncio.sleep(0.05)
+        left = len(old)
+        box = [old]
+        del old
+        # rd_kafka_destroy() joins librdkafka's threads; a stuck one must not block the loop.
+        await asyncio.to_thread(box.clear)
+        return left
 
     def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> None:
         """Queue one record; ``on_delivery`` runs from :meth:`poll`."""

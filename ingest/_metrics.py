@@ -71,6 +71,11 @@ class IngestMetrics:
             "Reconnects where the broker no longer had ingest's session",
             registry=r,
         )
+        self.producer_restarts = Counter(
+            "fleetstream_ingest_kafka_producer_restarts",
+            "Kafka producers replaced (fatal error, or no confirmation while Kafka answered)",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "fleetstream_ingest_kafka_errors", "librdkafka client errors", ["code"], registry=r
         )

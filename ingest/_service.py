@@ -14,12 +14,12 @@ from typing import Any, Final
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest._acks import OrderedAcker, Pending
-from ingest._kafka import KafkaSink, ensure_topics
+from ingest._kafka import KafkaSink, ensure_topics, kafka_problem
 from ingest._metrics import IngestMetrics, serve_http
 from ingest._paho import (
     guard_write_registration,
@@ -74,6 +74,10 @@ class IngestService:
         }
         self._last_failure_log = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._kafka_answering_since: float | None = None
+        self._restarts_in_row = 0
+        self._last_restart = 0.0
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -121,9 +125,9 @@ class IngestService:
             await mqtt_task
         finally:
             self._stop.set()
-            for task in self._tasks:
+            for task in (*self._tasks, *self._retiring):
                 task.cancel()
-            for task in self._tasks:
+            for task in (*self._tasks, *self._retiring):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             remaining = await asyncio.to_thread(self.sink.flush, 10.0)
@@ -340,7 +344,13 @@ class IngestService:
     def _produce(
         self, rule: MqttToKafkaRule, inbound: Inbound, out: Outbound, entry: Pending | None
     ) -> None:
+        epoch = self.sink.epoch
+
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if epoch != self.sink.epoch and entry is not None:
+                # From a replaced producer: _recover_producer already produced the
+                # entry's records again, and only the new copies may release its PUBACK.
+                return
             if err is None:
                 if out.quarantined:
                     self.metrics.quarantined.labels(rule=out.rule, reason=out.reason).inc()
@@ -349,7 +359,11 @@ class IngestService:
                 if entry is not None:
                     self.metrics.latency.observe((time.monotonic_ns() - entry.received_ns) / 1e9)
                     self.acker.confirm(entry)
-                self.sink.mark(up=True)
+                self.sink.confirmed()
+                return
+            if epoch != self.sink.epoch:
+                # A QoS 0 record the replaced producer never wrote: nobody else holds it.
+                self._produce(rule, inbound, out, entry)
                 return
             self._delivery_failed(rule, inbound, out, entry, err)
 
@@ -371,6 +385,9 @@ class IngestService:
         if entry is not None and entry.generation != self.acker.generation:
             return  # the broker redelivers it on the new session
         if err.fatal() or self.sink.fatal:
+            if entry is None:
+                # QoS 0: nobody else holds it; by then the poll loop has a new producer.
+                asyncio.get_running_loop().call_later(0.5, self._produce, rule, inbound, out, None)
             return  # _recover_producer produces every unconfirmed record again
         if not out.quarantined and not err.retriable():
             # A permanent rejection (too large, not authorised, ...) must not stall the
@@ -381,10 +398,16 @@ class IngestService:
         # Still retry; never acknowledge what Kafka has not confirmed.
         asyncio.get_running_loop().call_later(1.0, self._produce, rule, inbound, out, entry)
 
-    def _recover_producer(self) -> None:
-        self.sink.replace_producer()
+    def _recover_producer(self, why: str) -> None:
+        old = self.sink.replace_producer()
         entries = self.acker.unconfirmed()
-        _log.error("producing %d unconfirmed messages again with a new producer", len(entries))
+        _log.error(
+            "%s: new Kafka producer, producing %d unconfirmed messages again", why, len(entries)
+        )
+        task = asyncio.create_task(self._retire(old), name=f"retire-producer-{self.sink.epoch}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        del old
         for entry in entries:
             inbound: Inbound
             work: list[tuple[MqttToKafkaRule, Outbound]]
@@ -393,13 +416,18 @@ class IngestService:
             for rule, out in work:
                 self._produce(rule, inbound, out, entry)
 
+    async def _retire(self, old: Producer) -> None:
+        left = await self.sink.retire(old)
+        if left:
+            _log.warning("the replaced producer still held %d records at destruction", left)
+
     async def _poll_loop(self) -> None:
         stall = self.settings.ingest_stall_s
         last_tick = 0.0
         while True:
             served = self.sink.poll()
             if self.sink.fatal:
-                self._recover_producer()
+                self._recover_producer(f"fatal producer error ({self.sink.last_error})")
             now = time.monotonic()
             if now - last_tick >= 0.5:
                 last_tick = now
@@ -440,6 +468,7 @@ class IngestService:
                     self._topics_ready.set()
                     if created:
                         _log.info("created Kafka topics: %s", ", ".join(created))
+            await self._check_producer_progress()
             if not self.sink.up and self.acker.oldest_age_s() < self.settings.ingest_stall_s:
                 try:
                     await asyncio.to_thread(self.sink.producer.list_topics, timeout=3)
@@ -448,6 +477,46 @@ class IngestService:
                 else:
                     self.sink.mark(up=True)
             await asyncio.sleep(2.0)
+
+    async def _check_producer_progress(self) -> None:
+        """Replace a producer that confirms nothing while Kafka itself answers.
+
+        librdkafka's idempotent producer was seen (rarely, in CI) to hold its records for
+        minutes after the broker came back from a freeze or restart. A producer with
+        queued records and no confirmation for ``ingest_producer_restart_s``, while a fresh
+        client has found every partition led for as long, is replaced and its records are
+        produced again (at worst a counted duplicate, never a loss). Each further
+        replacement without a confirmation in between waits twice as long.
+        """
+        limit = self.settings.ingest_producer_restart_s * 2 ** min(self._restarts_in_row, 5)
+        now = time.monotonic()
+        quiet = now - self.sink.last_confirmed
+        waiting = len(self.sink.producer)
+        if not waiting or self.sink.last_confirmed > self._last_restart:
+            self._restarts_in_row = 0
+        if not waiting or quiet < limit:
+            self._kafka_answering_since = None
+            return
+        problem = await asyncio.to_thread(kafka_problem, self.settings, self._static_topics())
+        if problem is not None:
+            self._kafka_answering_since = None
+            self.sink.last_error = problem
+            return
+        # Right after an outage the producer needs a few seconds to reconnect: only a
+        # producer that stays silent while Kafka has been answering for `limit` is stuck.
+        if self._kafka_answering_since is None:
+            self._kafka_answering_since = now
+            return
+        answering = now - self._kafka_answering_since
+        if answering < limit:
+            return
+        self._kafka_answering_since = None
+        self._restarts_in_row += 1
+        self._recover_producer(
+            f"Kafka has answered for {answering:.0f} s but confirmed none of {waiting} "
+            f"queued records for {quiet:.0f} s"
+        )
+        self._last_restart = self.sink.last_confirmed  # replace_producer() reset it
 
     # ------------------------------------------------------------- Kafka -> MQTT
     async def _command_loop(self, rule: KafkaToMqttRule) -> None:

@@ -44,6 +44,13 @@ class IngestSettings(KafkaConnectionSettings, MqttConnectionSettings):
         gt=0,
         description="Unacknowledged for longer than this = Kafka is not confirming.",
     )
+    ingest_producer_restart_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Records queued but none confirmed for this long, while a fresh client "
+        "has found Kafka answering with every partition led for this long too: the producer "
+        "is replaced and its records produced again.",
+    )
     ingest_reconnect_min_s: float = Field(default=0.5, gt=0)
     ingest_reconnect_max_s: float = Field(default=30.0, gt=0)
     ingest_shutdown_timeout_s: float = Field(default=30.0, gt=0)

@@ -21,12 +21,15 @@ from bench.harness import (
     QosOnePublisher,
     committed_offsets,
     delivery_report,
+    free_port,
     read_topic,
     running,
     telemetry_messages,
     write_rules,
 )
 from fleetstream import infra
+from ingest._kafka import ensure_topics, kafka_problem
+from ingest._settings import IngestSettings
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +249,72 @@ def test_broken_rules_file_is_rejected_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{bad}:5:" in result.stderr
     assert "adapter" in result.stderr
+
+
+def test_producer_that_confirms_nothing_while_kafka_answers_is_replaced(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    """Kafka up and leading every partition, yet nothing confirmed: a new producer.
+
+    The stuck producer seen in CI could not be reproduced on demand, so the test creates
+    its visible state for real: a 6 s ``linger.ms`` keeps records queued in the producer
+    while Kafka answers. With a 2 s limit ingest must replace the producer once (the
+    second wait is twice as long, and by then the new producer has delivered), hold every
+    PUBACK until Kafka confirmed, and lose nothing, QoS 0 included.
+    """
+    topic = f"{prefix}-telemetry"
+    messages = telemetry_messages(prefix, vehicles=20, seconds=50)
+    qos0, qos1 = messages[:100], messages[100:]
+    ingest = _ingest(
+        brokers,
+        tmp_path,
+        rules,
+        f"{unique_name}-ingest",
+        FLEETSTREAM_INGEST_PRODUCER_RESTART_S="2",
+        FLEETSTREAM_KAFKA_LINGER_MS="6000",
+    )
+    with running(ingest.start()):
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-q0")
+        sender.connect(brokers.host, brokers.mqtt_port)
+        sender.loop_start()
+        for t, p, _ in qos0:
+            sender.publish(t, p, qos=0).wait_for_publish(5)
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish((t, p) for t, p, _ in qos1)
+        publisher.wait_acked(len(qos1))
+        acked_before_restart = []
+        deadline = time.monotonic() + 30
+        while ingest.metrics()["fleetstream_ingest_kafka_producer_restarts_total"] < 1:
+            assert time.monotonic() < deadline, ingest.log()
+            acked_before_restart.append(ingest.metrics()["fleetstream_ingest_acked_total"])
+            time.sleep(0.2)
+        records = read_topic(brokers.kafka_bootstrap, topic, expect=len(messages))
+        deadline = time.monotonic() + 30
+        while ingest.metrics()["fleetstream_ingest_acked_total"] < len(qos1):
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.2)
+        time.sleep(3)  # would a needless second replacement follow?
+        metrics = ingest.metrics()
+        sender.loop_stop()
+        sender.disconnect()
+        publisher.close()
+    row = delivery_report("producer_restart", {k for _, _, k in messages}, records)
+    assert row["lost"] == 0
+    assert row["unexpected"] == 0
+    assert row["duplicates"] == 0  # the replaced producer had sent nothing
+    assert acked_before_restart, "the producer was replaced before the messages arrived"
+    assert max(acked_before_restart) == 0  # no PUBACK before Kafka confirmed
+    assert metrics["fleetstream_ingest_acked_total"] == len(qos1)
+    assert metrics["fleetstream_ingest_kafka_producer_restarts_total"] == 1
+    assert f"new Kafka producer, producing {len(qos1)} unconfirmed messages again" in ingest.log()
+    assert ingest.crashes() == 0
+
+
+def test_kafka_problem_asks_a_fresh_client(brokers: infra.InfraSettings, unique_name: str) -> None:
+    settings = IngestSettings(kafka_bootstrap_servers=brokers.kafka_bootstrap)
+    ensure_topics(settings, {f"{unique_name}-t"})
+    assert kafka_problem(settings, {f"{unique_name}-t", f"{unique_name}-absent"}) is None
+    nobody = IngestSettings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    problem = kafka_problem(nobody, {f"{unique_name}-t"}, timeout_s=1.0)
+    assert problem is not None
+    assert problem.startswith("no metadata")
