@@ -45,7 +45,7 @@ class IngestSettings(KafkaConnectionSettings, MqttConnectionSettings):
         description="Unacknowledged for longer than this = Kafka is not confirming.",
     )
     ingest_producer_restart_s: float = Field(
-        default=30.0,
+        default=20.0,
         gt=0,
         description="Records queued but none confirmed for this long, while a fresh client "
         "has found Kafka answering with every partition led for this long too: the producer "
