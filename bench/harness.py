@@ -292,13 +292,27 @@ def count_tracebacks(log: Path) -> int:
 
 @contextlib.contextmanager
 def running(*processes: IngestProcess) -> Iterator[None]:
-    """Stop the processes when the block ends, whatever happened in it."""
+    """Stop the processes when the block ends, whatever happened in it.
+
+    Raises:
+        HarnessError: The block ended normally but a process crashed, at any time
+            (including on the way out, e.g. an abort in a native library at exit).
+    """
     try:
         yield
-    finally:
+    except BaseException:
         for p in processes:
             with contextlib.suppress(Exception):
                 p.stop()
+        raise
+    for p in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.stop()  # a hung stop is counted as a crash
+    crashed = [p for p in processes if p.crashes()]
+    if crashed:
+        logs = "\n".join(f"{p.client_id}:\n{p.log()}" for p in crashed)
+        msg = f"{len(crashed)} ingest process(es) crashed or exited uncleanly:\n{logs}"
+        raise HarnessError(msg)
 
 
 def telemetry_messages(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
 import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -33,10 +34,27 @@ from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError
 
 _log = logging.getLogger("ingest")
+_T = TypeVar("_T")
 # CONNACK/SUBACK codes retrying cannot fix: bad credentials, not authorised, banned,
 # unsupported shared subscriptions (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8A, 0x9E).
 _FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
 _TOPIC_CACHE_MAX: Final = 100_000
+
+
+async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
+    """``asyncio.to_thread`` that, when cancelled, still waits for the thread to return.
+
+    A cancelled ``to_thread`` leaves its thread running; closing a librdkafka client while
+    that thread is still inside ``consume()`` corrupted the heap at exit
+    (``tcache_thread_shutdown(): unaligned tcache chunk detected``).
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def _reason_value(rc: object) -> int:
@@ -471,7 +489,7 @@ class IngestService:
             await self._check_producer_progress()
             if not self.sink.up and self.acker.oldest_age_s() < self.settings.ingest_stall_s:
                 try:
-                    await asyncio.to_thread(self.sink.producer.list_topics, timeout=3)
+                    await _finish_in_thread(self.sink.producer.list_topics, None, 3)
                 except Exception as exc:  # noqa: BLE001 - any failure means "still down"
                     self.sink.last_error = str(exc)
                 else:
@@ -538,7 +556,7 @@ class IngestService:
         published = self.metrics.commands.labels(rule=rule.name)
         try:
             while True:
-                batch = await asyncio.to_thread(consumer.consume, 200, 0.5)
+                batch = await _finish_in_thread(consumer.consume, 200, 0.5)
                 records = [m for m in batch if m.error() is None]
                 for m in batch:
                     if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
@@ -566,7 +584,9 @@ class IngestService:
                     tp = (m.topic(), m.partition())
                     offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
                 commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                await asyncio.to_thread(consumer.commit, offsets=commit, asynchronous=False)
+                await _finish_in_thread(
+                    functools.partial(consumer.commit, offsets=commit, asynchronous=False)
+                )
         finally:
             await asyncio.to_thread(consumer.close)
 

@@ -134,6 +134,13 @@ class Fleet:
         self.glitch_size = np.zeros(n)
         self.overheat = np.zeros(n)
 
+        # A fleet is met mid-life, not with every car just parked: some cars start on the
+        # road (fewer at night), so a demo or a test has traffic from its first minute.
+        # Drawn last so that the anomaly schedule of a seed stays the same.
+        hour = (config.start_ms / 3_600_000.0) % 24.0
+        on_road = 0.06 if (hour < 6.0 or hour >= 22.0) else 0.3
+        self._set_state(np.flatnonzero(rng.random(n) < on_road), DRIVING, 240, 2400)
+
     # ------------------------------------------------------------------ public
     def labels(self) -> list[Label]:
         """Ground truth for every scheduled episode."""

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output" / "dashboard"
 VEHICLES = 30
 GLITCH_CAR = "glitch-car"
 HOT_CAR = "hot-car"
+DRIVER_CAR = "commuter-car"
 
 
 @dataclass
@@ -149,6 +151,40 @@ def publish_anomalies(settings: infra.InfraSettings, prefix: str) -> None:
         client.disconnect()
 
 
+def drive_in_background(
+    settings: infra.InfraSettings, prefix: str, stop: threading.Event
+) -> threading.Thread:
+    """One EV on the road at 72 km/h, a record per second in real time, until ``stop``.
+
+    The simulated fleet starts mostly parked (almost all of it at night), so without this
+    car the consumption KPI would depend on the hour the test runs.
+    """
+
+    def run() -> None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-driver")
+        client.connect(settings.host, settings.mqtt_port)
+        client.loop_start()
+        try:
+            seq = 0
+            while not stop.is_set():
+                record = make_ev(
+                    time.time_ns() // 1_000_000, vehicle_id=DRIVER_CAR, seq=seq,
+                    state="driving", speed_kmh=72.0, odometer_km=1000.0 + 0.02 * seq,
+                    battery_level_pct=80.0 - 0.0056 * seq, power_kw=15.0, lat=48.15, lon=11.55,
+                )  # fmt: skip
+                topic = f"{prefix}/{DRIVER_CAR}/telemetry"
+                client.publish(topic, orjson.dumps(record), qos=1).wait_for_publish(10)
+                seq += 1
+                stop.wait(1.0)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+    thread = threading.Thread(target=run, name="driver-car", daemon=True)
+    thread.start()
+    return thread
+
+
 def launch_chromium(playwright_browser_type: object) -> Browser:
     if not CHROMIUM.exists():
         raise AssertionError(
@@ -233,6 +269,8 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
     topics = {**processing.topics, "feedback": f"{prefix}-feedback"}
     dashboard = DashboardProcess(bootstrap, topics, tmp_path)
     simulator: subprocess.Popen[bytes] | None = None
+    driver_stop = threading.Event()
+    driver: threading.Thread | None = None
     try:
         ingest.start()
         processing.start()
@@ -249,6 +287,7 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
         )  # fmt: skip
         healthy_s = dashboard.wait_healthy()
         publish_anomalies(brokers, prefix)
+        driver = drive_in_background(brokers, prefix, driver_stop)
 
         with sync_playwright() as pw:
             browser = launch_chromium(pw.chromium)
@@ -301,7 +340,7 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             time.sleep(1.5)  # let deck.gl draw the points before the picture
             page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
             online = first_number(metric_value(page, "Cars online"))
-            assert 0 < online <= VEHICLES + 2  # the fleet plus the two anomaly cars
+            assert 0 < online <= VEHICLES + 3  # the fleet, two anomaly cars, the driver
             assert first_number(metric_value(page, "Active info")) >= 1  # sensor_glitch
             assert first_number(metric_value(page, "Active critical")) >= 1  # overheat
 
@@ -399,6 +438,9 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             f"restart, dashboard RSS {rss:.0f} MiB, total {time.monotonic() - began:.0f} s"
         )
     finally:
+        driver_stop.set()
+        if driver is not None:
+            driver.join(15)
         if simulator is not None and simulator.poll() is None:
             simulator.send_signal(signal.SIGTERM)
             simulator.wait(20)
