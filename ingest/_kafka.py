@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -179,24 +180,29 @@ class KafkaSink:
         self._metrics.producer_restarts.inc()
         return old
 
-    async def retire(self, old: Producer) -> int:
+    async def retire(self, box: list[Producer]) -> int:
         """Purge a replaced producer, serve its last delivery reports, destroy it off-loop.
+
+        Args:
+            box: Holds the old producer and nothing else does: destroying it (when the
+                list is emptied) joins librdkafka's threads, which must not block the loop.
 
         Returns:
             Records the old producer still held when it was destroyed.
         """
-        with contextlib.suppress(KafkaException, RuntimeError):
-            old.purge(in_queue=True, in_flight=True, blocking=False)
-        deadline = time.monotonic() + 5.0
-        while len(old) and time.monotonic() < deadline:
-            old.poll(0)  # stale-epoch reports: see IngestService._produce
-            await asyncio.sleep(0.05)
-        left = len(old)
-        box = [old]
-        del old
-        # rd_kafka_destroy() joins librdkafka's threads; a stuck one must not block the loop.
-        await asyncio.to_thread(box.clear)
-        return left
+        try:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                box[0].purge(in_queue=True, in_flight=True, blocking=False)
+            deadline = time.monotonic() + 5.0
+            while len(box[0]) and time.monotonic() < deadline:
+                box[0].poll(0)  # stale-epoch reports: see IngestService._produce
+                await asyncio.sleep(0.05)
+            left = len(box[0])
+            await asyncio.to_thread(box.clear)
+            return left
+        finally:
+            if box:  # cancelled on the way
+                threading.Thread(target=box.clear, name="destroy-producer", daemon=True).start()
 
     def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> None:
         """Queue one record; ``on_delivery`` runs from :meth:`poll`."""

@@ -52,8 +52,9 @@ async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
         raise
 
 
@@ -94,6 +95,7 @@ class IngestService:
         self._tasks: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
         self._kafka_answering_since: float | None = None
+        self._closing = False
         self._restarts_in_row = 0
         self._last_restart = 0.0
 
@@ -146,8 +148,13 @@ class IngestService:
             for task in (*self._tasks, *self._retiring):
                 task.cancel()
             for task in (*self._tasks, *self._retiring):
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # noqa: BLE001 - logged; the others must still finish
+                    _log.exception("background task %s failed", task.get_name())
+            self._closing = True  # the final flush runs callbacks in a worker thread
             remaining = await asyncio.to_thread(self.sink.flush, 10.0)
             if remaining:
                 # Unacknowledged QoS 1/2 messages come again from the broker; QoS 0 ones are
@@ -380,8 +387,11 @@ class IngestService:
                 if entry is not None:
                     self.metrics.latency.observe((time.monotonic_ns() - entry.received_ns) / 1e9)
                     self.acker.confirm(entry)
-                self.sink.confirmed()
+                if epoch == self.sink.epoch:
+                    self.sink.confirmed()
                 return
+            if self._closing:
+                return  # QoS 1/2: the broker redelivers it; QoS 0: lost, logged at exit
             if epoch != self.sink.epoch:
                 # A QoS 0 record the replaced producer never wrote: nobody else holds it.
                 self._produce(rule, inbound, out, entry)
@@ -417,10 +427,31 @@ class IngestService:
             self._produce(rule, inbound, replacement, entry)
             return
         # Still retry; never acknowledge what Kafka has not confirmed.
-        asyncio.get_running_loop().call_later(1.0, self._produce, rule, inbound, out, entry)
+        asyncio.get_running_loop().call_later(
+            1.0, self._retry, self.sink.epoch, rule, inbound, out, entry
+        )
+
+    def _retry(
+        self,
+        epoch: int,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+    ) -> None:
+        if entry is not None and (
+            entry.generation != self.acker.generation or epoch != self.sink.epoch
+        ):
+            # The broker redelivers it on the new session, or _recover_producer already
+            # produced all of the entry's records again: a third copy could release the
+            # PUBACK before the other records are confirmed.
+            return
+        self._produce(rule, inbound, out, entry)
 
     def _recover_producer(self, why: str) -> None:
-        old = self.sink.replace_producer()
+        # Only the list holds the old producer, so that its destruction (which joins
+        # librdkafka's threads) happens where retire() empties it, off the event loop.
+        old = [self.sink.replace_producer()]
         entries = self.acker.unconfirmed()
         _log.error(
             "%s: new Kafka producer, producing %d unconfirmed messages again", why, len(entries)
@@ -428,7 +459,6 @@ class IngestService:
         task = asyncio.create_task(self._retire(old), name=f"retire-producer-{self.sink.epoch}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        del old
         for entry in entries:
             inbound: Inbound
             work: list[tuple[MqttToKafkaRule, Outbound]]
@@ -437,7 +467,7 @@ class IngestService:
             for rule, out in work:
                 self._produce(rule, inbound, out, entry)
 
-    async def _retire(self, old: Producer) -> None:
+    async def _retire(self, old: list[Producer]) -> None:
         left = await self.sink.retire(old)
         if left:
             _log.warning("the replaced producer still held %d records at destruction", left)
@@ -518,7 +548,17 @@ class IngestService:
         if not waiting or quiet < limit:
             self._kafka_answering_since = None
             return
-        problem = await asyncio.to_thread(kafka_problem, self.settings, self._static_topics())
+        waiting_topics = {
+            out.topic
+            for entry in self.acker.unconfirmed()
+            for _rule, out in entry.work[1]  # type: ignore[index]
+        }
+        problem = await asyncio.to_thread(
+            kafka_problem, self.settings, waiting_topics or self._static_topics()
+        )
+        if time.monotonic() - self.sink.last_confirmed < limit:
+            self._kafka_answering_since = None  # it confirmed something meanwhile
+            return
         if problem is not None:
             self._kafka_answering_since = None
             self.sink.last_error = problem
@@ -593,6 +633,26 @@ class IngestService:
         finally:
             await asyncio.to_thread(consumer.close)
 
+    async def _produce_and_wait(self, out: Outbound) -> KafkaError | None:
+        """Produce one record; returns Kafka's error, None once confirmed."""
+        done: asyncio.Future[KafkaError | None] = asyncio.get_running_loop().create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if not done.done():
+                done.get_loop().call_soon_threadsafe(
+                    lambda: None if done.done() else done.set_result(err)
+                )
+
+        epoch = self.sink.epoch
+        self.sink.produce(out, on_delivery)
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), 5.0)
+            except TimeoutError:
+                if epoch != self.sink.epoch:
+                    # Its producer was replaced and may be gone before it reported.
+                    return KafkaError(KafkaError._PURGE_QUEUE)  # noqa: SLF001
+
     async def _publish_command(
         self, client: aiomqtt.Client, rule: KafkaToMqttRule, m: Message
     ) -> None:
@@ -603,25 +663,17 @@ class IngestService:
             reason = "no_key" if topic is None else "bad_key"
             self.metrics.commands_quarantined.labels(rule=rule.name, reason=reason).inc()
             headers = [("reason", reason.encode()), ("rule", rule.name.encode())]
-            done = asyncio.get_running_loop().create_future()
-
-            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-                if err is None:
-                    done.get_loop().call_soon(done.set_result, None)
-                else:
-                    done.get_loop().call_soon(done.set_exception, RuntimeError(err.str()))
-
-            self.sink.produce(
-                Outbound(
-                    f"{rule.kafka}.quarantine",
-                    key,
-                    m.value() or b"",
-                    headers,
-                    m.timestamp()[1],
-                    rule.name,
-                ),
-                on_delivery,
+            out = Outbound(
+                f"{rule.kafka}.quarantine",
+                key,
+                m.value() or b"",
+                headers,
+                m.timestamp()[1],
+                rule.name,
             )
-            await done
+            # Until Kafka confirms: the offset is committed only after this returns.
+            while (err := await self._produce_and_wait(out)) is not None:
+                _log.warning("quarantining a command of %s failed (%s); retrying", rule.name, err)
+                await asyncio.sleep(1.0)
             return
         await client.publish(topic, m.value(), qos=rule.qos, timeout=30)
