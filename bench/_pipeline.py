@@ -101,15 +101,23 @@ def measured_span(samples: Iterable[Sample], total: int) -> Span:
             first = sample
         if first is not None and sample.consumed >= total:
             if sample is first and before is not None:
-                return Span(
+                span = Span(
                     sample.consumed - max(before.consumed, 0.0),
                     sample.t - before.t,
                     sample.cpu_s - before.cpu_s,
                     coarse=True,
                 )
-            return Span(
-                sample.consumed - first.consumed, sample.t - first.t, sample.cpu_s - first.cpu_s
-            )
+            else:
+                span = Span(
+                    sample.consumed - first.consumed,
+                    sample.t - first.t,
+                    sample.cpu_s - first.cpu_s,
+                )
+            if span.records > 0 and span.cpu_s <= 0:
+                # Below the CPU clock's 10 ms tick (or the consumed count showed up one
+                # poll late): charge the whole process so far, an upper bound, not zero.
+                span = Span(span.records, span.seconds, sample.cpu_s, coarse=True)
+            return span
         if first is None:
             before = sample
     msg = f"the samples never show all {total} records consumed"

@@ -25,7 +25,7 @@ def test_run_pipeline_reports_every_figure_and_consistent_counts(
     assert subject["baseline"] == "bare consumer"
     assert subject["ratio"] == pytest.approx(subject["value"] / bare["value"])
     for metric in ("CPU per record", "peak RSS", "start-up to first record"):
-        assert rows[("processing", metric)]["value"] > 0
+        assert rows[("processing", metric)]["value"] > 0, (metric, rows[("processing", metric)])
     assert ("offline replay (no Kafka, no Quix, no sessions)", "throughput") in rows
 
     details = report.details

@@ -49,3 +49,11 @@ def test_an_empty_span_has_no_rate_and_no_cost_per_record() -> None:
 def test_a_run_that_never_finished_is_an_error() -> None:
     with pytest.raises(BenchError, match="never show all 10"):
         measured_span([Sample(0.0, 0.0, 0.0), Sample(1.0, 9.0, 1.0)], total=10)
+
+
+def test_a_span_below_the_cpu_clock_tick_is_charged_the_whole_process() -> None:
+    samples = [Sample(0.0, 0.0, 2.0), Sample(0.2, 60.0, 2.5), Sample(0.4, 100.0, 2.5)]
+    span = measured_span(samples, total=100)
+    assert span.records == 40
+    assert span.cpu_s == 2.5
+    assert span.coarse
