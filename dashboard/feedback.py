@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import KafkaException, Producer
 
 from dashboard.errors import FeedbackError
 from dashboard.view import AlertEntry
+from telemetry.feedback import FeedbackRecord, Verdict
 
 _log = logging.getLogger("dashboard.feedback")
 
-Verdict = Literal["acknowledged", "false_positive"]
 FEEDBACK_SOURCE = "dashboard"
-
-
-class FeedbackRecord(TypedDict):
-    """One ``vehicle-alerts.feedback`` record."""
-
-    alert_id: str
-    episode_id: str
-    vehicle_id: str
-    kind: str
-    alert_ts: int
-    verdict: str
-    ts: int
-    source: str
 
 
 def feedback_record(alert: AlertEntry, verdict: Verdict, now_ms: int) -> FeedbackRecord:
@@ -50,20 +36,6 @@ def feedback_record(alert: AlertEntry, verdict: Verdict, now_ms: int) -> Feedbac
         ts=now_ms,
         source=FEEDBACK_SOURCE,
     )
-
-
-def latest_verdicts(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """The verdict per ``alert_id`` that counts as a label: the latest by ``ts``.
-
-    This is how a training job turns the feedback topic into labels: ``false_positive``
-    alerts are negatives, ``acknowledged`` ones confirmed positives.
-    """
-    latest: dict[str, tuple[int, str]] = {}
-    for record in records:
-        alert_id, ts = str(record["alert_id"]), int(record["ts"])
-        if alert_id not in latest or ts >= latest[alert_id][0]:
-            latest[alert_id] = (ts, str(record["verdict"]))
-    return {alert_id: verdict for alert_id, (_ts, verdict) in latest.items()}
 
 
 class FeedbackSink(Protocol):

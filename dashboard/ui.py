@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from dashboard import kpis
 from dashboard.errors import FeedbackError
-from dashboard.feedback import Verdict, feedback_record
+from dashboard.feedback import feedback_record
 from dashboard.runtime import Runtime, start_runtime
 from dashboard.view import AlertEntry, CarHistory, FleetSnapshot
+from telemetry.feedback import Verdict
 from telemetry.logs import configure_logging
 
 _log = logging.getLogger("dashboard")

@@ -245,7 +245,7 @@ def evaluate(
     import orjson
 
     from processing.evaluate import evaluate as score
-    from processing.evaluate import format_scores, read_alerts_topic
+    from processing.evaluate import format_scores, read_json_topic
 
     if (alerts_topic is None) == (alerts is None):
         msg = "give exactly one of --alerts-topic or --alerts"
@@ -256,7 +256,7 @@ def evaluate(
             orjson.loads(line) for line in alerts.read_bytes().splitlines() if line.strip()
         ]
     else:
-        alert_rows = read_alerts_topic(bootstrap, alerts_topic or "")
+        alert_rows = read_json_topic(bootstrap, alerts_topic or "")
     typer.echo(format_scores(score(label_rows, alert_rows, window_ms=window_s * 1000)))
 
 
@@ -331,13 +331,43 @@ def train(
         help="Registry folder the new version is written to (not promoted).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the estimators."),
+    feedback: Path | None = typer.Option(
+        None,
+        "--feedback",
+        help="Operators' verdicts as labels: JSON lines of vehicle-alerts.feedback records.",
+    ),
+    feedback_topic: str | None = typer.Option(
+        None,
+        "--feedback-topic",
+        help="Read the verdicts from this Kafka topic (e.g. vehicle-alerts.feedback).",
+    ),
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092",
+        "--bootstrap",
+        envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka for --feedback-topic.",
+    ),
 ) -> None:
     """Train and compare consumption models on a time split; save the best with a report."""
     from models.errors import DataError
+    from models.feedback import load_feedback
     from models.workflow import run_train
+    from processing.evaluate import read_json_topic
 
+    if feedback is not None and feedback_topic is not None:
+        typer.echo("error: give --feedback or --feedback-topic, not both", err=True)
+        raise typer.Exit(2)
     try:
-        outcome = run_train(data, labels, out, seed=seed)
+        verdicts = None
+        source = None
+        if feedback is not None:
+            verdicts, source = load_feedback(feedback), str(feedback)
+        elif feedback_topic is not None:
+            verdicts = read_json_topic(bootstrap, feedback_topic)
+            source = f"kafka://{bootstrap}/{feedback_topic}"
+        if verdicts is not None:
+            typer.echo(f"feedback: {len(verdicts)} records from {source}")
+        outcome = run_train(data, labels, out, seed=seed, feedback=verdicts, feedback_source=source)
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models import registry
 from models.dataset import iter_records, load_labels, load_telemetry
 from models.errors import DataError
+from models.feedback import LABEL_COLUMNS, feedback_labels
 from models.replay import Replay, replay_records, window_alerts, window_feature_rows
 from models.report import write_report
 from models.training import TrainResult, label_windows, train
@@ -79,6 +80,16 @@ class TrainOutcome:
     rule_events: dict[str, KindScore] | None
 
 
+def _feedback_frames(
+    feedback: Sequence[Mapping[str, Any]] | None, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not feedback:
+        empty = pd.DataFrame(columns=LABEL_COLUMNS)
+        return empty, empty
+    window_ms = int((frame["window_end"] - frame["window_start"]).median())
+    return feedback_labels(feedback, window_ms)
+
+
 def run_train(
     data: str,
     labels_path: Path | None,
@@ -87,8 +98,14 @@ def run_train(
     seed: int = 0,
     show_progress: bool = True,
     version: str | None = None,
+    feedback: Sequence[Mapping[str, Any]] | None = None,
+    feedback_source: str | None = None,
 ) -> TrainOutcome:
     """Load, replay, featurise, train, compare, calibrate, save and report.
+
+    ``feedback`` (``vehicle-alerts.feedback`` records) adds labels: acknowledged
+    ``high_consumption`` alerts mark their windows anomalous, false positives mark them
+    normal (over any label file).
 
     Raises:
         DataError: Unreadable or insufficient data or labels.
@@ -101,7 +118,15 @@ def run_train(
         if frame.empty:
             msg = "no driving windows in the data; nothing to train on"
             raise DataError(msg)
+        confirmed, rejected = _feedback_frames(feedback, frame)
+        if not confirmed.empty:
+            labels = confirmed if labels is None else pd.concat([labels, confirmed])
         actual = label_windows(frame, labels) if labels is not None else None
+        relabelled_normal = 0
+        if actual is not None and not rejected.empty:
+            wrong = label_windows(frame, rejected)
+            relabelled_normal = int((actual & wrong).sum())
+            actual = actual & ~wrong
         fit_task = progress.add_task("fitting models", total=None)
         result = train(frame, actual, seed=seed, step=lambda _n: progress.advance(fit_task))
         progress.update(fit_task, total=len(result.candidates), completed=len(result.candidates))
@@ -115,6 +140,15 @@ def run_train(
         "training_data": {
             "source": data,
             "labels": str(labels_path) if labels_path else None,
+            "feedback": None
+            if feedback is None
+            else {
+                "source": feedback_source,
+                "records": len(feedback),
+                "confirmed_alerts": len(confirmed),
+                "false_positive_alerts": len(rejected),
+                "windows_relabelled_normal": relabelled_normal,
+            },
             "telemetry_rows": table.num_rows,
             "windows": len(frame),
             "first_ts": int(table.column("ts")[0].as_py()),

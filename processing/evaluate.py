@@ -120,8 +120,8 @@ def format_scores(scores: Mapping[str, KindScore]) -> str:
     return "\n".join(lines)
 
 
-def read_alerts_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Read every alert currently in a topic (committed records only)."""
+def read_json_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Read every JSON record currently in a topic (committed records only, fresh group)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

@@ -17,6 +17,7 @@ from fleetstream.cli import app
 from models.archive import STATS, TELEMETRY, ParquetArchive, stats_row, telemetry_row
 from models.dataset import iter_records, load_telemetry
 from models.errors import DataError
+from models.feedback import feedback_labels
 from models.registry import load
 from models.replay import replay_records, window_alerts, window_feature_rows
 from models.training import Scores, best_threshold, label_windows, split_by_time
@@ -267,3 +268,102 @@ def test_train_and_backtest_fail_clearly_on_bad_input(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "cannot read model artifact" in result.output
+
+
+def _verdict(alert_id: str, verdict: str, ts: int, alert_ts: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "alert_id": alert_id, "episode_id": alert_id.rsplit("-", 1)[0], "vehicle_id": "car-1",
+        "kind": "high_consumption", "alert_ts": alert_ts, "verdict": verdict, "ts": ts,
+        "source": "dashboard", **extra,
+    }  # fmt: skip
+
+
+def test_feedback_labels_take_the_latest_verdict_per_alert() -> None:
+    records = [
+        _verdict("a-raised", "acknowledged", ts=10, alert_ts=600_000),
+        _verdict("a-raised", "false_positive", ts=20, alert_ts=600_000),  # changed mind
+        _verdict("b-raised", "false_positive", ts=30, alert_ts=900_000),
+        _verdict("b-raised", "acknowledged", ts=40, alert_ts=900_000),
+        {**_verdict("c-raised", "acknowledged", ts=50, alert_ts=1), "kind": "overheat"},
+    ]
+    confirmed, rejected = feedback_labels(records, window_ms=60_000)
+    assert confirmed[["start_ts", "end_ts"]].values.tolist() == [[720_000, 900_000]]
+    assert rejected[["start_ts", "end_ts"]].values.tolist() == [[420_000, 600_000]]
+    assert set(confirmed["kind"]) == {"high_consumption"}
+
+
+def test_malformed_feedback_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="unknown verdict"):
+        feedback_labels([_verdict("a-raised", "maybe", ts=1, alert_ts=1)], 60_000)
+    with pytest.raises(DataError, match="incomplete"):
+        feedback_labels([{"alert_id": "a", "ts": 1, "verdict": "acknowledged"}], 60_000)
+
+
+def _feedback_from_labels(labels: Path, out: Path) -> int:
+    """An operator who acknowledged every high-consumption episode once it was raised."""
+    rows = [orjson.loads(line) for line in labels.read_bytes().splitlines() if line.strip()]
+    feedback = [
+        {
+            "alert_id": f"{row['vehicle_id']}-{i}-raised",
+            "episode_id": f"{row['vehicle_id']}-{i}",
+            "vehicle_id": row["vehicle_id"],
+            "kind": row["kind"],
+            "alert_ts": min(row["start_ts"] + 3 * 60_000, row["end_ts"]),
+            "verdict": "acknowledged",
+            "ts": row["end_ts"],
+            "source": "dashboard",
+        }
+        for i, row in enumerate(rows)
+        if row["kind"] == "high_consumption"
+    ]
+    out.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in feedback))
+    return len(feedback)
+
+
+def test_train_learns_from_operator_feedback_alone(small_run: dict[str, Path]) -> None:
+    feedback = small_run["data"].parent / "feedback.jsonl"
+    acknowledged = _feedback_from_labels(small_run["labels"], feedback)
+    assert acknowledged > 3
+    registry = small_run["data"].parent / "registry-feedback"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(small_run["data"]), "--feedback", str(feedback),
+         "--out", str(registry)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"feedback: {acknowledged} records" in result.output
+    (folder,) = [p for p in registry.iterdir() if p.is_dir()]
+    meta = load(folder).metadata
+    assert meta["training_data"]["labels"] is None
+    assert meta["training_data"]["feedback"]["confirmed_alerts"] == acknowledged
+    # Supervised families only run with labels: here the labels came from feedback.
+    assert meta["candidates"]["logistic_regression"]["validation"] is not None
+
+
+def test_a_false_positive_verdict_overrides_a_label(small_run: dict[str, Path]) -> None:
+    feedback = small_run["data"].parent / "feedback-fp.jsonl"
+    _feedback_from_labels(small_run["labels"], feedback)
+    rows = [orjson.loads(line) for line in feedback.read_bytes().splitlines()]
+    wrong = [{**r, "verdict": "false_positive", "ts": r["ts"] + 1} for r in rows[:2]]
+    feedback.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows + wrong))
+    registry = small_run["data"].parent / "registry-fp"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(small_run["data"]), "--labels", str(small_run["labels"]),
+         "--feedback", str(feedback), "--out", str(registry)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (folder,) = [p for p in registry.iterdir() if p.is_dir()]
+    info = load(folder).metadata["training_data"]["feedback"]
+    assert info["false_positive_alerts"] == 2
+    assert info["windows_relabelled_normal"] > 0
+
+
+def test_feedback_from_a_file_and_a_topic_at_once_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(tmp_path), "--feedback", str(tmp_path / "f.jsonl"),
+         "--feedback-topic", "vehicle-alerts.feedback"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "not both" in result.output

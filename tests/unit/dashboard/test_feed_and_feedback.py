@@ -9,11 +9,12 @@ import pytest
 
 from dashboard.errors import FeedbackError
 from dashboard.feed import KafkaFeed
-from dashboard.feedback import KafkaFeedbackSink, feedback_record, latest_verdicts
+from dashboard.feedback import KafkaFeedbackSink, feedback_record
 from dashboard.server import streamlit_argv
 from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView
 from telemetry.errors import FleetstreamError
+from telemetry.feedback import latest_verdicts
 
 from .fleet_data import Recording, filled_view
 
