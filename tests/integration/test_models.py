@@ -225,3 +225,50 @@ def test_promote_and_shadow_while_processing_runs(
     every = {(r["vehicle_id"], r["ts"] - r["ts"] % 60_000) for r in records}
     closed = {k for k in every if k[1] + 60_000 + 10_000 <= records[-1]["ts"]}
     assert closed <= set(keys) <= every
+
+
+def test_train_reads_operator_feedback_from_kafka(
+    brokers: infra.InfraSettings, tmp_path: Path
+) -> None:
+    """Verdicts the dashboard wrote to the feedback topic become training labels."""
+    records, labels = _fleet_run(
+        FleetConfig(vehicles=6, duration_s=3 * 86400, rate_hz=0.1, seed=8, anomaly_rate=4)
+    )
+    data = tmp_path / "run.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    episodes = [lab for lab in labels if lab["kind"] == "high_consumption"]
+    assert len(episodes) > 3
+    verdicts = [
+        {
+            "alert_id": f"{lab['vehicle_id']}-{i}-raised",
+            "episode_id": f"{lab['vehicle_id']}-{i}",
+            "vehicle_id": lab["vehicle_id"],
+            "kind": "high_consumption",
+            "alert_ts": min(lab["start_ts"] + 180_000, lab["end_ts"]),
+            "verdict": "acknowledged",
+            "ts": lab["end_ts"],
+            "source": "dashboard",
+        }
+        for i, lab in enumerate(episodes)
+    ]
+    # The operator changed their mind on the first alert: the later verdict counts.
+    verdicts.append({**verdicts[0], "verdict": "false_positive", "ts": verdicts[0]["ts"] + 1})
+    topic = f"feedback-{uuid.uuid4().hex[:8]}"
+    create_topic(brokers.kafka_bootstrap, topic, partitions=2)
+    produce(
+        brokers.kafka_bootstrap,
+        topic,
+        [(v["vehicle_id"].encode(), orjson.dumps(v), v["ts"]) for v in verdicts],
+    )
+    registry = tmp_path / "registry"
+    out = _cli(
+        "train", "--data", str(data), "--feedback-topic", topic,
+        "--bootstrap", brokers.kafka_bootstrap, "--out", str(registry),
+    )  # fmt: skip
+    assert f"feedback: {len(verdicts)} records from kafka://" in out
+    (folder,) = [p for p in registry.iterdir() if p.is_dir()]
+    feedback = load(folder).metadata["training_data"]["feedback"]
+    assert feedback["records"] == len(verdicts)
+    assert feedback["confirmed_alerts"] == len(episodes) - 1
+    assert feedback["false_positive_alerts"] == 1
+    assert feedback["source"] == f"kafka://{brokers.kafka_bootstrap}/{topic}"
