@@ -120,6 +120,8 @@ class KafkaSink:
         # Bumped with every new producer: delivery reports of an older one are stale.
         self.epoch = 0
         self.last_confirmed = time.monotonic()
+        # Replacements since the last confirmation: the watchdog's backoff exponent.
+        self.restarts_in_row = 0
 
     def _new_producer(self) -> Producer:
         config = producer_config(self._settings)
@@ -146,6 +148,7 @@ class KafkaSink:
     def confirmed(self) -> None:
         """Kafka confirmed a record: it is up, and the producer is making progress."""
         self.last_confirmed = time.monotonic()
+        self.restarts_in_row = 0
         if not self.up:
             self.mark(up=True)
 
@@ -175,6 +178,7 @@ class KafkaSink:
         old = self.producer
         self.producer = self._new_producer()
         self.epoch += 1
+        self.restarts_in_row += 1
         self._fatal = False
         self.last_confirmed = time.monotonic()
         self._metrics.producer_restarts.inc()

@@ -96,8 +96,6 @@ class IngestService:
         self._retiring: set[asyncio.Task[None]] = set()
         self._kafka_answering_since: float | None = None
         self._closing = False
-        self._restarts_in_row = 0
-        self._last_restart = 0.0
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -539,12 +537,12 @@ class IngestService:
         produced again (at worst a counted duplicate, never a loss). Each further
         replacement without a confirmation in between waits twice as long.
         """
-        limit = self.settings.ingest_producer_restart_s * 2 ** min(self._restarts_in_row, 5)
+        waiting = len(self.sink.producer)
+        if not waiting:
+            self.sink.restarts_in_row = 0
+        limit = self.settings.ingest_producer_restart_s * 2 ** min(self.sink.restarts_in_row, 5)
         now = time.monotonic()
         quiet = now - self.sink.last_confirmed
-        waiting = len(self.sink.producer)
-        if not waiting or self.sink.last_confirmed > self._last_restart:
-            self._restarts_in_row = 0
         if not waiting or quiet < limit:
             self._kafka_answering_since = None
             return
@@ -572,12 +570,10 @@ class IngestService:
         if answering < limit:
             return
         self._kafka_answering_since = None
-        self._restarts_in_row += 1
         self._recover_producer(
             f"Kafka has answered for {answering:.0f} s but confirmed none of {waiting} "
             f"queued records for {quiet:.0f} s"
         )
-        self._last_restart = self.sink.last_confirmed  # replace_producer() reset it
 
     # ------------------------------------------------------------- Kafka -> MQTT
     async def _command_loop(self, rule: KafkaToMqttRule) -> None:

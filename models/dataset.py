@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pandas as pd
@@ -93,18 +93,29 @@ def iter_records(table: pa.Table, batch_rows: int = 50_000) -> Iterator[dict[str
         yield from batch.to_pylist()
 
 
+LABEL_COLUMNS: Final = ["vehicle_id", "kind", "start_ts", "end_ts", "magnitude"]
+
+
+def read_json_lines(path: Path, what: str) -> list[dict[str, Any]]:
+    """Every JSON value of a JSON-lines file (blank lines skipped).
+
+    Raises:
+        DataError: The file is missing or a line is not JSON.
+    """
+    try:
+        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    except (OSError, orjson.JSONDecodeError) as exc:
+        msg = f"cannot read {what} {path}: {exc}"
+        raise DataError(msg) from exc
+
+
 def load_labels(path: Path) -> pd.DataFrame:
     """Labels JSON lines (``fleetstream simulate --labels``) as a DataFrame.
 
     Raises:
         DataError: The file is missing or a line is not a label.
     """
-    try:
-        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    except (OSError, orjson.JSONDecodeError) as exc:
-        msg = f"cannot read labels {path}: {exc}"
-        raise DataError(msg) from exc
-    frame = pd.DataFrame(rows, columns=["vehicle_id", "kind", "start_ts", "end_ts", "magnitude"])
+    frame = pd.DataFrame(read_json_lines(path, "labels"), columns=LABEL_COLUMNS)
     if frame[["vehicle_id", "kind", "start_ts", "end_ts"]].isna().any().any():
         msg = f"labels {path}: every label needs vehicle_id, kind, start_ts and end_ts"
         raise DataError(msg)

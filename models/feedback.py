@@ -11,14 +11,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pandas as pd
 
+from models.dataset import LABEL_COLUMNS, read_json_lines
 from models.errors import DataError
 from processing.detectors import HighConsumption
 from telemetry.feedback import VERDICTS, latest_feedback
-
-LABEL_COLUMNS = ["vehicle_id", "kind", "start_ts", "end_ts", "magnitude"]
 
 
 def load_feedback(path: Path) -> list[dict[str, Any]]:
@@ -27,11 +25,7 @@ def load_feedback(path: Path) -> list[dict[str, Any]]:
     Raises:
         DataError: The file is missing or a line is not JSON.
     """
-    try:
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    except (OSError, orjson.JSONDecodeError) as exc:
-        msg = f"cannot read feedback {path}: {exc}"
-        raise DataError(msg) from exc
+    return read_json_lines(path, "feedback")
 
 
 def feedback_labels(

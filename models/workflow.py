@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models import registry
-from models.dataset import iter_records, load_labels, load_telemetry
+from models.dataset import LABEL_COLUMNS, iter_records, load_labels, load_telemetry
 from models.errors import DataError
-from models.feedback import LABEL_COLUMNS, feedback_labels
+from models.feedback import feedback_labels
 from models.replay import Replay, replay_records, window_alerts, window_feature_rows
 from models.report import write_report
 from models.training import TrainResult, label_windows, train

@@ -60,6 +60,12 @@ class FleetConfig:
     id_width: int = field(default=5)
 
 
+def _is_night(start_ms: int, t: float) -> bool:
+    """Whether ``t`` simulated seconds after ``start_ms`` is night (UTC 22:00-06:00)."""
+    hour = (start_ms / 3_600_000.0 + t / 3600.0) % 24.0
+    return hour < 6.0 or hour >= 22.0
+
+
 class Fleet:
     """The simulated fleet; call :meth:`tick` repeatedly to get each tick's records."""
 
@@ -137,8 +143,7 @@ class Fleet:
         # A fleet is met mid-life, not with every car just parked: some cars start on the
         # road (fewer at night), so a demo or a test has traffic from its first minute.
         # Drawn last so that the anomaly schedule of a seed stays the same.
-        hour = (config.start_ms / 3_600_000.0) % 24.0
-        on_road = 0.06 if (hour < 6.0 or hour >= 22.0) else 0.3
+        on_road = 0.06 if _is_night(config.start_ms, 0.0) else 0.3
         self._set_state(np.flatnonzero(rng.random(n) < on_road), DRIVING, 240, 2400)
 
     # ------------------------------------------------------------------ public
@@ -210,8 +215,7 @@ class Fleet:
         to_charge = from_idle & (low_ev | (mid_ev & (u < 0.2)))
         to_refuel = from_idle & low_ice
         rest = from_idle & ~to_charge & ~to_refuel
-        hour = (self.config.start_ms / 3_600_000.0 + t / 3600.0) % 24.0
-        night = hour < 6.0 or hour >= 22.0
+        night = _is_night(self.config.start_ms, t)
         to_sleep = rest & (current == PARKED) & (u < (0.6 if night else 0.25))
         to_drive = rest & ~to_sleep
         self._set_state(cars[to_charge], CHARGING, 1, 2)
