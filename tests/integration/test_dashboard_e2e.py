@@ -215,7 +215,13 @@ def wait_until(what: str, check: object, timeout_s: float, page: Page, shots: Pa
         time.sleep(0.5)
     name = re.sub(r"\W+", "-", what)
     page.screenshot(path=str(shots / f"timeout-{name}.png"), full_page=True)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} ({last_error})")
+    try:
+        # CI shows only the head of a failure: the page's own words say where things stood.
+        shown = " | ".join(page.locator("[data-testid='stMain']").inner_text().split("\n")[:12])
+    except Exception as exc:  # noqa: BLE001 - the page itself may be what broke
+        shown = f"page unreadable: {exc!r}"
+    message = f"timed out after {timeout_s} s waiting for {what} ({last_error}); page: {shown}"
+    raise AssertionError(message)
 
 
 def wait_rendered(page: Page) -> None:
@@ -232,6 +238,13 @@ def records_read(page: Page) -> int:
     """The count in the status line: "1,234 records read · …"."""
     match = re.search(r"([\d,]+) records read", page.locator("[data-testid='stMain']").inner_text())
     return int(match.group(1).replace(",", "")) if match else -1
+
+
+def print_log_tails(folder: Path, lines: int = 12) -> None:
+    """The last lines of every service log in ``folder``: a failing run says what each saw."""
+    for path in sorted(folder.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {path.name} (last {len(tail)} lines)", *tail, sep="\n")  # noqa: T201
 
 
 def first_number(text: str) -> int:
@@ -437,6 +450,9 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             f"notice {notice_s:.1f} s after Kafka stopped, gone {recovered_s:.1f} s after "
             f"restart, dashboard RSS {rss:.0f} MiB, total {time.monotonic() - began:.0f} s"
         )
+    except BaseException:
+        print_log_tails(tmp_path)
+        raise
     finally:
         driver_stop.set()
         if driver is not None:
