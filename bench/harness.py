@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bench.errors import HarnessError
 from fleetstream import infra
@@ -353,6 +354,11 @@ class QosOnePublisher:
         """
         self.acked = 0
         self.connects = 0
+        # PUBACK reason codes other than Success (e.g. 0x10 "no matching subscribers",
+        # 0x97 "quota exceeded"): the broker answered but may not deliver the message,
+        # so a "lost" count must not be blamed on the service under test.
+        self.not_success: Counter[str] = Counter()
+        self.refused = 0
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
@@ -369,9 +375,14 @@ class QosOnePublisher:
         self.client.connect(settings.host, settings.mqtt_port, properties=properties)
         self.client.loop_start()
 
-    def _on_publish(self, *_args: object) -> None:
+    def _on_publish(
+        self, _client: object, _userdata: object, _mid: int, reason: ReasonCode, *_args: object
+    ) -> None:
         with self._lock:
             self.acked += 1
+            if reason.value != 0:
+                self.not_success[str(reason)] += 1
+                self.refused += reason.value >= 0x80  # failure codes (MQTT 5 §2.4)
 
     def _on_connect(self, *_args: object) -> None:
         with self._lock:
@@ -404,6 +415,9 @@ class QosOnePublisher:
             time.sleep(0.05)
         if self.acked < count:
             msg = f"broker acknowledged {self.acked} of {count} publishes"
+            raise HarnessError(msg)
+        if self.refused:
+            msg = f"the broker refused {self.refused} publishes: {dict(self.not_success)}"
             raise HarnessError(msg)
 
     def close(self) -> None:

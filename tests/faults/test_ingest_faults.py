@@ -393,6 +393,7 @@ def test_fuzzed_payloads_are_quarantined_valid_ones_delivered(
         publisher.publish(stream, rate=3000)
         publisher.wait_acked(len(stream), timeout_s=300)
         publisher.close()
+        not_routed = dict(publisher.not_success)  # e.g. "No matching subscribers"
         good = read_topic(
             brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(valid), timeout_s=300
         )
@@ -429,6 +430,7 @@ def test_fuzzed_payloads_are_quarantined_valid_ones_delivered(
         "bad": len(bad),
         "kinds": dict(Counter(b.kind for b in bad)),
         "reasons": dict(Counter(b.reason.split(":")[0] for b in bad)),
+        "pubacks_not_success": not_routed,
     }
     row.emit(rows_file)
     assert alive, ingest.log()
@@ -441,7 +443,8 @@ def test_fuzzed_payloads_are_quarantined_valid_ones_delivered(
     missing = expected - got
     assert got == expected, (
         f"extra {got - expected}; missing {[(p[:300], r) for p, r in missing]}; "
-        f"{len(stream)} published; ingest counted {counted}"
+        f"{len(stream)} published, PUBACKs other than success {not_routed}; "
+        f"ingest counted {counted}"
     )
     assert {b.reason.split(":")[0] for b in bad} >= {
         "not_json",

@@ -9,6 +9,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bench.harness import QosOnePublisher
 from fleetstream import infra
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,21 @@ def test_password_listener_accepts_right_and_refuses_wrong_credentials(
     assert not good.is_failure
     assert bad.is_failure
     assert bad.getName() in {"Not authorized", "Bad user name or password"}
+
+
+def test_harness_publisher_tells_unrouted_publishes_apart(
+    brokers: infra.InfraSettings, unique_name: str
+) -> None:
+    """A PUBACK is not a delivery: the broker answers 0x10 when nobody subscribed.
+
+    The fault and benchmark cases count PUBACKs as "sent"; they must be able to see
+    publishes the broker acknowledged without routing them anywhere.
+    """
+    publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+    try:
+        publisher.publish([(f"nobody/{unique_name}/listens", b"{}")] * 3)
+        publisher.wait_acked(3, timeout_s=10)
+    finally:
+        publisher.close()
+    assert publisher.not_success == {"No matching subscribers": 3}
+    assert publisher.refused == 0
