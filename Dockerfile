@@ -29,9 +29,12 @@ RUN uv sync --frozen --no-dev --no-editable
 
 # --- runtime stage: the virtualenv only, no build tools, no source tree -----------------------
 FROM python:3.11-slim AS runtime
+# The archive folder exists and belongs to the user: a named volume mounted there starts
+# with this owner, so the archive service can write to it.
 RUN groupadd --system --gid 10001 fleetstream \
     && useradd --system --uid 10001 --gid fleetstream --home-dir /var/lib/fleetstream \
-       --create-home --shell /usr/sbin/nologin fleetstream
+       --create-home --shell /usr/sbin/nologin fleetstream \
+    && install -d -o 10001 -g 10001 /var/lib/fleetstream/archive
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -39,7 +42,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     FLEETSTREAM_PROCESSING_STATE_DIR=/var/lib/fleetstream/processing-state
 WORKDIR /var/lib/fleetstream
 USER 10001:10001
-# ingest /metrics + /healthz, processing /metrics, dashboard
-EXPOSE 9464 9465 8501
+# ingest /metrics + /healthz, processing /metrics, archive /metrics, dashboard
+EXPOSE 9464 9465 9466 8501
 ENTRYPOINT ["fleetstream"]
 CMD ["--help"]

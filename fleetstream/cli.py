@@ -275,10 +275,12 @@ def archive(
     """Write vehicle-telemetry and vehicle-stats to Parquet (date/powertrain partitions)."""
     import signal
 
+    from prometheus_client import start_http_server
     from pydantic import ValidationError
 
     from models._settings import ArchiveSettings
     from models.archive import TABLES, archive_topics
+    from models.metrics import ArchiveMetrics
 
     try:
         settings = ArchiveSettings()
@@ -294,6 +296,11 @@ def archive(
         "telemetry": settings.archive_telemetry_topic,
         "stats": settings.archive_stats_topic,
     }
+    metrics = ArchiveMetrics()
+    if settings.archive_metrics_port:
+        start_http_server(
+            settings.archive_metrics_port, settings.archive_metrics_host, registry=metrics.registry
+        )
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
@@ -306,6 +313,7 @@ def archive(
         max_age_s=settings.archive_max_age_s,
         idle_exit_s=until_idle,
         stop=lambda: bool(stopping),
+        metrics=metrics,
     )
     rows = ", ".join(f"{name} {count:,}" for name, count in report.rows.items())
     typer.echo(

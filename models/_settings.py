@@ -27,3 +27,8 @@ class ArchiveSettings(KafkaConnectionSettings):
     archive_max_age_s: float = Field(
         default=600.0, gt=0, description="Longest time a record waits in memory."
     )
+    archive_metrics_host: str = "127.0.0.1"
+    # Off by default: `fleetstream archive --until-idle` is also a one-off batch job.
+    archive_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it."
+    )

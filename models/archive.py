@@ -29,6 +29,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.metrics import ArchiveMetrics
 from processing.stats import WindowStats
 from telemetry.contract import (
     ALL_FIELDS,
@@ -228,6 +229,7 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
     max_age_s: float = 600.0,
     idle_exit_s: float | None = None,
     stop: Callable[[], bool] = lambda: False,
+    metrics: ArchiveMetrics | None = None,
 ) -> ArchiveReport:
     """Consume ``topics`` and write them under ``root`` until stopped or idle.
 
@@ -244,8 +246,15 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
         max_age_s: Longest time a row waits in memory.
         idle_exit_s: Exit after this long without records (batch jobs); None runs forever.
         stop: Polled; True flushes, commits and returns.
+        metrics: Where rows, files, skipped records and Kafka errors are counted.
     """
-    from confluent_kafka import Consumer  # noqa: PLC0415 - keep offline imports light
+    from confluent_kafka import (  # noqa: PLC0415 - keep offline imports light
+        Consumer,
+        KafkaError,
+        KafkaException,
+    )
+
+    m = metrics or ArchiveMetrics()
 
     archives = {
         topic: ParquetArchive(root, spec, max_rows=max_rows, max_age_s=max_age_s)
@@ -267,17 +276,30 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
     def flush_all(*_args: Any) -> None:
         for archive in archives.values():
             if archive.buffered:
+                before = archive.rows_written
                 files = archive.flush()
+                m.rows.labels(table=archive.spec.name).inc(archive.rows_written - before)
+                m.files.labels(table=archive.spec.name).inc(len(files))
                 _log.info("wrote %d file(s) for %s", len(files), archive.spec.name)
+        m.buffered.set(0)
         try:
             consumer.commit(asynchronous=False)
-        except Exception as exc:  # noqa: BLE001 - "no offset stored" is normal when idle
-            _log.debug("commit: %s", exc)
+        except KafkaException as exc:
+            # _NO_OFFSET (librdkafka's own code, public despite the underscore): nothing new.
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # noqa: SLF001
+                # The files are on disk: a restart re-reads these records (duplicates that
+                # readers drop), so this is loud but not fatal.
+                m.kafka_errors.labels(reason="commit").inc()
+                _log.warning("offset commit failed (records will be archived again): %s", exc)
+                return
+        m.last_commit.set(time.time())
+
+    def on_assign(*_args: Any) -> None:
+        assigned.append(True)
+        m.kafka_up.set(1)
 
     # A rebalance hands partitions to another archiver: write and commit first.
-    consumer.subscribe(
-        list(topics), on_assign=lambda *_args: assigned.append(True), on_revoke=flush_all
-    )
+    consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=flush_all)
     skipped = 0
     started = time.monotonic()
     last = started
@@ -285,8 +307,11 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
         while not stop():
             messages = consumer.consume(1000, 0.5)
             for message in messages:
-                if message.error() is not None:
-                    _log.warning("kafka: %s", message.error())
+                error = message.error()
+                if error is not None:
+                    m.kafka_errors.labels(reason=error.name()).inc()
+                    m.kafka_up.set(0)
+                    _log.warning("kafka: %s", error)
                     continue
                 topic = message.topic()
                 archive = archives[topic]
@@ -294,8 +319,11 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
                     archive.add(archive.spec.to_row(message.value() or b""))
                 except ContractError as exc:
                     skipped += 1
+                    m.skipped.labels(table=archive.spec.name).inc()
                     _log.warning("not archiving an invalid %s record: %s", topic, exc)
                 last = time.monotonic()
+                m.kafka_up.set(1)
+            m.buffered.set(sum(a.buffered for a in archives.values()))
             if any(a.due() for a in archives.values()):
                 flush_all()
             if not assigned:

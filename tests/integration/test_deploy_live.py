@@ -1,6 +1,6 @@
 """The container stack's files against real running services (no Docker needed).
 
-- The Grafana dashboard only queries metrics that a live ingest and a live processing
+- The Grafana dashboard only queries metrics that a live ingest, processing and archive
   process (started here with the compose file's settings) actually export.
 - The compose Mosquitto config starts a real Mosquitto that accepts MQTT 5 clients.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +37,7 @@ from fleetstream.infra import _mosquitto
 from ..deploy_checks import (
     DEPLOY,
     GRAFANA_DASHBOARD,
+    command_of,
     dashboard_expressions,
     environment_of,
     exported_metric_names,
@@ -62,6 +65,9 @@ CONTAINER_ONLY = frozenset(
         "FLEETSTREAM_PROCESSING_MODEL_DIR",
         "FLEETSTREAM_PROCESSING_METRICS_HOST",
         "FLEETSTREAM_PROCESSING_METRICS_PORT",
+        "FLEETSTREAM_ARCHIVE_CONSUMER_GROUP",
+        "FLEETSTREAM_ARCHIVE_METRICS_HOST",
+        "FLEETSTREAM_ARCHIVE_METRICS_PORT",
     }
 )
 
@@ -69,6 +75,54 @@ CONTAINER_ONLY = frozenset(
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def run_archive(
+    brokers: infra.InfraSettings, topic: str, tmp_path: Path, group: str, rows: int
+) -> str:
+    """Run ``fleetstream archive`` with the compose settings; its /metrics once ``rows`` are filed.
+
+    The topic holds ``rows`` valid records and one invalid one (skipped, counted).
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        **compose_env("archive"),
+        "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": brokers.kafka_bootstrap,
+        "FLEETSTREAM_ARCHIVE_TELEMETRY_TOPIC": topic,
+        "FLEETSTREAM_ARCHIVE_CONSUMER_GROUP": group,
+        "FLEETSTREAM_ARCHIVE_METRICS_PORT": str(port),
+        "FLEETSTREAM_ARCHIVE_MAX_AGE_S": "1",  # file the rows now, not in 10 minutes
+    }
+    command = command_of(resolved_compose()["services"]["archive"])
+    out = tmp_path / "archive"
+    args = [arg if arg != "/var/lib/fleetstream/archive" else str(out) for arg in command]
+    log = tmp_path / "archive.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetstream", *args, "--tables", "telemetry"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        filed = f'fleetstream_archive_rows_total{{table="telemetry"}} {float(rows)}'
+
+        def done() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return filed in scrape(port)
+            except OSError:
+                return False
+
+        wait_for(f"the archive to file {rows} rows", done, timeout_s=120)
+        text = scrape(port)
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    assert code == 0, log.read_text()
+    assert list(out.glob("telemetry/date=*/powertrain=*/part-*.parquet")), log.read_text()
+    return text
 
 
 def compose_env(service: str) -> dict[str, str]:
@@ -131,9 +185,14 @@ def test_dashboard_queries_only_metrics_the_live_services_export(
             processing_text = scrape(processing.port)
         finally:
             assert processing.stop() == 0, processing.log()
+        archive_text = run_archive(
+            brokers, processing.topics["input"], tmp_path, f"{prefix}-archive", sent
+        )
 
     ingest_names = exported_metric_names(ingest_text)
     processing_names = exported_metric_names(processing_text)
+    archive_names = exported_metric_names(archive_text)
+    assert 'fleetstream_archive_skipped_total{table="telemetry"} 1.0' in archive_text
     # The traffic really went through: labelled series exist, not only declarations.
     assert 'fleetstream_ingest_received_total{rule="telemetry"}' in ingest_text
     assert "fleetstream_ingest_quarantined_total{" in ingest_text
@@ -148,7 +207,11 @@ def test_dashboard_queries_only_metrics_the_live_services_export(
         assert names, f"panel {title!r}: no metric in {expr!r}"
         for name in names - PROMETHEUS_BUILTINS:
             source = (
-                processing_names if name.startswith("fleetstream_processing_") else ingest_names
+                processing_names
+                if name.startswith("fleetstream_processing_")
+                else archive_names
+                if name.startswith("fleetstream_archive_")
+                else ingest_names
             )
             if name not in source:
                 missing.append(f"panel {title!r}: {name} is not exported ({expr})")

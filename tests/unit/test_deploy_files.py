@@ -23,6 +23,7 @@ from dashboard.settings import DashboardSettings
 from fleetstream import infra
 from fleetstream.cli import app
 from ingest import IngestSettings, load_rules
+from models._settings import ArchiveSettings
 from processing import ProcessingSettings
 from simulator import MqttTarget
 from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
@@ -51,13 +52,16 @@ SETTINGS_OF: dict[str, tuple[type[Any], ...]] = {
     "process": (ProcessingSettings,),
     "dashboard": (KafkaConnectionSettings,),
     "simulate": (),
+    "archive": (ArchiveSettings,),
 }
 # `fleetstream --log-level` reads this for every subcommand.
 ROOT_ENV = {"FLEETSTREAM_LOG_LEVEL"}
 BROKERS = ("kafka", "mosquitto")
 # Services running the fleetstream image (a static list: the commands are parametrized).
-FLEETSTREAM_SERVICES = ("ingest", "ingest-2", "processing", "dashboard", "simulator")
-LONG_RUNNING = ("kafka", "mosquitto", "ingest", "processing", "dashboard", "prometheus", "grafana")
+FLEETSTREAM_SERVICES = ("ingest", "ingest-2", "processing", "archive", "dashboard", "simulator")
+LONG_RUNNING = (
+    "kafka", "mosquitto", "ingest", "processing", "archive", "dashboard", "prometheus", "grafana",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +112,7 @@ def test_stack_services_profiles_and_scaling(services: dict[str, dict[str, Any]]
         "ingest",
         "ingest-2",
         "processing",
+        "archive",
         "dashboard",
         "simulator",
         "prometheus",
@@ -277,7 +282,8 @@ def test_prometheus_scrapes_every_metrics_endpoint(
     scraped = {(host, port) for _, host, port in targets}
     for _, host, _port in targets:
         assert host in services, f"Prometheus target {host} is not a compose service"
-    metric_ports = {"ingest": "INGEST", "process": "PROCESSING"}
+    metric_ports = {"ingest": "INGEST", "process": "PROCESSING", "archive": "ARCHIVE"}
+    settings_of = {"INGEST": IngestSettings, "PROCESSING": ProcessingSettings}
     for name, service in fleetstream_services(services).items():
         kind = metric_ports.get(command_of(service)[0])
         if kind is None:
@@ -286,7 +292,7 @@ def test_prometheus_scrapes_every_metrics_endpoint(
         with monkeypatch.context() as m:
             for key in env:
                 m.setenv(key, env[key])
-            settings = IngestSettings() if kind == "INGEST" else ProcessingSettings()
+            settings = settings_of.get(kind, ArchiveSettings)()
         port = getattr(settings, f"{kind.lower()}_metrics_port")
         host = getattr(settings, f"{kind.lower()}_metrics_host")
         assert port, f"{name}: metrics are switched off"
@@ -440,6 +446,9 @@ def test_dashboard_covers_ingest_and_processing() -> None:
         "fleetstream_processing_quarantined_total",
         "fleetstream_processing_alerts_total",
         "fleetstream_processing_window_close_latency_seconds_bucket",
+        "fleetstream_archive_rows_total",
+        "fleetstream_archive_last_commit_timestamp_seconds",
+        "fleetstream_archive_kafka_errors_total",
     ):
         assert needed in names, f"dashboard shows no {needed}"
 

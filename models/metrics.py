@@ -1,0 +1,47 @@
+"""Prometheus metrics of the archive service (``fleetstream archive``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ArchiveMetrics:
+    """All archive metrics in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rows = Counter(
+            "fleetstream_archive_rows",
+            "Rows written to Parquet files (offsets committed after)",
+            ["table"],
+            registry=r,
+        )
+        self.files = Counter(
+            "fleetstream_archive_files", "Parquet files written", ["table"], registry=r
+        )
+        self.skipped = Counter(
+            "fleetstream_archive_skipped",
+            "Invalid records not archived (they were quarantined upstream)",
+            ["table"],
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "fleetstream_archive_kafka_errors",
+            "Errors from Kafka: consume errors by name, failed commits as 'commit'",
+            ["reason"],
+            registry=r,
+        )
+        self.kafka_up = Gauge(
+            "fleetstream_archive_kafka_up",
+            "1 while the consumer has partitions and no broker error since the last records",
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "fleetstream_archive_buffered_rows", "Rows in memory, not yet in a file", registry=r
+        )
+        self.last_commit = Gauge(
+            "fleetstream_archive_last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit (0: none yet)",
+            registry=r,
+        )
