@@ -367,6 +367,13 @@ def test_mosquitto_kill9_informational(
     assert row.lost <= row.notes["backlog_at_stop"] + 2000, "lost more than the unsaved queue"
 
 
+def broker_warnings(settings: infra.InfraSettings, last: int = 5) -> list[str]:
+    """Mosquitto's last lines about dropped messages or errors (its own losses show there)."""
+    log = _mosquitto.mosquitto_dir(settings) / "mosquitto.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if "dropped" in line or "rror" in line][-last:]
+
+
 def test_fuzzed_payloads_are_quarantined_valid_ones_delivered(
     brokers: infra.InfraSettings,
     tmp_path: Path,
@@ -444,7 +451,7 @@ def test_fuzzed_payloads_are_quarantined_valid_ones_delivered(
     assert got == expected, (
         f"extra {got - expected}; missing {[(p[:300], r) for p, r in missing]}; "
         f"{len(stream)} published, PUBACKs other than success {not_routed}; "
-        f"ingest counted {counted}"
+        f"ingest counted {counted}; Mosquitto log: {broker_warnings(brokers)}"
     )
     assert {b.reason.split(":")[0] for b in bad} >= {
         "not_json",
