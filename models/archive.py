@@ -181,6 +181,10 @@ class ParquetArchive:
         schema = self.spec.schema
         return schema.remove(schema.get_field_index("powertrain"))
 
+    def oldest_age_s(self) -> float:
+        """Seconds the oldest buffered row has waited; 0 when nothing is buffered."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
     def due(self) -> bool:
         """True when the buffer should be written (size or age)."""
         if self._since is None:
@@ -256,6 +260,17 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
 
     m = metrics or ArchiveMetrics()
 
+    def on_error(error: KafkaError) -> None:
+        # Broker-level trouble (all brokers down, connection lost) reaches only this
+        # callback, never consume().
+        m.kafka_errors.labels(reason=error.name()).inc()
+        if error.fatal() or error.code() in (
+            KafkaError._ALL_BROKERS_DOWN,  # noqa: SLF001 - librdkafka's public codes
+            KafkaError._TRANSPORT,  # noqa: SLF001
+        ):
+            m.kafka_up.set(0)
+        _log.warning("kafka: %s", error)
+
     archives = {
         topic: ParquetArchive(root, spec, max_rows=max_rows, max_age_s=max_age_s)
         for topic, spec in topics.items()
@@ -269,6 +284,7 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
             "isolation.level": "read_committed",
             # A killed archiver's partitions move to its successor after this long.
             "session.timeout.ms": 15_000,
+            "error_cb": on_error,
         }
     )
     assigned: list[bool] = []
@@ -282,6 +298,7 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
                 m.files.labels(table=archive.spec.name).inc(len(files))
                 _log.info("wrote %d file(s) for %s", len(files), archive.spec.name)
         m.buffered.set(0)
+        m.oldest_buffered.set(0)
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
@@ -291,12 +308,14 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
                 # readers drop), so this is loud but not fatal.
                 m.kafka_errors.labels(reason="commit").inc()
                 _log.warning("offset commit failed (records will be archived again): %s", exc)
-                return
+            return
         m.last_commit.set(time.time())
-
-    def on_assign(*_args: Any) -> None:
-        assigned.append(True)
         m.kafka_up.set(1)
+
+    def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+        assigned.append(True)
+        if partitions:
+            m.kafka_up.set(1)
 
     # A rebalance hands partitions to another archiver: write and commit first.
     consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=flush_all)
@@ -322,8 +341,10 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
                     m.skipped.labels(table=archive.spec.name).inc()
                     _log.warning("not archiving an invalid %s record: %s", topic, exc)
                 last = time.monotonic()
+            if any(message.error() is None for message in messages):
                 m.kafka_up.set(1)
             m.buffered.set(sum(a.buffered for a in archives.values()))
+            m.oldest_buffered.set(max(a.oldest_age_s() for a in archives.values()))
             if any(a.due() for a in archives.values()):
                 flush_all()
             if not assigned:

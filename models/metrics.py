@@ -28,17 +28,23 @@ class ArchiveMetrics:
         )
         self.kafka_errors = Counter(
             "fleetstream_archive_kafka_errors",
-            "Errors from Kafka: consume errors by name, failed commits as 'commit'",
+            "Errors from Kafka by librdkafka name; failed offset commits as 'commit'",
             ["reason"],
             registry=r,
         )
         self.kafka_up = Gauge(
             "fleetstream_archive_kafka_up",
-            "1 while the consumer has partitions and no broker error since the last records",
+            "0 after a broker-level error (all brokers down, connection lost, fatal) until"
+            " records arrive, a commit succeeds or partitions are assigned",
             registry=r,
         )
         self.buffered = Gauge(
             "fleetstream_archive_buffered_rows", "Rows in memory, not yet in a file", registry=r
+        )
+        self.oldest_buffered = Gauge(
+            "fleetstream_archive_oldest_buffered_seconds",
+            "Age of the oldest row in memory (0: none); stays below the flush age when healthy",
+            registry=r,
         )
         self.last_commit = Gauge(
             "fleetstream_archive_last_commit_timestamp_seconds",

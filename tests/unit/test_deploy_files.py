@@ -447,7 +447,7 @@ def test_dashboard_covers_ingest_and_processing() -> None:
         "fleetstream_processing_alerts_total",
         "fleetstream_processing_window_close_latency_seconds_bucket",
         "fleetstream_archive_rows_total",
-        "fleetstream_archive_last_commit_timestamp_seconds",
+        "fleetstream_archive_oldest_buffered_seconds",
         "fleetstream_archive_kafka_errors_total",
     ):
         assert needed in names, f"dashboard shows no {needed}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,18 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetstream.cli import app
-from models.archive import STATS, TELEMETRY, ParquetArchive, stats_row, telemetry_row
+from models.archive import (
+    STATS,
+    TELEMETRY,
+    ParquetArchive,
+    archive_topics,
+    stats_row,
+    telemetry_row,
+)
 from models.dataset import iter_records, load_telemetry
 from models.errors import DataError
 from models.feedback import feedback_labels
+from models.metrics import ArchiveMetrics
 from models.registry import load
 from models.replay import replay_records, window_alerts, window_feature_rows
 from models.training import Scores, best_threshold, label_windows, split_by_time
@@ -367,3 +377,32 @@ def test_feedback_from_a_file_and_a_topic_at_once_is_refused(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.exit_code == 2
     assert "not both" in result.output
+
+
+def test_archive_reports_an_unreachable_kafka_in_its_metrics(tmp_path: Path) -> None:
+    """No broker at all: librdkafka reports it only to error_cb, and the metrics must say so."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = ArchiveMetrics()
+    deadline = time.monotonic() + 20
+
+    def errors() -> float:
+        return sum(
+            s.value
+            for family in metrics.kafka_errors.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+
+    report = archive_topics(
+        {"bootstrap.servers": f"127.0.0.1:{port}"},
+        {"vehicle-telemetry": TELEMETRY},
+        tmp_path,
+        stop=lambda: errors() > 0 or time.monotonic() > deadline,
+        metrics=metrics,
+    )
+    assert errors() > 0, "no Kafka error counted while no broker answered"
+    assert metrics.registry.get_sample_value("fleetstream_archive_kafka_up") == 0
+    assert report.rows == {"telemetry": 0}
+    assert not list(tmp_path.iterdir())
