@@ -29,6 +29,11 @@ def mosquitto_dir(settings: InfraSettings) -> Path:
     return settings.run_dir / "mosquitto"
 
 
+def log_path(settings: InfraSettings) -> Path:
+    """The broker's own log (``log_dest file`` in the rendered config)."""
+    return mosquitto_dir(settings) / "mosquitto.log"
+
+
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     return ManagedProcess("mosquitto", mosquitto_dir(settings) / "mosquitto.pid", "mosquitto")
@@ -70,7 +75,7 @@ def _render(settings: InfraSettings) -> Path:
         "mqtt_auth_port": settings.mqtt_auth_port,
         "password_file": password_file,
         "data_dir": root / "data",
-        "log_file": root / "mosquitto.log",
+        "log_file": log_path(settings),
         "user": getpass.getuser(),
     }
     text = Template((_FILES / "mosquitto.conf").read_text("utf-8")).substitute(values)
@@ -139,7 +144,7 @@ def start(settings: InfraSettings, timeout_s: float = 60.0) -> float:
             break
         _log.warning("mosquitto exited during start-up (attempt %d); retrying", attempt + 1)
         time.sleep(1.0)
-    log = mosquitto_dir(settings) / "mosquitto.log"
+    log = log_path(settings)
     out = mosquitto_dir(settings) / "mosquitto.out"
     tail = "\n".join(
         p.read_text("utf-8", errors="replace")[-2000:] for p in (out, log) if p.is_file()

@@ -369,7 +369,7 @@ def test_mosquitto_kill9_informational(
 
 def broker_warnings(settings: infra.InfraSettings, last: int = 5) -> list[str]:
     """Mosquitto's last lines about dropped messages or errors (its own losses show there)."""
-    log = _mosquitto.mosquitto_dir(settings) / "mosquitto.log"
+    log = _mosquitto.log_path(settings)
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     return [line for line in lines if "dropped" in line or "rror" in line][-last:]
 
