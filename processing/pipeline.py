@@ -14,7 +14,7 @@ from typing import Any
 
 from quixstreams import State, message_context
 from quixstreams.dataframe import StreamingDataFrame
-from quixstreams.dataframe.windows import Collect
+from quixstreams.dataframe.windows import Count
 
 from models.registry import SHADOW
 from processing.detectors import detect, detect_window
@@ -22,6 +22,7 @@ from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
+from processing.windows import add_sample, take_window, unpack
 from telemetry.contract import ContractError, decode, validate
 
 _log = logging.getLogger("processing")
@@ -75,61 +76,78 @@ def _quarantine_headers(
 
 
 # Roles of the rare per-record outputs (see define_pipeline).
-_ALERT, _SESSION, _QUARANTINE = "alert", "session", "quarantine"
+_ALERT, _SESSION, _QUARANTINE, _MARKER = "alert", "session", "quarantine", "marker"
 
 
 def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
     """Build the stats, sessions, alerts and quarantine branches from the telemetry stream.
 
     Quix runs every step as a Python call per record and pickles the value once per extra
-    branch at every fork, so the per-record part is one stateful step. It returns
-    ``(window sample or None, outputs)``; the stream forks once, into the window and
-    the rare outputs (alerts, sessions, quarantined records), which fork again only when
-    there is one.
+    branch at every fork, so the per-record part is one stateful step. It keeps the car's
+    open window samples in the car's state (:mod:`processing.windows`) and returns the
+    rare outputs: alerts, sessions, quarantined records and window markers. Quix's
+    tumbling window sees only the markers and closes windows on the partition's clock;
+    a second stateful step turns each closed window into its stats.
     """
     cfg = config or PipelineConfig()
     metrics = cfg.metrics
 
     window_ms, grace_ms = cfg.window_ms, cfg.grace_ms
+    marker_offset = grace_ms % window_ms
     # Highest event time seen per partition: a record whose window already closed on that
-    # clock is late. Quix does not report all of those (it drops some silently), so
-    # lateness is counted here, before the window.
+    # clock is late. The marker window refuses late markers silently, so lateness is
+    # decided and counted here, before the window.
     partition_clock: dict[tuple[str, int], int] = {}
     records_in = metrics.records_in
 
+    def count_late(key: Any, timestamp: int, records: int = 1) -> None:
+        vid = key.decode() if isinstance(key, bytes) else str(key)
+        metrics.late.labels(vehicle_id=vid).inc(records)
+        _log.info(
+            "%d late record(s) for %s at %d; counted in fleetstream_processing_late",
+            records,
+            vid,
+            timestamp,
+        )
+
     def per_record(
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
-    ) -> tuple[list[Any] | None, list[tuple[str, Any]]]:
+    ) -> list[tuple[str, Any]]:
         records_in.inc()
         ctx = message_context()
         where = (ctx.topic, ctx.partition) if ctx is not None else ("", 0)
         clock = partition_clock.get(where, 0)
-        if timestamp - timestamp % window_ms + window_ms + grace_ms <= clock:
-            vid = key.decode() if isinstance(key, bytes) else str(key)
-            metrics.late.labels(vehicle_id=vid).inc()
-            _log.info(
-                "late record for %s at %d; counted in fleetstream_processing_late", vid, timestamp
-            )
+        start = timestamp - timestamp % window_ms
+        late = start + window_ms + grace_ms <= clock
         if timestamp > clock:
             partition_clock[where] = timestamp
         record = parse(value)
         if "_invalid" in record:
             metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
             _log.warning("quarantining an invalid record: %s", record["_detail"])
-            return None, [(_QUARANTINE, record)]
+            return [(_QUARANTINE, record)]
         car: dict[str, Any] = state.get("car") or {}
         alerts = detect(car, record)
         sessions = track(car, record)
+        marker = None
+        if not late:
+            sample = to_sample(record)
+            offset = timestamp - start
+            marker = add_sample(
+                car, start, offset, record["powertrain"], sample, marker_offset_ms=marker_offset
+            )
+        if marker is None:
+            count_late(key, timestamp)
         state.set("car", car)
-        outputs: list[tuple[str, Any]] = []
-        if alerts or sessions:
-            outputs = [(_ALERT, a) for a in alerts] + [(_SESSION, s) for s in sessions]
-        sample = to_sample(record)
-        sample.append(record["powertrain"])
-        return sample, outputs
+        if not (alerts or sessions or marker):
+            return []
+        outputs: list[tuple[str, Any]] = [(_ALERT, a) for a in alerts]
+        outputs += [(_SESSION, s) for s in sessions]
+        if marker:
+            outputs.append((_MARKER, None))
+        return outputs
 
-    events = sdf.apply(per_record, stateful=True, metadata=True)
-    outputs = events.apply(lambda e: e[1], expand=True)
+    outputs = sdf.apply(per_record, stateful=True, metadata=True, expand=True)
     alerts = outputs.filter(lambda o: o[0] == _ALERT).apply(lambda o: o[1])
     sessions = outputs.filter(lambda o: o[0] == _SESSION).apply(lambda o: o[1])
     quarantine = outputs.filter(lambda o: o[0] == _QUARANTINE).apply(lambda o: o[1])
@@ -146,29 +164,35 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         partition: int,
         offset: int,
     ) -> bool:
-        return False  # counted before the window (see counted_parse)
+        return False  # counted in per_record or when the window closes (take_window)
 
-    windows = (
-        events.filter(lambda e: e[0] is not None)
-        .apply(lambda e: e[0])
-        .tumbling_window(cfg.window_ms, grace_ms=cfg.grace_ms, name="stats", on_late=on_late)
-        .agg(samples=Collect())
+    closed = (
+        outputs.filter(lambda o: o[0] == _MARKER)
+        .tumbling_window(cfg.window_ms, grace_ms=cfg.grace_ms, name="closing", on_late=on_late)
+        .agg(markers=Count())
         # Close on the partition's clock: a car that stops sending still gets its window.
         .final(closing_strategy="partition")
     )
 
-    def to_stats(window: dict[str, Any], key: Any, _ts: int, _headers: Any) -> dict[str, Any]:
-        samples = window["samples"]
-        powertrain = samples[0][-1]
+    def to_stats(
+        window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
+    ) -> dict[str, Any] | None:
+        car: dict[str, Any] = state.get("car") or {}
+        start = window["start"]
+        found, dropped = take_window(car, start)
+        state.set("car", car)
+        if dropped:
+            count_late(key, start, dropped)
         vid = key.decode() if isinstance(key, bytes) else str(key)
-        stats = window_stats(
-            vid, powertrain, window["start"], window["end"], [s[:-1] for s in samples]
-        )
+        if found is None:
+            _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
+            return None
+        stats = window_stats(vid, found[1], start, window["end"], unpack(found[3]))
         metrics.windows.inc()
         metrics.window_latency.observe(max(0.0, time.time() - window["end"] / 1000.0))
         return dict(stats)
 
-    stats = windows.apply(to_stats, metadata=True)
+    stats = closed.apply(to_stats, stateful=True, metadata=True).filter(lambda s: s is not None)
 
     models = ModelWatcher(cfg.model_dir, metrics)
     shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)

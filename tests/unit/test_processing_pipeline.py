@@ -270,3 +270,37 @@ def test_simulated_cars_get_per_car_windows(harness: Harness) -> None:
         ]
         samples = [to_sample(r) for r in mine]
         assert window == window_stats(vid, mine[0]["powertrain"], start, start + WINDOW_MS, samples)
+
+
+def test_a_window_closes_at_the_first_record_past_its_grace(harness: Harness) -> None:
+    for s in range(70):
+        assert harness.send(ev(s))["stats"] == [], s
+    assert [w["window_start"] - T0 for w in harness.send(ev(70))["stats"]] == [0]
+
+
+@pytest.mark.parametrize(
+    "car_2",
+    [
+        [75],  # car-2's first record of its window is the one that crosses 70 s
+        [61, 62, 70],  # car-2 is in the window already: its first record past 10 s crosses
+    ],
+)
+def test_a_quiet_car_gets_its_window_on_the_partitions_clock(
+    harness: Harness, car_2: list[int]
+) -> None:
+    quiet = [ev(s, vehicle_id="car-3") for s in range(0, 30)]
+    for record in quiet:
+        harness.send(record, key="car-3")
+    for s in range(69):
+        harness.send(ev(s))
+    for s in car_2[:-1]:
+        assert harness.send(ev(s, vehicle_id="car-2"), key="car-2")["stats"] == []
+    closing = harness.send(ev(car_2[-1], vehicle_id="car-2"), key="car-2")["stats"]
+    assert sorted((w["vehicle_id"], w["window_start"] - T0) for w in closing) == [
+        ("car-1", 0),
+        ("car-3", 0),
+    ]
+    by_car = {w["vehicle_id"]: w for w in closing}
+    samples = [to_sample(r) for r in quiet]
+    assert by_car["car-3"] == window_stats("car-3", "ev", T0, T0 + WINDOW_MS, samples)
+    assert by_car["car-1"]["samples"] == 60
