@@ -131,10 +131,14 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         sessions = track(car, record)
         marker = None
         if not late:
-            sample = to_sample(record)
-            offset = timestamp - start
             marker = add_sample(
-                car, start, offset, record["powertrain"], sample, marker_offset_ms=marker_offset
+                car,
+                state,
+                start,
+                timestamp - start,
+                powertrain=record["powertrain"],
+                sample=to_sample(record),
+                marker_offset_ms=marker_offset,
             )
         if marker is None:
             count_late(key, timestamp)
@@ -179,7 +183,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     ) -> dict[str, Any] | None:
         car: dict[str, Any] = state.get("car") or {}
         start = window["start"]
-        found, dropped = take_window(car, start)
+        found, dropped = take_window(car, state, start)
         state.set("car", car)
         if dropped:
             count_late(key, start, dropped)
@@ -187,7 +191,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if found is None:
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
             return None
-        stats = window_stats(vid, found[1], start, window["end"], unpack(found[3]))
+        stats = window_stats(vid, found[0], start, window["end"], unpack(found[1]))
         metrics.windows.inc()
         metrics.window_latency.observe(max(0.0, time.time() - window["end"] / 1000.0))
         return dict(stats)

@@ -13,42 +13,55 @@ A marker is due on a car's first record in a window, and on its first record at 
 closing time is always one of those, so the marker window's clock crosses every closing
 time at the same record as a window fed every record would.
 
-The car's state is JSON, decoded and encoded for every record, so the samples are kept
-packed (nine float64 per sample, base64 text): as JSON numbers they made up most of the
-state's size and cost ~25 µs per record to round-trip. Missing values are NaN inside the
-packing (validated records never carry NaN); the round trip is exact.
+The car's state is JSON, decoded and encoded for every record, so the samples are not
+in it: they are packed (nine float64 per sample; missing values as NaN, which validated
+records never carry) and kept as raw bytes in chunks of :data:`CHUNK` samples under
+their own state keys. A record then rewrites one small chunk, not the window: Quix
+writes every changed key to the changelog at each checkpoint, and at 1 Hz a car changes
+its keys once per record. The round trip is exact.
 
-The functions here only touch the car's state dict; they are pure otherwise.
+The functions here only touch the car's state dict and its sample store.
 """
 
 from __future__ import annotations
 
-import binascii
 import math
 import struct
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from processing.stats import SEQ, TS, Sample
 
-# car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, packed samples],
+# car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, sample count],
 # ordered by window_start; car[CLOSED] is the start of the car's latest closed window.
 OPEN: Final = "windows"
 CLOSED: Final = "closed_window"
-_PACKED: Final = struct.Struct("<9d")  # 72 bytes: base64 of each sample needs no padding
-_PACKED_CHARS: Final = _PACKED.size // 3 * 4
+CHUNK: Final = 16  # samples per state key: at most 1,152 bytes
+_PACKED: Final = struct.Struct("<9d")
 _NAN: Final = math.nan
 
 
-def pack(sample: Sample) -> str:
-    """One sample as base64 text; concatenating packed samples packs the list."""
-    raw = _PACKED.pack(*[_NAN if v is None else v for v in sample])
-    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+class SampleStore(Protocol):
+    """The part of Quix's per-key ``State`` the samples use."""
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or None."""
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
 
 
-def unpack(packed: str) -> list[Sample]:
-    """The samples of :func:`pack` texts concatenated, in order."""
+def pack(sample: Sample) -> bytes:
+    """One sample as 72 bytes; concatenating packed samples packs the list."""
+    return _PACKED.pack(*[_NAN if v is None else v for v in sample])
+
+
+def unpack(packed: bytes) -> list[Sample]:
+    """The samples of :func:`pack` results concatenated, in order."""
     samples: list[Sample] = []
-    for values in _PACKED.iter_unpack(binascii.a2b_base64(packed)):
+    for values in _PACKED.iter_unpack(packed):
         sample: Sample = [None if math.isnan(v) else v for v in values]
         sample[TS] = int(values[TS])
         if sample[SEQ] is not None:
@@ -57,19 +70,25 @@ def unpack(packed: str) -> list[Sample]:
     return samples
 
 
+def _chunk_key(start: int, index: int) -> str:
+    return f"w{start}.{index}"
+
+
 def add_sample(
     car: dict[str, Any],
+    store: SampleStore,
     start: int,
     offset_ms: int,
+    *,
     powertrain: str,
     sample: Sample,
-    *,
     marker_offset_ms: int,
 ) -> bool | None:
     """Add ``sample`` to the car's window starting at ``start``.
 
     Args:
         car: The car's state.
+        store: Where the car's samples are kept.
         start: Start of the record's window.
         offset_ms: The record's time minus ``start``.
         powertrain: The record's powertrain (the stats need it).
@@ -85,36 +104,56 @@ def add_sample(
     windows: list[list[Any]] = car.setdefault(OPEN, [])
     for window in windows:
         if window[0] == start:
-            window[3] += pack(sample)
-            if window[2] or offset_ms < marker_offset_ms:
-                return False
-            window[2] = True
-            return True
-    windows.append([start, powertrain, offset_ms >= marker_offset_ms, pack(sample)])
-    if len(windows) > 1 and windows[-2][0] > start:
-        windows.sort(key=lambda w: w[0])
+            break
+    else:
+        window = [start, powertrain, False, 0]
+        windows.append(window)
+        if len(windows) > 1 and windows[-2][0] > start:
+            windows.sort(key=lambda w: w[0])
+    count: int = window[3]
+    key = _chunk_key(start, count // CHUNK)
+    packed = pack(sample)
+    if count % CHUNK:
+        packed = (store.get_bytes(key) or b"") + packed
+    store.set_bytes(key, packed)
+    window[3] = count + 1
+    if count and (window[2] or offset_ms < marker_offset_ms):
+        return False
+    window[2] = window[2] or offset_ms >= marker_offset_ms
     return True
 
 
-def take_window(car: dict[str, Any], start: int) -> tuple[list[Any] | None, int]:
-    """Remove and return the car's window starting at ``start``; it is now closed.
+def _take_samples(store: SampleStore, start: int, count: int) -> bytes:
+    chunks = []
+    for index in range((count + CHUNK - 1) // CHUNK):
+        key = _chunk_key(start, index)
+        chunks.append(store.get_bytes(key) or b"")
+        store.delete(key)
+    return b"".join(chunks)
+
+
+def take_window(
+    car: dict[str, Any], store: SampleStore, start: int
+) -> tuple[tuple[str, bytes] | None, int]:
+    """Remove the car's window starting at ``start``; it is now closed.
 
     Windows that started before it and are still open had their markers refused by the
     partition's clock (their records came late, which the in-memory lateness check misses
     right after a restart); they are dropped like any late record.
 
     Returns:
-        ``[start, powertrain, marker_sent, packed samples]`` (see :func:`unpack`) or None
-        when the car has no such window, and the number of samples dropped as late.
+        The window's powertrain and packed samples (see :func:`unpack`), or None when the
+        car has no such window; and the number of samples dropped as late.
     """
     found = None
     dropped = 0
     remaining: list[list[Any]] = []
     for window in car.get(OPEN, ()):
         if window[0] == start:
-            found = window
+            found = (window[1], _take_samples(store, start, window[3]))
         elif window[0] < start:
-            dropped += len(window[3]) // _PACKED_CHARS
+            _take_samples(store, window[0], window[3])
+            dropped += window[3]
         else:
             remaining.append(window)
     if remaining:

@@ -1,19 +1,35 @@
-"""Each car's open windows in its own state: packing, markers, closing."""
+"""Each car's open windows in its own state: packing, chunks, markers, closing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from processing.stats import Sample
-from processing.windows import CLOSED, OPEN, add_sample, pack, take_window, unpack
+from processing.windows import CHUNK, CLOSED, OPEN, add_sample, pack, take_window, unpack
 
 pytestmark = pytest.mark.unit
 
 W = 60_000
 MARK = 10_000  # grace % window
+
+
+class Store:
+    """A dict with the part of Quix's ``State`` the samples use."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get_bytes(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        assert isinstance(value, bytes)
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
 
 
 def sample(ts: int, seq: int | None = 1, **values: Any) -> Sample:
@@ -30,10 +46,9 @@ def sample(ts: int, seq: int | None = 1, **values: Any) -> Sample:
     ]
 
 
-def test_packing_round_trips_exactly_through_json() -> None:
+def test_packing_round_trips_exactly() -> None:
     samples = [sample(1_767_225_600_123, 2**40), sample(5, None, level=0.1 + 0.2, tpms=2.4)]
-    packed = "".join(pack(s) for s in samples)
-    back = unpack(orjson.loads(orjson.dumps(packed)))
+    back = unpack(b"".join(pack(s) for s in samples))
     assert back == samples
     assert isinstance(back[0][0], int)
     assert isinstance(back[0][1], int)
@@ -42,53 +57,83 @@ def test_packing_round_trips_exactly_through_json() -> None:
     assert back[1][5] == 0.1 + 0.2
 
 
-def add(car: dict[str, Any], ts: int, seq: int = 1) -> bool | None:
+def add(car: dict[str, Any], store: Store, ts: int, seq: int = 1) -> bool | None:
     start = ts - ts % W
-    return add_sample(car, start, ts - start, "ev", sample(ts, seq), marker_offset_ms=MARK)
+    return add_sample(
+        car,
+        store,
+        start,
+        ts - start,
+        powertrain="ev",
+        sample=sample(ts, seq),
+        marker_offset_ms=MARK,
+    )
 
 
 def test_markers_on_the_first_record_and_the_first_past_the_grace_offset() -> None:
     car: dict[str, Any] = {}
-    due = [add(car, t) for t in (0, 1_000, 9_999, 10_000, 11_000, 59_999, 60_500, 75_000)]
+    store = Store()
+    due = [add(car, store, t) for t in (0, 1_000, 9_999, 10_000, 11_000, 59_999, 60_500, 75_000)]
     assert due == [True, False, False, True, False, False, True, True]
-    assert [w[0] for w in car[OPEN]] == [0, W]
-    assert len(unpack(car[OPEN][0][3])) == 6
+    assert [(w[0], w[3]) for w in car[OPEN]] == [(0, 6), (W, 2)]
 
 
 def test_a_first_record_past_the_offset_needs_only_one_marker() -> None:
     car: dict[str, Any] = {}
-    assert add(car, 30_000) is True
-    assert add(car, 40_000) is False
+    store = Store()
+    assert add(car, store, 30_000) is True
+    assert add(car, store, 40_000) is False
+
+
+def test_samples_are_kept_in_small_chunks_and_taken_back_in_order() -> None:
+    car: dict[str, Any] = {}
+    store = Store()
+    times = [t * 1_000 for t in range(60)]
+    for t in reversed(times):  # arrival order is kept; window_stats sorts
+        add(car, store, t, seq=t)
+    add(car, store, 61_000)
+    assert max(len(v) for v in store.data.values()) == CHUNK * 72
+    assert len(store.data) == 4 + 1
+    window, dropped = take_window(car, store, 0)
+    assert window is not None
+    powertrain, packed = window
+    assert powertrain == "ev"
+    assert [s[0] for s in unpack(packed)] == list(reversed(times))
+    assert dropped == 0
+    assert list(store.data) == [f"w{W}.0"]  # the closed window's chunks are gone
 
 
 def test_closing_takes_the_window_and_refuses_its_late_records() -> None:
     car: dict[str, Any] = {}
+    store = Store()
     for t in (0, 1_000, 61_000):
-        add(car, t)
-    window, dropped = take_window(car, 0)
+        add(car, store, t)
+    window, _ = take_window(car, store, 0)
     assert window is not None
-    assert [s[0] for s in unpack(window[3])] == [0, 1_000]
-    assert dropped == 0
     assert car[CLOSED] == 0
-    assert add(car, 2_000) is None  # e.g. redelivered after a restart: late, not re-opened
+    assert add(car, store, 2_000) is None  # e.g. redelivered after a restart: late
     assert [w[0] for w in car[OPEN]] == [W]
+    assert list(store.data) == [f"w{W}.0"]
 
 
 def test_closing_drops_older_windows_whose_markers_were_refused() -> None:
     car: dict[str, Any] = {}
-    add(car, 61_000)
-    add(car, 5_000)  # its window had closed on the partition's clock before the restart
-    add(car, 6_000)
+    store = Store()
+    add(car, store, 61_000)
+    add(car, store, 5_000)  # its window had closed on the partition's clock before a restart
+    add(car, store, 6_000)
     assert [w[0] for w in car[OPEN]] == [0, W]
-    window, dropped = take_window(car, W)
+    window, dropped = take_window(car, store, W)
     assert window is not None
+    assert len(unpack(window[1])) == 1
     assert dropped == 2
     assert OPEN not in car
     assert car[CLOSED] == W
+    assert store.data == {}
 
 
 def test_closing_a_window_the_car_does_not_have() -> None:
     car: dict[str, Any] = {}
-    window, dropped = take_window(car, W)
-    assert (window, dropped) == (None, 0)
+    store = Store()
+    assert take_window(car, store, W) == (None, 0)
     assert car[CLOSED] == W
