@@ -13,29 +13,31 @@ A marker is due on a car's first record in a window, and on its first record at 
 closing time is always one of those, so the marker window's clock crosses every closing
 time at the same record as a window fed every record would.
 
-The car's state is JSON, decoded and encoded for every record, so the samples are not
-in it: they are packed (nine float64 per sample; missing values as NaN, which validated
-records never carry) and kept as raw bytes in chunks of :data:`CHUNK` samples under
-their own state keys. A record then rewrites one small chunk, not the window: Quix
-writes every changed key to the changelog at each checkpoint, and at 1 Hz a car changes
-its keys once per record. The round trip is exact.
+Samples are packed (nine float64 each; missing values as NaN, which validated records
+never carry; the round trip is exact). The car's state is JSON, decoded and encoded for
+every record, so it only holds a window's last, incomplete chunk of up to :data:`CHUNK`
+samples (base64); each full chunk moves to its own state key as raw bytes. A record then
+rewrites about 1 KiB, not the whole window: Quix writes every changed key to the
+changelog at each checkpoint, and at 1 Hz a car changes its state once per record.
 
 The functions here only touch the car's state dict and its sample store.
 """
 
 from __future__ import annotations
 
+import binascii
 import math
 import struct
 from typing import Any, Final, Protocol
 
 from processing.stats import SEQ, TS, Sample
 
-# car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, sample count],
-# ordered by window_start; car[CLOSED] is the start of the car's latest closed window.
+# car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, sample count,
+# base64 of the samples not yet in a full chunk], ordered by window_start;
+# car[CLOSED] is the start of the car's latest closed window.
 OPEN: Final = "windows"
 CLOSED: Final = "closed_window"
-CHUNK: Final = 16  # samples per state key: at most 1,152 bytes
+CHUNK: Final = 16  # samples per chunk: 1,152 bytes
 _PACKED: Final = struct.Struct("<9d")
 _NAN: Final = math.nan
 
@@ -106,16 +108,17 @@ def add_sample(
         if window[0] == start:
             break
     else:
-        window = [start, powertrain, False, 0]
+        window = [start, powertrain, False, 0, ""]
         windows.append(window)
         if len(windows) > 1 and windows[-2][0] > start:
             windows.sort(key=lambda w: w[0])
     count: int = window[3]
-    key = _chunk_key(start, count // CHUNK)
-    packed = pack(sample)
-    if count % CHUNK:
-        packed = (store.get_bytes(key) or b"") + packed
-    store.set_bytes(key, packed)
+    pending = window[4] + binascii.b2a_base64(pack(sample), newline=False).decode("ascii")
+    if (count + 1) % CHUNK:
+        window[4] = pending
+    else:
+        store.set_bytes(_chunk_key(start, count // CHUNK), binascii.a2b_base64(pending))
+        window[4] = ""
     window[3] = count + 1
     if count and (window[2] or offset_ms < marker_offset_ms):
         return False
@@ -123,12 +126,14 @@ def add_sample(
     return True
 
 
-def _take_samples(store: SampleStore, start: int, count: int) -> bytes:
+def _take_samples(store: SampleStore, window: list[Any]) -> bytes:
+    start, count, pending = window[0], window[3], window[4]
     chunks = []
-    for index in range((count + CHUNK - 1) // CHUNK):
+    for index in range(count // CHUNK):
         key = _chunk_key(start, index)
         chunks.append(store.get_bytes(key) or b"")
         store.delete(key)
+    chunks.append(binascii.a2b_base64(pending))
     return b"".join(chunks)
 
 
@@ -150,9 +155,9 @@ def take_window(
     remaining: list[list[Any]] = []
     for window in car.get(OPEN, ()):
         if window[0] == start:
-            found = (window[1], _take_samples(store, start, window[3]))
+            found = (window[1], _take_samples(store, window))
         elif window[0] < start:
-            _take_samples(store, window[0], window[3])
+            _take_samples(store, window)
             dropped += window[3]
         else:
             remaining.append(window)
