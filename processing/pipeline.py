@@ -22,7 +22,7 @@ from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
-from processing.windows import add_sample, take_window, unpack
+from processing.windows import DUE, add_sample, close_window, is_sending, take_due, unpack
 from telemetry.contract import ContractError, decode, validate
 
 _log = logging.getLogger("processing")
@@ -77,6 +77,8 @@ def _quarantine_headers(
 
 # Roles of the rare per-record outputs (see define_pipeline).
 _ALERT, _SESSION, _QUARANTINE, _MARKER = "alert", "session", "quarantine", "marker"
+_STATS, _WINDOW_ALERT, _SHADOW_ALERT = "stats", "window_alert", "shadow_alert"
+_RESULTS = frozenset((_STATS, _WINDOW_ALERT, _SHADOW_ALERT))
 
 
 def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
@@ -142,14 +144,46 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             )
         if marker is None:
             count_late(key, timestamp)
+        due = take_due(car, state) if DUE in car else None
         state.set("car", car)
-        if not (alerts or sessions or marker):
+        if not (alerts or sessions or marker or due):
             return []
         outputs: list[tuple[str, Any]] = [(_ALERT, a) for a in alerts]
         outputs += [(_SESSION, s) for s in sessions]
         if marker:
             outputs.append((_MARKER, None))
+        if due:
+            outputs += emit(record["vehicle_id"], due, state)
         return outputs
+
+    models = ModelWatcher(cfg.model_dir, metrics)
+    shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
+
+    def emit(
+        vid: str, due: list[tuple[int, str, bytes]], state: State[str, Any]
+    ) -> list[tuple[str, Any]]:
+        """Stats and window-detector alerts of the car's closed windows, oldest first."""
+        out: list[tuple[str, Any]] = []
+        for start, powertrain, packed in due:
+            end = start + window_ms
+            stats = dict(window_stats(vid, powertrain, start, end, unpack(packed)))
+            metrics.windows.inc()
+            metrics.window_latency.observe(max(0.0, time.time() - end / 1000.0))
+            out.append((_STATS, stats))
+            memory: dict[str, Any] = state.get("window_detectors") or {}
+            out += [
+                (_WINDOW_ALERT, (a, start)) for a in detect_window(memory, stats, models.current())
+            ]
+            state.set("window_detectors", memory)
+            candidate = shadow.current()
+            if candidate is not None:
+                # The candidate keeps its own baseline and episodes, so it never changes
+                # what the active model raises.
+                shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
+                shadow_out = detect_window(shadow_memory, stats, candidate)
+                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out]
+                state.set("shadow_detectors", shadow_memory)
+        return out
 
     outputs = sdf.apply(per_record, stateful=True, metadata=True, expand=True)
     alerts = outputs.filter(lambda o: o[0] == _ALERT).apply(lambda o: o[1])
@@ -168,7 +202,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         partition: int,
         offset: int,
     ) -> bool:
-        return False  # counted in per_record or when the window closes (take_window)
+        return False  # counted in per_record or when the window closes (close_window)
 
     closed = (
         outputs.filter(lambda o: o[0] == _MARKER)
@@ -178,46 +212,42 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         .final(closing_strategy="partition")
     )
 
-    def to_stats(
+    def on_close(
         window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
-    ) -> dict[str, Any] | None:
+    ) -> list[tuple[str, Any]]:
         car: dict[str, Any] = state.get("car") or {}
         start = window["start"]
-        found, dropped = take_window(car, state, start)
-        state.set("car", car)
+        found, dropped = close_window(car, state, start)
+        vid = key.decode() if isinstance(key, bytes) else str(key)
         if dropped:
             count_late(key, start, dropped)
-        vid = key.decode() if isinstance(key, bytes) else str(key)
-        if found is None:
+        if not found:
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
-            return None
-        stats = window_stats(vid, found[0], start, window["end"], unpack(found[1]))
-        metrics.windows.inc()
-        metrics.window_latency.observe(max(0.0, time.time() - window["end"] / 1000.0))
-        return dict(stats)
+        # Every car's window closes at the same record, so a car that is still sending
+        # gets its stats at its next record instead: the work is spread over the next
+        # second rather than stalling the partition, and the stats are the same (later
+        # records of the window are late).
+        due = None if is_sending(car, start) else take_due(car, state)
+        state.set("car", car)
+        return emit(vid, due, state) if due else []
 
-    stats = closed.apply(to_stats, stateful=True, metadata=True).filter(lambda s: s is not None)
+    # The window's results carry its start as timestamp and no headers; so do the stats
+    # and window alerts that per_record emits.
+    def window_start(value: tuple[str, Any], _key: Any, _ts: int, _headers: Any) -> int:
+        return int(value[1]["window_start"] if value[0] == _STATS else value[1][1])
 
-    models = ModelWatcher(cfg.model_dir, metrics)
-    shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
+    def no_headers(_value: Any, _key: Any, _ts: int, _headers: Any) -> list[tuple[str, bytes]]:
+        return []
 
-    def per_window(stats_value: dict[str, Any], state: State[str, Any]) -> dict[str, list[Any]]:
-        memory: dict[str, Any] = state.get("window_detectors") or {}
-        out = detect_window(memory, stats_value, models.current())
-        state.set("window_detectors", memory)
-        candidate = shadow.current()
-        shadow_out: list[Any] = []
-        if candidate is not None:
-            # The candidate keeps its own baseline and episodes, so it never changes what
-            # the active model raises.
-            shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
-            shadow_out = detect_window(shadow_memory, stats_value, candidate)
-            state.set("shadow_detectors", shadow_memory)
-        return {"alerts": out, "shadow": shadow_out}
-
-    judged = stats.apply(per_window, stateful=True)
-    window_alerts = judged.apply(lambda j: j["alerts"], expand=True)
-    shadow_alerts = judged.apply(lambda j: j["shadow"], expand=True)
+    results = (
+        outputs.filter(lambda o: o[0] in _RESULTS)
+        .concat(closed.apply(on_close, stateful=True, metadata=True, expand=True))
+        .set_timestamp(window_start)
+        .set_headers(no_headers)
+    )
+    stats = results.filter(lambda o: o[0] == _STATS).apply(lambda o: o[1])
+    window_alerts = results.filter(lambda o: o[0] == _WINDOW_ALERT).apply(lambda o: o[1][0])
+    shadow_alerts = results.filter(lambda o: o[0] == _SHADOW_ALERT).apply(lambda o: o[1][0])
 
     def count_alert(alert: dict[str, Any]) -> dict[str, Any]:
         metrics.alerts.labels(kind=alert["kind"], status=alert["status"]).inc()

@@ -33,10 +33,12 @@ from typing import Any, Final, Protocol
 from processing.stats import SEQ, TS, Sample
 
 # car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, sample count,
-# base64 of the samples not yet in a full chunk], ordered by window_start;
-# car[CLOSED] is the start of the car's latest closed window.
+# base64 of the samples not yet in a full chunk, (True once closed)], ordered by
+# window_start; car[CLOSED] is the start of the car's latest closed window; car[DUE] is
+# set while a closed window's stats have not been emitted.
 OPEN: Final = "windows"
 CLOSED: Final = "closed_window"
+DUE: Final = "windows_due"
 CHUNK: Final = 16  # samples per chunk: 1,152 bytes
 _PACKED: Final = struct.Struct("<9d")
 _NAN: Final = math.nan
@@ -137,33 +139,59 @@ def _take_samples(store: SampleStore, window: list[Any]) -> bytes:
     return b"".join(chunks)
 
 
-def take_window(
-    car: dict[str, Any], store: SampleStore, start: int
-) -> tuple[tuple[str, bytes] | None, int]:
-    """Remove the car's window starting at ``start``; it is now closed.
+def close_window(car: dict[str, Any], store: SampleStore, start: int) -> tuple[bool, int]:
+    """Mark the car's window starting at ``start`` closed; its stats are due.
 
-    Windows that started before it and are still open had their markers refused by the
-    partition's clock (their records came late, which the in-memory lateness check misses
-    right after a restart); they are dropped like any late record.
+    Windows that started before it and are neither closed nor due had their markers
+    refused by the partition's clock (their records came late, which the in-memory
+    lateness check misses right after a restart); they are dropped like any late record.
 
     Returns:
-        The window's powertrain and packed samples (see :func:`unpack`), or None when the
-        car has no such window; and the number of samples dropped as late.
+        Whether the car has that window, and the number of samples dropped as late.
     """
-    found = None
+    found = False
     dropped = 0
     remaining: list[list[Any]] = []
     for window in car.get(OPEN, ()):
         if window[0] == start:
-            found = (window[1], _take_samples(store, window))
-        elif window[0] < start:
+            found = True
+            window[5:] = [True]
+        elif window[0] < start and not window[5:]:
             _take_samples(store, window)
             dropped += window[3]
+            continue
+        remaining.append(window)
+    if remaining:
+        car[OPEN] = remaining
+    else:
+        car.pop(OPEN, None)
+    car[CLOSED] = max(car.get(CLOSED, start), start)
+    if found:
+        car[DUE] = True
+    return found, dropped
+
+
+def is_sending(car: dict[str, Any], start: int) -> bool:
+    """Whether the car has already sent a record for a window after ``start``."""
+    return any(window[0] > start for window in car.get(OPEN, ()))
+
+
+def take_due(car: dict[str, Any], store: SampleStore) -> list[tuple[int, str, bytes]]:
+    """Remove the car's closed windows whose stats are due, oldest first.
+
+    Returns:
+        ``(start, powertrain, packed samples)`` per window (see :func:`unpack`).
+    """
+    due = []
+    remaining: list[list[Any]] = []
+    for window in car.get(OPEN, ()):
+        if window[5:]:
+            due.append((window[0], window[1], _take_samples(store, window)))
         else:
             remaining.append(window)
     if remaining:
         car[OPEN] = remaining
     else:
         car.pop(OPEN, None)
-    car[CLOSED] = max(car.get(CLOSED, start), start)
-    return found, dropped
+    car.pop(DUE, None)
+    return due

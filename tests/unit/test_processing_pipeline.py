@@ -275,7 +275,13 @@ def test_simulated_cars_get_per_car_windows(harness: Harness) -> None:
 def test_a_window_closes_at_the_first_record_past_its_grace(harness: Harness) -> None:
     for s in range(70):
         assert harness.send(ev(s))["stats"] == [], s
-    assert [w["window_start"] - T0 for w in harness.send(ev(70))["stats"]] == [0]
+    # The window closes here; the car is still sending, so its stats come with its next
+    # record, even when that one is a late record of the closed window (left out).
+    assert harness.send(ev(70))["stats"] == []
+    [window] = harness.send(ev(59, seq=1_000))["stats"]
+    assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 1
+    assert (window["window_start"] - T0, window["samples"], window["last_seq"]) == (0, 60, 59)
+    assert harness.send(ev(71))["stats"] == []
 
 
 @pytest.mark.parametrize(
@@ -296,11 +302,26 @@ def test_a_quiet_car_gets_its_window_on_the_partitions_clock(
     for s in car_2[:-1]:
         assert harness.send(ev(s, vehicle_id="car-2"), key="car-2")["stats"] == []
     closing = harness.send(ev(car_2[-1], vehicle_id="car-2"), key="car-2")["stats"]
-    assert sorted((w["vehicle_id"], w["window_start"] - T0) for w in closing) == [
-        ("car-1", 0),
-        ("car-3", 0),
-    ]
-    by_car = {w["vehicle_id"]: w for w in closing}
+    # car-3 stopped sending: its window is emitted at once. car-1 is still sending (it
+    # has a record after the window): its stats come with its next record.
+    [window] = closing
     samples = [to_sample(r) for r in quiet]
-    assert by_car["car-3"] == window_stats("car-3", "ev", T0, T0 + WINDOW_MS, samples)
-    assert by_car["car-1"]["samples"] == 60
+    assert window == window_stats("car-3", "ev", T0, T0 + WINDOW_MS, samples)
+    [later] = harness.send(ev(80))["stats"]
+    assert (later["vehicle_id"], later["window_start"] - T0, later["samples"]) == ("car-1", 0, 60)
+
+
+def test_results_carry_the_window_start_and_no_headers(harness: Harness) -> None:
+    captured: list[tuple[Any, ...]] = []
+    for s in range(72):
+        raw = orjson.dumps(ev(s))
+        ctx = MessageContext("vehicle-telemetry", 0, s, len(raw))
+        headers = [("received_at", b"1")]
+        captured += [
+            (name, ts, hdrs)
+            for (name, _), _key, ts, hdrs in harness.sdf.test(
+                raw, key=b"car-1", timestamp=T0 + s * 1000, headers=headers, ctx=ctx
+            )
+            if name == "stats"
+        ]
+    assert captured == [("stats", T0, [])]

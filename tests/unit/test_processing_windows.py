@@ -1,4 +1,4 @@
-"""Each car's open windows in its own state: packing, chunks, markers, closing."""
+"""Each car's open windows in its own state: packing, chunks, markers, closing, due stats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from typing import Any
 import pytest
 
 from processing.stats import Sample
-from processing.windows import CHUNK, CLOSED, OPEN, add_sample, pack, take_window, unpack
+from processing.windows import (
+    CHUNK,
+    CLOSED,
+    DUE,
+    OPEN,
+    add_sample,
+    close_window,
+    is_sending,
+    pack,
+    take_due,
+    unpack,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -96,25 +107,38 @@ def test_samples_are_kept_in_small_chunks_and_taken_back_in_order() -> None:
     assert sorted(store.data) == ["w0.0", "w0.1", "w0.2"]
     assert {len(v) for v in store.data.values()} == {CHUNK * 72}
     assert [(w[0], w[3], len(w[4])) for w in car[OPEN]] == [(0, 60, 12 * 96), (W, 1, 96)]
-    window, dropped = take_window(car, store, 0)
-    assert window is not None
-    powertrain, packed = window
-    assert powertrain == "ev"
+    assert close_window(car, store, 0) == (True, 0)
+    assert car[DUE] is True
+    assert is_sending(car, 0)
+    [(start, powertrain, packed)] = take_due(car, store)
+    assert (start, powertrain) == (0, "ev")
     assert [s[0] for s in unpack(packed)] == list(reversed(times))
-    assert dropped == 0
+    assert DUE not in car
     assert store.data == {}  # the closed window's chunks are gone
+    assert [w[0] for w in car[OPEN]] == [W]
+    assert take_due(car, store) == []
 
 
-def test_closing_takes_the_window_and_refuses_its_late_records() -> None:
+def test_a_closed_window_refuses_its_late_records_until_and_after_its_stats() -> None:
     car: dict[str, Any] = {}
     store = Store()
     for t in (0, 1_000, 61_000):
         add(car, store, t)
-    window, _ = take_window(car, store, 0)
-    assert window is not None
+    close_window(car, store, 0)
     assert car[CLOSED] == 0
     assert add(car, store, 2_000) is None  # e.g. redelivered after a restart: late
+    [(_, _, packed)] = take_due(car, store)
+    assert len(unpack(packed)) == 2
+    assert add(car, store, 3_000) is None
     assert [w[0] for w in car[OPEN]] == [W]
+
+
+def test_a_quiet_car_is_not_sending() -> None:
+    car: dict[str, Any] = {}
+    store = Store()
+    add(car, store, 5_000)
+    close_window(car, store, 0)
+    assert not is_sending(car, 0)
 
 
 def test_closing_drops_older_windows_whose_markers_were_refused() -> None:
@@ -125,17 +149,29 @@ def test_closing_drops_older_windows_whose_markers_were_refused() -> None:
         add(car, store, t * 1_000)
     assert list(store.data) == ["w0.0"]
     assert [w[0] for w in car[OPEN]] == [0, W]
-    window, dropped = take_window(car, store, W)
-    assert window is not None
-    assert len(unpack(window[1])) == 1
-    assert dropped == CHUNK + 1
-    assert OPEN not in car
-    assert car[CLOSED] == W
+    assert close_window(car, store, W) == (True, CHUNK + 1)
     assert store.data == {}
+    assert car[CLOSED] == W
+    [(start, _, packed)] = take_due(car, store)
+    assert start == W
+    assert len(unpack(packed)) == 1
+    assert OPEN not in car
+
+
+def test_closing_keeps_an_older_window_whose_stats_are_still_due() -> None:
+    car: dict[str, Any] = {}
+    store = Store()
+    add(car, store, 1_000)
+    add(car, store, 61_000)
+    close_window(car, store, 0)  # the car was sending: its stats wait for its next record
+    add(car, store, 121_000)
+    close_window(car, store, W)  # ... which never came before the next window closed
+    assert [start for start, _, _ in take_due(car, store)] == [0, W]
 
 
 def test_closing_a_window_the_car_does_not_have() -> None:
     car: dict[str, Any] = {}
     store = Store()
-    assert take_window(car, store, W) == (None, 0)
+    assert close_window(car, store, W) == (False, 0)
     assert car[CLOSED] == W
+    assert DUE not in car
