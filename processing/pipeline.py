@@ -22,7 +22,7 @@ from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
-from processing.windows import DUE, add_sample, close_window, is_sending, take_due, unpack
+from processing.windows import CLOSED, DUE, add_sample, close_window, is_sending, take_due, unpack
 from telemetry.contract import ContractError, decode, validate
 
 _log = logging.getLogger("processing")
@@ -121,13 +121,14 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         clock = partition_clock.get(where, 0)
         start = timestamp - timestamp % window_ms
         late = start + window_ms + grace_ms <= clock
-        if timestamp > clock:
-            partition_clock[where] = timestamp
         record = parse(value)
         if "_invalid" in record:
             metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
             _log.warning("quarantining an invalid record: %s", record["_detail"])
             return [(_QUARANTINE, record)]
+        # Only valid records reach the marker window, so only they move the clock.
+        if timestamp > clock:
+            partition_clock[where] = timestamp
         car: dict[str, Any] = state.get("car") or {}
         alerts = detect(car, record)
         sessions = track(car, record)
@@ -217,11 +218,10 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     ) -> list[tuple[str, Any]]:
         car: dict[str, Any] = state.get("car") or {}
         start = window["start"]
-        found, dropped = close_window(car, state, start)
+        closed_before = car.get(CLOSED, start - 1) >= start
+        found = close_window(car, start)
         vid = key.decode() if isinstance(key, bytes) else str(key)
-        if dropped:
-            count_late(key, start, dropped)
-        if not found:
+        if not (found or closed_before):
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
         # Every car's window closes at the same record, so a car that is still sending
         # gets its stats at its next record instead: the work is spread over the next

@@ -13,8 +13,9 @@ A marker is due on a car's first record in a window, and on its first record at 
 closing time is always one of those, so the marker window's clock crosses every closing
 time at the same record as a window fed every record would.
 
-Samples are packed (nine float64 each; missing values as NaN, which validated records
-never carry; the round trip is exact). The car's state is JSON, decoded and encoded for
+Samples are packed into 72 bytes (ts and seq as int64, seven float64 measurements, NaN
+for a missing one, which validated records never carry; exact, except that an integer
+measurement comes back as a float). The car's state is JSON, decoded and encoded for
 every record, so it only holds a window's last, incomplete chunk of up to :data:`CHUNK`
 samples (base64); each full chunk moves to its own state key as raw bytes. A record then
 rewrites about 1 KiB, not the whole window: Quix writes every changed key to the
@@ -40,7 +41,10 @@ OPEN: Final = "windows"
 CLOSED: Final = "closed_window"
 DUE: Final = "windows_due"
 CHUNK: Final = 16  # samples per chunk: 1,152 bytes
-_PACKED: Final = struct.Struct("<9d")
+# ts and seq as int64 (seq may exceed float64's 2**53), seq -1 when missing (the contract
+# has seq >= 0), then seven float64 measurements with NaN when missing.
+_PACKED: Final = struct.Struct("<qq7d")
+_NO_SEQ: Final = -1
 _NAN: Final = math.nan
 
 
@@ -59,7 +63,10 @@ class SampleStore(Protocol):
 
 def pack(sample: Sample) -> bytes:
     """One sample as 72 bytes; concatenating packed samples packs the list."""
-    return _PACKED.pack(*[_NAN if v is None else v for v in sample])
+    seq = sample[SEQ]
+    return _PACKED.pack(
+        sample[TS], _NO_SEQ if seq is None else seq, *[_NAN if v is None else v for v in sample[2:]]
+    )
 
 
 def unpack(packed: bytes) -> list[Sample]:
@@ -67,9 +74,8 @@ def unpack(packed: bytes) -> list[Sample]:
     samples: list[Sample] = []
     for values in _PACKED.iter_unpack(packed):
         sample: Sample = [None if math.isnan(v) else v for v in values]
-        sample[TS] = int(values[TS])
-        if sample[SEQ] is not None:
-            sample[SEQ] = int(values[SEQ])
+        if values[SEQ] == _NO_SEQ:
+            sample[SEQ] = None
         samples.append(sample)
     return samples
 
@@ -139,36 +145,27 @@ def _take_samples(store: SampleStore, window: list[Any]) -> bytes:
     return b"".join(chunks)
 
 
-def close_window(car: dict[str, Any], store: SampleStore, start: int) -> tuple[bool, int]:
-    """Mark the car's window starting at ``start`` closed; its stats are due.
+def close_window(car: dict[str, Any], start: int) -> bool:
+    """Mark the car's windows up to the one starting at ``start`` closed; their stats are due.
 
-    Windows that started before it and are neither closed nor due had their markers
-    refused by the partition's clock (their records came late, which the in-memory
-    lateness check misses right after a restart); they are dropped like any late record.
+    Quix closes all of a car's windows up to ``start`` at the same record, in no
+    particular order, so older ones are marked here too and their stats come out oldest
+    first. An older window Quix does not have (its markers were refused as late, which
+    the in-memory lateness check misses right after a restart) is emitted as well rather
+    than lost.
 
     Returns:
-        Whether the car has that window, and the number of samples dropped as late.
+        Whether the car had a window to close (False when an earlier close took it).
     """
     found = False
-    dropped = 0
-    remaining: list[list[Any]] = []
     for window in car.get(OPEN, ()):
-        if window[0] == start:
+        if window[0] <= start:
             found = True
             window[5:] = [True]
-        elif window[0] < start and not window[5:]:
-            _take_samples(store, window)
-            dropped += window[3]
-            continue
-        remaining.append(window)
-    if remaining:
-        car[OPEN] = remaining
-    else:
-        car.pop(OPEN, None)
     car[CLOSED] = max(car.get(CLOSED, start), start)
     if found:
         car[DUE] = True
-    return found, dropped
+    return found
 
 
 def is_sending(car: dict[str, Any], start: int) -> bool:
