@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -67,6 +69,35 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
     return app
 
 
+def _bound_stop(app: Application, timeout_s: float) -> None:
+    """Make a stop that hangs longer than ``timeout_s`` end the process with code 70.
+
+    Quix stops on SIGTERM/SIGINT by calling ``app.stop()``; its final checkpoint commit
+    has no time limit, and librdkafka was seen blocking in ``send_offsets_to_transaction``
+    for minutes after a Kafka restart. Exiting is safe with exactly-once: the open
+    transaction is aborted and the next instance resumes from the last commit.
+    """
+    stop = app.stop
+
+    def hard_exit() -> None:
+        _log.error(
+            "processing did not stop within %.0f s (a Kafka transaction operation is "
+            "stuck); exiting with code 70, the open transaction is not committed",
+            timeout_s,
+        )
+        logging.shutdown()
+        os._exit(70)
+
+    def bounded_stop(fail: bool = False) -> None:
+        timer = threading.Timer(timeout_s, hard_exit)
+        timer.name = "processing-stop-deadline"
+        timer.daemon = True
+        timer.start()
+        stop(fail)
+
+    app.stop = bounded_stop  # type: ignore[method-assign]
+
+
 def main() -> int:
     """Run processing until SIGTERM/SIGINT; returns the exit code."""
     configure_logging()
@@ -98,6 +129,7 @@ def main() -> int:
         metrics,
     )
     lag.start()
+    _bound_stop(app, settings.processing_stop_timeout_s)
     try:
         app.run()
     finally:

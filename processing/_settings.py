@@ -37,6 +37,9 @@ class ProcessingSettings(KafkaConnectionSettings):
     # latency (1.0 s gave p99 ts->alert 1.2 s; 0.25 s cost no measurable throughput).
     processing_commit_interval_s: float = Field(default=0.25, gt=0)
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    # A Kafka transaction operation can block without end when the broker restarts in
+    # the middle of it; after this long a stop exits hard instead of hanging.
+    processing_stop_timeout_s: float = Field(default=30.0, gt=0)
     processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_model_dir: Path | None = Field(
         default=None, description="Model registry folder; its promoted version scores windows."
