@@ -154,7 +154,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if marker:
             outputs.append((_MARKER, None))
         if due:
-            outputs += emit(record["vehicle_id"], due, state)
+            # The key names the car, as for the windows Quix closes (on_close).
+            outputs += emit(key.decode() if isinstance(key, bytes) else str(key), due, state)
         return outputs
 
     models = ModelWatcher(cfg.model_dir, metrics)
@@ -203,7 +204,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         partition: int,
         offset: int,
     ) -> bool:
-        return False  # counted in per_record or when the window closes (close_window)
+        return False  # judged and counted in per_record
 
     closed = (
         outputs.filter(lambda o: o[0] == _MARKER)

@@ -348,3 +348,13 @@ def test_an_invalid_record_does_not_move_the_clock(harness: Harness) -> None:
     assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 0
     [window] = harness.send(ev(70, vehicle_id="car-2"), key="car-2")["stats"]
     assert window["samples"] == 4
+
+
+def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:
+    for s in range(70):
+        harness.send(ev(s), key="key-1")  # a rule may key by something else than vehicle_id
+    for s in range(20):
+        harness.send(ev(s, vehicle_id="car-9"), key="key-9")
+    harness.send(ev(70), key="key-1")  # closes both; key-9 stopped: its stats at once
+    harness.send(ev(71), key="key-1")  # key-1 is still sending: its stats with this record
+    assert sorted(w["vehicle_id"] for w in harness.out["stats"]) == ["key-1", "key-9"]
