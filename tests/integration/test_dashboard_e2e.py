@@ -468,5 +468,6 @@ def test_dashboard_shows_the_live_fleet_in_chromium(
             simulator.wait(20)
         dashboard.stop()
         if processing.proc is not None:
-            processing.stop()
+            # 70: it did not stop in time and exited hard (docs/faults.md, known limits)
+            print(f"processing stopped with exit code {processing.stop()}")  # noqa: T201
         ingest.stop()
