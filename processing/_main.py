@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+from typing import Final
 
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -69,15 +71,26 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
     return app
 
 
-def _bound_stop(app: Application, timeout_s: float) -> None:
-    """Make a stop that hangs longer than ``timeout_s`` end the process with code 70.
+_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 
-    Quix stops on SIGTERM/SIGINT by calling ``app.stop()``; its final checkpoint commit
-    has no time limit, and librdkafka was seen blocking in ``send_offsets_to_transaction``
-    for minutes after a Kafka restart. Exiting is safe with exactly-once: the open
-    transaction is aborted and the next instance resumes from the last commit.
+
+def _stop_on_signals(app: Application, timeout_s: float) -> threading.Thread:
+    """Stop ``app`` on SIGTERM/SIGINT from a thread of its own, and exit hard if it hangs.
+
+    Python runs signal handlers in the main thread between bytecodes, so a main thread
+    blocked in librdkafka never sees them: a Kafka transaction operation was seen
+    blocked without end after a Kafka restart (docs/faults.md). The C-level handler
+    still writes the signal's number to the wakeup fd, whichever thread it interrupts,
+    so a thread of ours reads it there. A stop still running after ``timeout_s`` logs an
+    ERROR and exits with code 70; with exactly-once the open transaction is then not
+    committed. Must be called from the main thread.
     """
-    stop = app.stop
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in _STOP_SIGNALS:
+        # Quix installs its own handlers in run(); until then, do not die on SIGTERM.
+        signal.signal(signum, lambda *_: None)
 
     def hard_exit() -> None:
         _log.error(
@@ -88,14 +101,21 @@ def _bound_stop(app: Application, timeout_s: float) -> None:
         logging.shutdown()
         os._exit(70)
 
-    def bounded_stop(fail: bool = False) -> None:
+    def wait_for_signal() -> None:
+        while True:
+            received = os.read(read_fd, 1)
+            if received and received[0] in _STOP_SIGNALS:
+                break
+        _log.info("%s received; stopping", signal.Signals(received[0]).name)
         timer = threading.Timer(timeout_s, hard_exit)
         timer.name = "processing-stop-deadline"
         timer.daemon = True
         timer.start()
-        stop(fail)
+        app.stop()
 
-    app.stop = bounded_stop  # type: ignore[method-assign]
+    thread = threading.Thread(target=wait_for_signal, name="processing-signals", daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> int:
@@ -129,7 +149,7 @@ def main() -> int:
         metrics,
     )
     lag.start()
-    _bound_stop(app, settings.processing_stop_timeout_s)
+    _stop_on_signals(app, settings.processing_stop_timeout_s)
     try:
         app.run()
     finally:
