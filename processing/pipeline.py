@@ -59,6 +59,11 @@ def parse(value: bytes) -> dict[str, Any]:
         return {"_invalid": exc.reason, "_detail": str(exc), "_raw": value}
 
 
+def _car(key: Any) -> str:
+    """The car a message key names."""
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
 def _quarantine_record(value: dict[str, Any]) -> bytes:
     return bytes(value["_raw"])
 
@@ -103,7 +108,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     records_in = metrics.records_in
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
-        vid = key.decode() if isinstance(key, bytes) else str(key)
+        vid = _car(key)
         metrics.late.labels(vehicle_id=vid).inc(records)
         _log.info(
             "%d late record(s) for %s at %d; counted in fleetstream_processing_late",
@@ -155,7 +160,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             outputs.append((_MARKER, None))
         if due:
             # The key names the car, as for the windows Quix closes (on_close).
-            outputs += emit(key.decode() if isinstance(key, bytes) else str(key), due, state)
+            outputs += emit(_car(key), due, state)
         return outputs
 
     models = ModelWatcher(cfg.model_dir, metrics)
@@ -221,7 +226,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         start = window["start"]
         closed_before = car.get(CLOSED, start - 1) >= start
         found = close_window(car, start)
-        vid = key.decode() if isinstance(key, bytes) else str(key)
+        vid = _car(key)
         if not (found or closed_before):
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
         # Every car's window closes at the same record, so a car that is still sending
