@@ -9,9 +9,14 @@ unbounded queue. Ingest needs both changed:
 * the CONNACK's *session present* flag, which aiomqtt does not expose: a broker that
   forgot ingest's session (restart without persistence, crash before its autosave) has
   also forgotten the subscription and the queued messages, and ingest must say so.
-* our own ``on_message``: messages are handled as paho parses them (on the asyncio loop
+* our own ``on_message``: messages are handled as they are parsed (on the asyncio loop
   thread), instead of piling up in aiomqtt's unbounded queue. Flow control is MQTT 5
   Receive Maximum, so at most that many messages are ever unacknowledged in memory.
+* our own ``loop_read`` (:class:`_ChunkReader`): paho reads every packet with three or
+  four ``recv`` calls (1 byte of header, the length byte by byte, the rest) and one pass
+  of the event loop each, then builds an ``MQTTMessage`` and walks its callback matcher.
+  The reader takes what the socket has in one ``recv``, decodes QoS 0/1 PUBLISH packets
+  itself and hands every other packet, unchanged, to paho's own handler.
 * PUBACKs released together are queued as one write (``send_acks``).
 * a guarded write registration: aiomqtt schedules ``add_writer(fd)`` for later, and when
   a PUBACK is queued just as the broker drops the connection the socket is closed by
@@ -38,6 +43,9 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet as paho_packet
 from paho.mqtt.client import CallbackOnConnect_v2
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -49,10 +57,17 @@ def _paho(client: aiomqtt.Client) -> mqtt.Client:
     return client._client  # noqa: SLF001 - see the module docstring
 
 
-def take_over_acks_and_delivery(
-    client: aiomqtt.Client, on_message: Callable[[mqtt.MQTTMessage], None]
-) -> None:
-    """Switch ``client`` to manual acks and route incoming messages to ``on_message``.
+# topic, payload, QoS, dup flag, packet id (0 for QoS 0), MQTT 5 properties or None.
+PublishHandler = Callable[[str, bytes, int, bool, int, "Properties | None"], None]
+
+# Bytes asked of the socket per read. Receive Maximum bounds what the broker sends
+# unacknowledged, so this only caps one read, not memory.
+_READ_SIZE = 256 * 1024
+_PUBLISH = 0x30
+
+
+def take_over_acks_and_delivery(client: aiomqtt.Client, on_publish: PublishHandler) -> None:
+    """Switch ``client`` to manual acks and route incoming messages to ``on_publish``.
 
     Call before connecting.
     """
@@ -61,9 +76,178 @@ def take_over_acks_and_delivery(
     paho_packet.Properties = _SharedTableProperties  # type: ignore[attr-defined]
 
     def deliver(_client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        on_message(message)
+        # QoS 2 (after PUBREL) still comes through paho.
+        on_publish(
+            message.topic,
+            bytes(message.payload),
+            message.qos,
+            bool(message.dup),
+            message.mid,
+            message.properties,
+        )
 
     paho.on_message = deliver
+    reader = _ChunkReader(paho, on_publish)
+    # aiomqtt's reader callback calls ``client.loop_read()``: the instance attribute wins.
+    paho.loop_read = reader.loop_read  # type: ignore[method-assign]
+
+
+class _ChunkReader:
+    """Reads what the socket holds in one call and decodes QoS 0/1 PUBLISH packets.
+
+    A packet cut by the end of a read waits in ``_rest`` for the next one. Other packets
+    (CONNACK, SUBACK, PUBACK, PINGRESP, DISCONNECT, QoS 2 flows) go to paho's
+    ``_packet_handle`` exactly as paho's own reader would hand them over.
+    """
+
+    def __init__(self, paho: mqtt.Client, on_publish: PublishHandler) -> None:
+        self._paho = paho
+        self._on_publish = on_publish
+        self._sock: object = None
+        self._rest = b""
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read once and handle every complete packet (paho's ``loop_read`` contract)."""
+        paho = self._paho
+        sock = paho._sock  # noqa: SLF001
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if sock is not self._sock:
+            # A new connection: a partial packet of the old one means nothing now.
+            self._sock = sock
+            self._rest = b""
+        try:
+            chunk = paho._sock_recv(_READ_SIZE)  # noqa: SLF001
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as err:
+            paho._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)  # noqa: SLF001
+            return paho._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+        if not chunk:
+            return paho._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+        with paho._msgtime_mutex:  # noqa: SLF001
+            paho._last_bytes_received = mqtt.time_func()  # noqa: SLF001
+        data = self._rest + chunk if self._rest else chunk
+        rc, used = self._handle(data)
+        self._rest = data[used:]
+        if rc:
+            self._rest = b""
+            return paho._loop_rc_handle(rc)  # noqa: SLF001
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle(self, data: bytes) -> tuple[MQTTErrorCode, int]:
+        """Handle the complete packets at the start of ``data``; returns (rc, bytes used)."""
+        v5 = self._paho._protocol == MQTTProtocolVersion.MQTTv5  # noqa: SLF001
+        on_publish = self._on_publish
+        end_of_data = len(data)
+        pos = 0
+        while pos < end_of_data:
+            header = data[pos]
+            # Remaining length: 1-4 bytes, 7 bits each, least significant first.
+            i = pos + 1
+            length = 0
+            shift = 0
+            while True:
+                if i >= end_of_data:
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS, pos
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL, pos
+            end = i + length
+            if end > end_of_data:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS, pos
+            qos = (header >> 1) & 0x03
+            if header & 0xF0 == _PUBLISH and qos < 2:
+                decoded = _decode_publish(data, i, end, qos, v5=v5)
+                if decoded is None:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL, pos
+                topic, mid, properties, payload_at = decoded
+                on_publish(topic, data[payload_at:end], qos, bool(header & 0x08), mid, properties)
+            else:
+                rc = self._paho_handle(header, data[pos + 1 : i], length, data[i:end])
+                if rc:
+                    return rc, end
+                if self._paho._sock is not self._sock:  # noqa: SLF001
+                    # paho closed the connection (DISCONNECT from the broker): stop here.
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS, end_of_data
+            pos = end
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, pos
+
+    def _paho_handle(
+        self, header: int, length_bytes: bytes, length: int, body: bytes
+    ) -> MQTTErrorCode:
+        """Give one complete packet to paho, in the state its own reader leaves it in."""
+        paho = self._paho
+        paho._in_packet = {  # noqa: SLF001
+            "command": header,
+            "have_remaining": 1,
+            "remaining_count": list(length_bytes),
+            "remaining_mult": 128 ** len(length_bytes),
+            "remaining_length": length,
+            "packet": bytearray(body),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc = paho._packet_handle()  # noqa: SLF001
+        except MalformedPacket as exc:
+            paho._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)  # noqa: SLF001
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        paho._in_packet = {  # noqa: SLF001
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return rc
+
+
+def _decode_publish(
+    data: bytes, start: int, end: int, qos: int, *, v5: bool
+) -> tuple[str, int, Properties | None, int] | None:
+    """Decode a PUBLISH's variable header in ``data[start:end]``.
+
+    Returns:
+        (topic, packet id, properties, where the payload starts), or None if malformed.
+    """
+    if end - start < 2:
+        return None
+    at = start + 2 + ((data[start] << 8) | data[start + 1])
+    if at > end:
+        return None
+    # Brokers must forward valid UTF-8 only; a broken one must not stop the stream.
+    topic = data[start + 2 : at].decode("utf-8", errors="replace")
+    mid = 0
+    if qos:
+        if at + 2 > end:
+            return None
+        mid = (data[at] << 8) | data[at + 1]
+        at += 2
+    properties: Properties | None = None
+    if v5:
+        if at >= end:
+            return None
+        if data[at] == 0:  # the usual case: no properties
+            at += 1
+        else:
+            properties = _SharedTableProperties(PacketTypes.PUBLISH)
+            try:
+                _, used = properties.unpack(data[at:end])  # type: ignore[no-untyped-call]
+            except (MalformedPacket, IndexError, struct.error, UnicodeDecodeError):
+                return None
+            at += used
+            if at > end:
+                return None
+    return topic, mid, properties, at
 
 
 class _SharedTableProperties(Properties):

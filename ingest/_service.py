@@ -217,7 +217,7 @@ class IngestService:
             logger=logging.getLogger("ingest.mqtt"),
         )
         client.pending_calls_threshold = 10_000
-        take_over_acks_and_delivery(client, self._on_message)
+        take_over_acks_and_delivery(client, self._on_publish)
         watch_session_present(client, self._on_connack)
         guard_write_registration(client)
         return client
@@ -337,31 +337,34 @@ class IngestService:
             self._topic_rules[topic] = rules
         return rules
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
-        """Handle one PUBLISH as paho parses it (asyncio loop thread)."""
+    def _on_publish(  # noqa: PLR0917 - the hot path, no message object per PUBLISH
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        dup: bool,
+        mid: int,
+        properties: Properties | None,
+    ) -> None:
+        """Handle one PUBLISH as it is read from the socket (asyncio loop thread)."""
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
         received_ms = time.time_ns() // 1_000_000
-        topic = message.topic
-        qos = message.qos
-        if message.dup:
+        if dup:
             self.metrics.redelivered.inc()
         rules = self._rules_for(topic)
         if not rules:
             self.metrics.unmatched.inc()
             _log.debug("no rule for topic %s", topic)
             if qos:
-                self.acker.add(message.mid, qos, 0)
+                self.acker.add(mid, qos, 0)
             return
-        props = message.properties
         user_props: Sequence[tuple[str, str]] = (
-            getattr(props, "UserProperty", ()) if props is not None else ()
+            getattr(properties, "UserProperty", ()) if properties is not None else ()
         )
-        inbound = Inbound(
-            topic, bytes(message.payload), qos, bool(message.dup), received_ms, user_props
-        )
+        inbound = Inbound(topic, payload, qos, dup, received_ms, user_props)
         work = [(rule, route(rule, inbound)) for rule in rules]
-        entry = self.acker.add(message.mid, qos, len(work), work=(inbound, work)) if qos else None
+        entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
             self._received[rule.name].inc()
             self._produce(rule, inbound, out, entry)

@@ -1,0 +1,150 @@
+"""ingest/_paho.py's chunk reader decodes what paho's own reader decodes, however split."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest._paho import _ChunkReader
+
+pytestmark = pytest.mark.unit
+
+Seen = tuple[str, bytes, int, bool, int, str | None]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(
+    topic: str, payload: bytes, qos: int, mid: int, *, dup: bool = False, **props: Any
+) -> bytes:
+    p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in props.items():
+        setattr(p, name, value)
+    t = topic.encode()
+    body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"")
+    body += p.pack() + payload  # type: ignore[no-untyped-call]
+    return bytes([0x30 | (dup << 3) | (qos << 1)]) + _varint(len(body)) + body
+
+
+PINGRESP = b"\xd0\x00"
+
+STREAM = [
+    _publish("fleet/car-1/telemetry", b'{"a": 1}', 1, 1),
+    _publish("fleet/car-2/telemetry", b"", 0, 0),
+    PINGRESP,
+    _publish("fleet/car-3/telemetry", b"x" * 300, 1, 65535, dup=True),
+    _publish("f/\u00e9/t", b"\xff\xfe", 1, 7, UserProperty=[("k", "v"), ("a", "b")]),
+    _publish("big", bytes(range(256)) * 80, 1, 9, ContentType="application/json"),
+    _publish("fleet/car-4/telemetry", b"{}", 1, 2),
+]
+
+
+def _client() -> tuple[mqtt.Client, socket.socket]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours  # type: ignore[assignment]
+    client._ping_t = 123.0
+    return client, theirs
+
+
+def _describe(props: Properties | None) -> str | None:
+    return None if props is None else str(props)
+
+
+def _paho_decodes(stream: bytes) -> list[Seen]:
+    client, peer = _client()
+    seen: list[Seen] = []
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        props = m.properties
+        has = props is not None and str(props) != "[]"
+        seen.append(
+            (m.topic, bytes(m.payload), m.qos, bool(m.dup), m.mid, str(props) if has else None)
+        )
+
+    client.manual_ack_set(True)
+    client.on_message = on_message
+    peer.sendall(stream)
+    while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS and len(seen) < 6:
+        pass
+    peer.close()
+    return seen
+
+
+def _reader_decodes(chunks: Iterator[bytes]) -> tuple[list[Seen], mqtt.Client]:
+    client, peer = _client()
+    seen: list[Seen] = []
+
+    def on_publish(
+        topic: str, payload: bytes, qos: int, dup: bool, mid: int, props: Properties | None
+    ) -> None:
+        seen.append((topic, payload, qos, dup, mid, _describe(props)))
+
+    reader = _ChunkReader(client, on_publish)
+    for chunk in chunks:
+        peer.sendall(chunk)
+        assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    peer.close()
+    return seen, client
+
+
+def test_reader_decodes_like_paho_in_one_read() -> None:
+    stream = b"".join(STREAM)
+    seen, client = _reader_decodes(iter([stream]))
+    assert seen == _paho_decodes(stream)
+    assert len(seen) == 6
+    assert seen[3][0] == "f/\u00e9/t"
+    assert seen[3][5] is not None and "UserProperty" in seen[3][5]
+    # The PINGRESP between the publishes went to paho's own handler.
+    assert client._ping_t == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=400))
+def test_reader_decodes_like_paho_however_the_stream_is_cut(sizes: list[int]) -> None:
+    stream = b"".join(STREAM)
+
+    def chunks() -> Iterator[bytes]:
+        at = 0
+        for size in sizes:
+            if at >= len(stream):
+                return
+            yield stream[at : at + size]
+            at += size
+        if at < len(stream):
+            yield stream[at:]
+
+    seen, _ = _reader_decodes(chunks())
+    assert seen == _paho_decodes(stream)
+
+
+def test_reader_reports_a_closed_socket_and_a_malformed_packet() -> None:
+    client, peer = _client()
+    reader = _ChunkReader(client, lambda *_: None)
+    peer.close()
+    assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_CONN_LOST
+
+    client, peer = _client()
+    reader = _ChunkReader(client, lambda *_: None)
+    # Topic length 200 in a 4-byte packet.
+    peer.sendall(b"\x32\x04\x00\xc8ab")
+    assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+    peer.close()
