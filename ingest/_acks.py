@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class Pending:
@@ -41,11 +42,31 @@ class OrderedAcker:
     def __init__(self, send_acks: Callable[[list[tuple[int, int]]], object]) -> None:
         self._send_acks = send_acks
         self._queue: deque[Pending] = deque()
+        # Released inside batched(), sent when it ends.
+        self._held: list[tuple[int, int]] = []
+        self._holding = False
         self.generation = 0
         self.acked = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        """Messages not acknowledged yet (held acknowledgements included)."""
+        return len(self._queue) + len(self._held)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Hold the acknowledgements released inside the block and send them together.
+
+        Serving a poll's delivery reports releases a few messages at a time; held
+        together they go out as one write instead of one per report.
+        """
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            if self._held:
+                held, self._held = self._held, []
+                self._send(held)
 
     def add(self, mid: int, qos: int, outstanding: int, work: object = None) -> Pending:
         """Track a received message that needs ``outstanding`` Kafka confirmations."""
@@ -67,9 +88,19 @@ class OrderedAcker:
         while queue and queue[0].outstanding <= 0:
             entry = queue.popleft()
             batch.append((entry.mid, entry.qos))
-        if batch:
-            self.acked += len(batch)
-            self._send_acks(batch)
+        if not batch:
+            return
+        if self._holding:
+            self._held += batch
+        else:
+            if self._held:  # keep receive order
+                batch = [*self._held, *batch]
+                self._held = []
+            self._send(batch)
+
+    def _send(self, batch: list[tuple[int, int]]) -> None:
+        self.acked += len(batch)
+        self._send_acks(batch)
 
     def reset(self) -> int:
         """Forget all pending entries: the connection they arrived on is gone.
@@ -81,8 +112,9 @@ class OrderedAcker:
         Returns:
             How many entries were dropped.
         """
-        dropped = len(self._queue)
+        dropped = len(self._queue) + len(self._held)
         self._queue.clear()
+        self._held = []
         self.generation += 1
         return dropped
 

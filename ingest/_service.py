@@ -477,7 +477,8 @@ class IngestService:
         stall = self.settings.ingest_stall_s
         last_tick = 0.0
         while True:
-            served = self.sink.poll()
+            with self.acker.batched():
+                served = self.sink.poll()
             if self.sink.fatal:
                 self._recover_producer(f"fatal producer error ({self.sink.last_error})")
             now = time.monotonic()

@@ -67,3 +67,29 @@ def test_random_confirmation_order_always_acks_a_prefix(seed: int) -> None:
         acker.confirm(entry)
         assert sent == list(range(len(sent)))
     assert sent == list(range(200))
+
+
+def test_batched_releases_go_out_together_at_the_end_in_order() -> None:
+    calls: list[list[int]] = []
+    acker = OrderedAcker(lambda batch: calls.append([mid for mid, _qos in batch]))
+    entries = [acker.add(mid, 1, 1) for mid in range(6)]
+    with acker.batched():
+        for entry in (entries[1], entries[0], entries[2], entries[4]):
+            acker.confirm(entry)
+        assert calls == []
+        assert len(acker) == 3 + 3  # held acknowledgements are not sent yet
+    assert calls == [[0, 1, 2]]
+    # Released outside a batch: sent at once, after anything held.
+    acker.confirm(entries[3])
+    assert calls == [[0, 1, 2], [3, 4]]
+    assert acker.acked == 5
+
+
+def test_reset_forgets_held_acknowledgements() -> None:
+    sent: list[int] = []
+    acker = OrderedAcker(lambda batch: sent.extend(mid for mid, _qos in batch))
+    entry = acker.add(1, 1, 1)
+    with acker.batched():
+        acker.confirm(entry)
+        assert acker.reset() == 1
+    assert sent == []

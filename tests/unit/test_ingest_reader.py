@@ -40,7 +40,7 @@ def _publish(
     t = topic.encode()
     body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"")
     body += p.pack() + payload  # type: ignore[no-untyped-call]
-    return bytes([0x30 | (dup << 3) | (qos << 1)]) + _varint(len(body)) + body
+    return bytes([0x30 | (dup << 3) | (qos << 1)]) + _varint(len(body)) + bytes(body)
 
 
 PINGRESP = b"\xd0\x00"
@@ -60,7 +60,7 @@ def _client() -> tuple[mqtt.Client, socket.socket]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    client._sock = ours  # type: ignore[assignment]
+    client._sock = ours
     client._ping_t = 123.0
     return client, theirs
 
