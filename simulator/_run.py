@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -13,15 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from simulator._fleet import Fleet, FleetConfig
 from simulator._formats import Format, render
+from simulator._mqtt import LeanPublisher
 from simulator.errors import SimulatorError
 
 _log = logging.getLogger(__name__)
-_MAX_UNACKED = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,64 +96,6 @@ class MqttTarget:
         return cls(parts.hostname, parts.port or 1883, parts.username, parts.password)
 
 
-class _Publisher:
-    """paho client on its own network thread; counts PUBACKs for QoS 1."""
-
-    def __init__(self, target: MqttTarget, client_id: str, qos: int) -> None:
-        self.qos = qos
-        self.acked = 0
-        self._connected = threading.Event()
-        self._error: str | None = None
-        self._lock = threading.Lock()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if target.username is not None:
-            client.username_pw_set(target.username, target.password)
-        # Many messages in flight so a 1 Hz fleet of thousands is not limited by round trips.
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
-        self.client = client
-        try:
-            client.connect(target.host, target.port, keepalive=30)
-        except OSError as exc:
-            msg = f"cannot connect to MQTT broker {target.host}:{target.port}: {exc}"
-            raise SimulatorError(msg) from exc
-        client.loop_start()
-        if not self._connected.wait(10):
-            client.loop_stop()
-            why = self._error or "timeout"
-            msg = f"MQTT broker {target.host}:{target.port} refused the connection: {why}"
-            raise SimulatorError(msg)
-
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
-        if reason.is_failure:
-            self._error = str(reason)
-        else:
-            self._connected.set()
-
-    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, _rc: object, _p: object) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def publish(self, topic: str, payload: bytes, sent: int) -> None:
-        # paho's packet ids wrap at 65535: keep fewer than that unacknowledged (QoS 1).
-        while self.qos and sent - self.acked > _MAX_UNACKED:
-            time.sleep(0.002)
-        info = self.client.publish(topic, payload, qos=self.qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            msg = f"publish to {topic} failed: {mqtt.error_string(info.rc)}"
-            raise SimulatorError(msg)
-
-    def close(self, sent: int, timeout_s: float = 30.0) -> None:
-        if self.qos > 0:
-            deadline = time.monotonic() + timeout_s
-            while self.acked < sent and time.monotonic() < deadline:
-                time.sleep(0.05)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def run_to_mqtt(
     config: FleetConfig,
     *,
@@ -172,7 +111,14 @@ def run_to_mqtt(
     start_ms = time.time_ns() // 1_000_000
     config = replace(config, start_ms=start_ms)
     fleet = Fleet(config)
-    publisher = _Publisher(target, f"fleetstream-sim-{config.seed}-{start_ms}", qos)
+    publisher = LeanPublisher(
+        target.host,
+        target.port,
+        f"fleetstream-sim-{config.seed}-{start_ms}",
+        qos,
+        target.username,
+        target.password,
+    )
     period = 1.0 / config.rate_hz
     ticks = round(config.duration_s * config.rate_hz)
     target_rate = config.vehicles * config.rate_hz
@@ -187,9 +133,9 @@ def run_to_mqtt(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                for record in records[k : k + step]:
-                    publisher.publish(topic.format(**record), render(record, fmt), sent)
-                    sent += 1
+                batch = [(topic.format(**r), render(r, fmt)) for r in records[k : k + step]]
+                publisher.publish(batch)
+                sent += len(batch)
             now = time.monotonic()
             if now - last_report >= report_every_s:
                 rate = (sent - last_count) / (now - last_report)
@@ -201,11 +147,16 @@ def run_to_mqtt(
         remaining = began + ticks * period - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
+        if qos > 0:
+            publisher.wait_acked(sent, timeout_s=30.0)
     finally:
-        publisher.close(sent)
+        publisher.close()
     elapsed = time.monotonic() - began
     written = _write_labels(fleet, labels, until_ms=start_ms + round(elapsed * 1000))
     report = RunReport(sent, elapsed, target_rate, written)
     if qos > 0 and publisher.acked < sent:
         _log.warning("only %d of %d QoS 1 messages were acknowledged", publisher.acked, sent)
+    if publisher.not_success:
+        codes = ", ".join(f"0x{c:02x}: {n}" for c, n in sorted(publisher.not_success.items()))
+        _log.warning("PUBACKs with a reason code other than Success: %s", codes)
     return report
