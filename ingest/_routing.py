@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ingest._rules import MqttToKafkaRule, ValueMode
 from telemetry.adapters import get_adapter
@@ -108,7 +108,8 @@ def route(rule: MqttToKafkaRule, msg: Inbound) -> Outbound:
             return quarantine(rule, msg, "oversize", detail)
     else:
         try:
-            record = dict(get_adapter(rule.adapter)(msg.payload))
+            # Adapters build a fresh dict per payload: nothing else holds it, no copy.
+            record = cast("dict[str, Any]", get_adapter(rule.adapter)(msg.payload))
         except ContractError as exc:
             return quarantine(rule, msg, exc.reason, str(exc))
     key = rule.key.render(parts, record)
