@@ -7,8 +7,7 @@ unit-tested without brokers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 from ingest._rules import MqttToKafkaRule, ValueMode
 from telemetry.adapters import get_adapter
@@ -21,8 +20,9 @@ QUARANTINE_MAX_BYTES: Final = 512 * 1024
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+# Immutable tuples rather than frozen dataclasses: two are built per message, and a
+# frozen dataclass's __init__ (object.__setattr__ per field) cost ~1 us vs ~0.25 us.
+class Inbound(NamedTuple):
     """One MQTT message as the bridge sees it."""
 
     topic: str
@@ -33,8 +33,7 @@ class Inbound:
     user_properties: Sequence[tuple[str, str]] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Outbound:
+class Outbound(NamedTuple):
     """One Kafka record to produce.
 
     Attributes:
