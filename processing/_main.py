@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -72,6 +73,11 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
 
 
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+# A full collection walks every tracked object: ~200,000 after start-up (Quix, pandas,
+# scikit-learn), 120 ms measured, a stall of the whole partition. Frozen, they are never
+# walked again. Throughput is the same either way (bench pipeline, alternating runs:
+# 45-47 us per record with and without).
+_GC_THRESHOLDS: Final = (50_000, 50, 100)
 
 
 def _stop_on_signals(app: Application, timeout_s: float) -> threading.Thread:
@@ -150,6 +156,9 @@ def main() -> int:
     )
     lag.start()
     _stop_on_signals(app, settings.processing_stop_timeout_s)
+    # What start-up allocated lives as long as the process: keep it out of collections.
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
     try:
         app.run()
     finally:
