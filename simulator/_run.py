@@ -122,18 +122,23 @@ def run_to_mqtt(
     period = 1.0 / config.rate_hz
     ticks = round(config.duration_s * config.rate_hz)
     target_rate = config.vehicles * config.rate_hz
+    # Event time counts from now, when publishing starts, not from before the fleet and
+    # the connection were set up (see Fleet.anchor).
     began = time.monotonic()
+    start_ms = time.time_ns() // 1_000_000
+    fleet.anchor(start_ms)
     last_report, last_count, sent = began, 0, 0
     try:
         for tick in range(ticks):
             records = fleet.tick()
             step = math.ceil(len(records) / slices_per_tick) or 1
             for k in range(0, len(records), step):
+                # Encoded before its time comes, so the slice leaves on time.
+                batch = [(topic.format(**r), render(r, fmt)) for r in records[k : k + step]]
                 due = began + tick * period + (k / max(len(records), 1)) * period
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                batch = [(topic.format(**r), render(r, fmt)) for r in records[k : k + step]]
                 publisher.publish(batch)
                 sent += len(batch)
             now = time.monotonic()

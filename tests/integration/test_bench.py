@@ -30,6 +30,11 @@ def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> Non
         assert rows[(bridge, "sustained msg/s")] > 0, bridge
         assert (bridge, "p99 publish->Kafka @1000/s") in rows
     assert rows[("mosquitto_sub (C), before", "msg/s")] > 0
+    # The warm-up flood is reported but measured against nothing.
+    warm = "warm-up: fleetstream ingest (discarded)"
+    assert rows[(warm, "sustained msg/s")] > 0
+    assert all(r["baseline"] is None for r in report.rows if r["subject"] == warm)
+    assert all(r["baseline"] != warm for r in report.rows)
     ratio = next(
         r["ratio"]
         for r in report.rows

@@ -14,6 +14,7 @@ import pytest
 
 from simulator import FleetConfig, Kind, iter_records
 from simulator._anomalies import schedule
+from simulator._fleet import Fleet
 from telemetry.contract import parse
 
 pytestmark = pytest.mark.unit
@@ -184,3 +185,14 @@ def test_short_runs_with_anomalies_schedule_only_what_fits(duration_s: float) ->
     margin = min(1800.0, duration_s / 10)
     for e in episodes:
         assert margin <= e.start_s < e.end_s <= duration_s - margin
+
+
+def test_anchor_moves_event_time_of_the_run() -> None:
+    fleet = Fleet(FleetConfig(vehicles=5, duration_s=10, seed=3, anomaly_rate=50.0))
+    fleet.anchor(1_800_000_000_000)
+    first = fleet.tick()
+    # Each car's event time is the new start plus its publishing phase (< 1 period).
+    assert all(0 <= r["ts"] - 1_800_000_000_000 < 1000 for r in first)
+    assert all(lab["start_ts"] >= 1_800_000_000_000 for lab in fleet.labels())
+    with pytest.raises(ValueError, match="before the first tick"):
+        fleet.anchor(0)
