@@ -59,6 +59,7 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
         PipelineConfig(
             window_ms=settings.processing_window_s * 1000,
             grace_ms=settings.processing_grace_s * 1000,
+            stats_spread_ms=round(settings.processing_stats_spread_s * 1000),
             metrics=metrics,
             model_dir=settings.processing_model_dir,
         ),

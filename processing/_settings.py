@@ -33,6 +33,13 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_state_dir: Path = Path(".run/processing-state")
     processing_window_s: int = Field(default=60, ge=1)
     processing_grace_s: int = Field(default=10, ge=0)
+    processing_stats_spread_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A still-sending car's closed-window stats come up to this long after "
+        "the close (a fixed offset per car), so that every car's stats are not computed "
+        "at once; 0 = with the car's next record.",
+    )
     # With exactly-once, outputs become readable only at a commit: this bounds alert
     # latency (1.0 s gave p99 ts->alert 1.2 s; 0.25 s cost no measurable throughput).
     processing_commit_interval_s: float = Field(default=0.25, gt=0)

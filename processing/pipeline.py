@@ -22,7 +22,16 @@ from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
-from processing.windows import CLOSED, DUE, add_sample, close_window, is_sending, take_due, unpack
+from processing.windows import (
+    CLOSED,
+    add_sample,
+    close_window,
+    is_sending,
+    spread_offset,
+    stats_due,
+    take_due,
+    unpack,
+)
 from telemetry.contract import ContractError, decode, validate
 
 _log = logging.getLogger("processing")
@@ -34,6 +43,9 @@ class PipelineConfig:
 
     window_ms: int = 60_000
     grace_ms: int = 10_000
+    # A car still sending gets a closed window's stats with its first record at least
+    # its own offset in [0, stats_spread_ms) after the close (0: with its next record).
+    stats_spread_ms: int = 10_000
     metrics: ProcessingMetrics = field(default_factory=ProcessingMetrics)
     model_dir: Path | None = None
 
@@ -150,7 +162,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             )
         if marker is None:
             count_late(key, timestamp)
-        due = take_due(car, state) if DUE in car else None
+        due = take_due(car, state) if stats_due(car, timestamp) else None
         state.set("car", car)
         if not (alerts or sessions or marker or due):
             return []
@@ -225,14 +237,18 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         car: dict[str, Any] = state.get("car") or {}
         start = window["start"]
         closed_before = car.get(CLOSED, start - 1) >= start
-        found = close_window(car, start)
         vid = _car(key)
+        spread = cfg.stats_spread_ms
+        # Without a spread, the car's next record emits them, whatever its time.
+        due_at = start + window_ms + grace_ms + spread_offset(vid, spread) if spread else 0
+        found = close_window(car, start, due_at)
         if not (found or closed_before):
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
         # Every car's window closes at the same record, so a car that is still sending
-        # gets its stats at its next record instead: the work is spread over the next
-        # second rather than stalling the partition, and the stats are the same (later
-        # records of the window are late).
+        # gets its stats with a later record of its own, after its spread offset: the
+        # work is spread over stats_spread_ms rather than stalling the partition, and the
+        # stats are the same (later records of the window are late). If the car stops
+        # sending before then, its next window's close emits them, oldest first.
         due = None if is_sending(car, start) else take_due(car, state)
         state.set("car", car)
         return emit(vid, due, state) if due else []

@@ -36,7 +36,8 @@ from processing.stats import SEQ, TS, Sample
 # car[OPEN] is a list of [window_start, powertrain, post_grace_marker_sent, sample count,
 # base64 of the samples not yet in a full chunk, (True once closed)], ordered by
 # window_start; car[CLOSED] is the start of the car's latest closed window; car[DUE] is
-# set while a closed window's stats have not been emitted.
+# set while a closed window's stats have not been emitted: the event time from which the
+# car's next record emits them (True in states written before that: at once).
 OPEN: Final = "windows"
 CLOSED: Final = "closed_window"
 DUE: Final = "windows_due"
@@ -145,8 +146,11 @@ def _take_samples(store: SampleStore, window: list[Any]) -> bytes:
     return b"".join(chunks)
 
 
-def close_window(car: dict[str, Any], start: int) -> bool:
+def close_window(car: dict[str, Any], start: int, due_at: int = 0) -> bool:
     """Mark the car's windows up to the one starting at ``start`` closed; their stats are due.
+
+    ``due_at`` is the event time from which the car's records may emit them (see
+    :func:`stats_due`); an earlier due time already set stays.
 
     Quix closes all of a car's windows up to ``start`` at the same record, in no
     particular order, so older ones are marked here too and their stats come out oldest
@@ -164,8 +168,26 @@ def close_window(car: dict[str, Any], start: int) -> bool:
             window[5:] = [True]
     car[CLOSED] = max(car.get(CLOSED, start), start)
     if found:
-        car[DUE] = True
+        car[DUE] = min(int(car.get(DUE, due_at)), due_at)
     return found
+
+
+def stats_due(car: dict[str, Any], timestamp: int) -> bool:
+    """Whether a record at ``timestamp`` emits the car's closed windows' stats."""
+    due = car.get(DUE)
+    return due is not None and timestamp >= due
+
+
+def spread_offset(vehicle_id: str, spread_ms: int) -> int:
+    """A car's fixed delay in ``[0, spread_ms)`` for emitting a closed window's stats.
+
+    Every car's window closes at the same record of a partition; emitting all their stats
+    with each car's next record stalled the partition's alerts for seconds at 6,000 cars
+    (docs/benchmarks.md). A stable per-car offset spreads that work evenly.
+    """
+    if spread_ms <= 0:
+        return 0
+    return binascii.crc32(vehicle_id.encode()) % spread_ms
 
 
 def is_sending(car: dict[str, Any], start: int) -> bool:

@@ -26,6 +26,7 @@ from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline, parse
 from processing.sessions import track
 from processing.stats import to_sample, window_stats
+from processing.windows import spread_offset
 from simulator import Fleet, FleetConfig
 from telemetry.contract import encode
 
@@ -97,7 +98,7 @@ def test_encode_is_compact_json() -> None:
 class Harness:
     """``define_pipeline`` on a broker-less Application; ``send`` runs one message through."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, stats_spread_ms: int = 0) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
             broker_address="127.0.0.1:1",  # never contacted: no topic is created or consumed
@@ -113,9 +114,13 @@ class Harness:
             extra_config={"retention.ms": "-1", "retention.bytes": "-1"},
         )
         self.sdf = self.app.dataframe(self.topic)
-        pipeline = define_pipeline(
-            self.sdf, PipelineConfig(window_ms=WINDOW_MS, grace_ms=GRACE_MS, metrics=self.metrics)
+        config = PipelineConfig(
+            window_ms=WINDOW_MS,
+            grace_ms=GRACE_MS,
+            metrics=self.metrics,
+            stats_spread_ms=stats_spread_ms,
         )
+        pipeline = define_pipeline(self.sdf, config)
         for name in BRANCHES:
             getattr(pipeline, name).apply(self._tag(name))
         self.app._state_manager.on_partition_assign(self.sdf.stream_id, 0, {})
@@ -358,3 +363,44 @@ def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:
     harness.send(ev(70), key="key-1")  # closes both; key-9 stopped: its stats at once
     harness.send(ev(71), key="key-1")  # key-1 is still sending: its stats with this record
     assert sorted(w["vehicle_id"] for w in harness.out["stats"]) == ["key-1", "key-9"]
+
+
+def test_stats_spread_delays_a_sending_cars_stats_by_its_own_offset(tmp_path: Path) -> None:
+    spread = 10_000
+    h = Harness(tmp_path / "spread", stats_spread_ms=spread)
+    cars = [f"car-{i}" for i in range(8)]
+    offsets = {car: spread_offset(car, spread) for car in cars}
+    assert len(set(offsets.values())) > 1  # the offsets differ between cars
+    emitted_at: dict[str, int] = {}
+    for s in range(0, 85):
+        for car in cars:
+            for stats in h.send(ev(s, vehicle_id=car), key=car)["stats"]:
+                assert stats["window_start"] == T0
+                emitted_at[stats["vehicle_id"]] = s
+    # The window [0 s, 60 s) closes at car-0's record at 70 s (after that record's own
+    # step); each car's stats come with its first later record at or after 70 s + its
+    # offset, and are what the window held either way.
+    for car in cars:
+        first = 70 + -(-offsets[car] // 1000)
+        assert emitted_at[car] == max(first, 71 if car == "car-0" else 70), car
+    assert {s["samples"] for s in h.out["stats"]} == {60}
+    h.close()
+
+
+def test_a_car_that_stops_before_its_offset_gets_its_stats_at_the_next_close(
+    tmp_path: Path,
+) -> None:
+    spread = 10_000
+    car = next(f"car-{i}" for i in range(100) if spread_offset(f"car-{i}", spread) > 2_000)
+    h = Harness(tmp_path / "stops", stats_spread_ms=spread)
+    for s in range(0, 71):  # one record after the close, then silence
+        h.send(ev(s, vehicle_id=car), key=car)
+    assert h.out["stats"] == []
+    # Another car moves the partition's clock past the next window's close.
+    for s in range(60, 131):
+        h.send(ev(s, vehicle_id="other"), key="other")
+    mine = [
+        (s["window_start"] - T0, s["samples"]) for s in h.out["stats"] if s["vehicle_id"] == car
+    ]
+    assert mine == [(0, 60), (WINDOW_MS, 11)]
+    h.close()

@@ -16,6 +16,8 @@ from processing.windows import (
     close_window,
     is_sending,
     pack,
+    spread_offset,
+    stats_due,
     take_due,
     unpack,
 )
@@ -112,7 +114,7 @@ def test_samples_are_kept_in_small_chunks_and_taken_back_in_order() -> None:
     assert {len(v) for v in store.data.values()} == {CHUNK * 72}
     assert [(w[0], w[3], len(w[4])) for w in car[OPEN]] == [(0, 60, 12 * 96), (W, 1, 96)]
     assert close_window(car, 0) is True
-    assert car[DUE] is True
+    assert car[DUE] == 0  # due at once: no spread given
     assert is_sending(car, 0)
     [(start, powertrain, packed)] = take_due(car, store)
     assert (start, powertrain) == (0, "ev")
@@ -179,3 +181,20 @@ def test_closing_a_window_the_car_does_not_have() -> None:
     assert close_window(car, W) is False
     assert car[CLOSED] == W
     assert DUE not in car
+
+
+def test_stats_are_due_from_the_earliest_due_time_given() -> None:
+    store = Store()
+    car: dict[str, Any] = {}
+    add_sample(car, store, 0, 5, powertrain="ev", sample=sample(5), marker_offset_ms=MARK)
+    add_sample(car, store, W, 5, powertrain="ev", sample=sample(W + 5), marker_offset_ms=MARK)
+    close_window(car, 0, due_at=W + 9_000)
+    assert not stats_due(car, W + 8_999)
+    assert stats_due(car, W + 9_000)
+    close_window(car, W, due_at=2 * W + 9_000)  # a later close keeps the earlier due time
+    assert stats_due(car, W + 9_000)
+    assert [start for start, _, _ in take_due(car, store)] == [0, W]
+    assert not stats_due(car, 10 * W)
+    assert 0 <= spread_offset("car-1", 10_000) < 10_000
+    assert spread_offset("car-1", 10_000) == spread_offset("car-1", 10_000)
+    assert spread_offset("car-1", 0) == 0
