@@ -50,6 +50,7 @@ from bench.harness import (
 )
 from fleetstream import infra
 from fleetstream.infra import _kafka, _mosquitto
+from processing import ProcessingSettings
 
 _log = logging.getLogger(__name__)
 
@@ -251,7 +252,10 @@ def _collect(
         if received is not None:
             result.receive_ms.append(float(int(received) - ts))
     result.in_kafka = len(keys)
-    closed = max_ts - GRACE_MS - 5_000  # windows ending before this have closed
+    # Windows ending before this have closed and, the cars still sending, had their stats
+    # emitted: a still-sending car's come up to the stats spread after the close.
+    spread_ms = round(ProcessingSettings().processing_stats_spread_s * 1000)
+    closed = max_ts - GRACE_MS - spread_ms - 5_000
     for topic, raw, appended, visible in tail:
         value = orjson.loads(raw)
         if topic == topics["alerts"]:
