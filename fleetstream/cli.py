@@ -549,13 +549,16 @@ def bench_ingest(
     outage_s: float = typer.Option(
         60.0, "--outage-s", min=0, help="Kafka outage phase for ingest's RSS; 0 skips it."
     ),
+    repeats: int = typer.Option(
+        3, "--repeats", min=1, help="Floods for ingest and MQTTSource each; the median counts."
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
     from bench import BenchError, run_ingest
 
     try:
-        report = run_ingest(vehicles=vehicles, seconds=seconds, outage_s=outage_s)
+        report = run_ingest(vehicles=vehicles, seconds=seconds, outage_s=outage_s, repeats=repeats)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
