@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import orjson
 import psutil
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._report import Report, percentile, row
@@ -241,12 +241,39 @@ def _create_topic(admin: AdminClient, name: str) -> None:
     admin.create_topics([topic])[name].result(timeout=30)
 
 
-def _end_offsets(consumer: Consumer, topic: str) -> int:
-    total = 0
-    for p in range(4):
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
-        total += max(high, 0)
-    return total
+# What a broker answers for a while after it restarted.
+_AFTER_RESTART = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._TRANSPORT,  # noqa: SLF001
+        KafkaError._TIMED_OUT,  # noqa: SLF001
+    }
+)
+
+
+def _end_offsets(consumer: Consumer, topic: str, patience_s: float = 60.0) -> int:
+    """Records in the topic's 4 partitions.
+
+    Right after a broker restart (the outage phase) the broker may answer "not leader"
+    for a while: asked again until ``patience_s`` passes.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            total = 0
+            for p in range(4):
+                tp = TopicPartition(topic, p)
+                _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                total += max(high, 0)
+        except KafkaException as exc:
+            err = exc.args[0]
+            transient = err.retriable() or err.code() in _AFTER_RESTART
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        else:
+            return total
 
 
 def _wait_offsets(
