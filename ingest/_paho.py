@@ -49,6 +49,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from telemetry.mqttwire import MalformedLength, decode_length
+
 # PUBACK: fixed header, remaining length 2, packet id (MQTT 5 omits reason 0x00 Success).
 _PUBACK = struct.Struct("!BBH")
 
@@ -143,21 +145,13 @@ class _ChunkReader:
         pos = 0
         while pos < end_of_data:
             header = data[pos]
-            # Remaining length: 1-4 bytes, 7 bits each, least significant first.
-            i = pos + 1
-            length = 0
-            shift = 0
-            while True:
-                if i >= end_of_data:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS, pos
-                byte = data[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    return MQTTErrorCode.MQTT_ERR_PROTOCOL, pos
+            try:
+                decoded_length = decode_length(data, pos + 1)
+            except MalformedLength:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL, pos
+            if decoded_length is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS, pos
+            length, i = decoded_length
             end = i + length
             if end > end_of_data:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS, pos

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from simulator.errors import SimulatorError
+from telemetry.mqttwire import MalformedLength, decode_length, encode_length
 
 _CONNECT, _CONNACK, _PUBLISH, _PUBACK = 0x10, 0x20, 0x30, 0x40
 _PINGREQ, _PINGRESP, _DISCONNECT = 0xC0, 0xD0, 0xE0
@@ -34,15 +35,6 @@ _PINGREQ_PACKET: Final = bytes((_PINGREQ, 0))
 _U16: Final = struct.Struct("!H")
 _MAX_PACKET_ID: Final = 65535
 _READ_SIZE: Final = 64 * 1024
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _string(text: str | bytes) -> bytes:
@@ -63,13 +55,14 @@ def connect_packet(
             flags |= 0x40
             payload += _string(password)
     body = _string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive_s) + b"\x00" + payload
-    return bytes((_CONNECT,)) + _varint(len(body)) + body
+    return bytes((_CONNECT,)) + encode_length(len(body)) + body
 
 
 def publish_packet(topic: bytes, payload: bytes, qos: int, packet_id: int) -> bytes:
     """PUBLISH, MQTT 5, no properties."""
     head = _U16.pack(len(topic)) + topic + (_U16.pack(packet_id) if qos else b"") + b"\x00"
-    return bytes((_PUBLISH | (qos << 1),)) + _varint(len(head) + len(payload)) + head + payload
+    length = encode_length(len(head) + len(payload))
+    return bytes((_PUBLISH | (qos << 1),)) + length + head + payload
 
 
 def _split(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
@@ -77,19 +70,13 @@ def _split(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
     packets: list[tuple[int, bytes]] = []
     pos, end = 0, len(data)
     while pos < end:
-        i, length, shift = pos + 1, 0, 0
-        while True:
-            if i >= end:
-                return packets, pos
-            byte = data[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                msg = "malformed remaining length from the broker"
-                raise SimulatorError(msg)
+        try:
+            decoded = decode_length(data, pos + 1)
+        except MalformedLength as exc:
+            raise SimulatorError(str(exc)) from None
+        if decoded is None:
+            return packets, pos
+        length, i = decoded
         if i + length > end:
             return packets, pos
         packets.append((data[pos], data[i : i + length]))
@@ -168,7 +155,7 @@ class LeanPublisher:
                 msg = f"MQTT broker {host}:{port} closed the connection before CONNACK"
                 raise SimulatorError(msg)
             data += chunk
-            packets, used = _split(data)
+            packets, _ = _split(data)
             if packets:
                 break
         header, body = packets[0]
@@ -183,7 +170,7 @@ class LeanPublisher:
             props.unpack(body[2:])  # type: ignore[no-untyped-call]
         receive_max = int(getattr(props, "ReceiveMaximum", _MAX_PACKET_ID))
         # Later packets may have come in the same read.
-        rest = b"".join(bytes((h,)) + _varint(len(b)) + b for h, b in packets[1:]) + data[used:]
+        rest = data[1 + len(encode_length(len(body))) + len(body) :]
         return receive_max, rest
 
     def _read_loop(self, data: bytes) -> None:

@@ -16,19 +16,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest._paho import _ChunkReader
+from telemetry.mqttwire import encode_length
 
 pytestmark = pytest.mark.unit
 
 Seen = tuple[str, bytes, int, bool, int, str | None]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _publish(
@@ -40,7 +32,7 @@ def _publish(
     t = topic.encode()
     body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"")
     body += p.pack() + payload  # type: ignore[no-untyped-call]
-    return bytes([0x30 | (dup << 3) | (qos << 1)]) + _varint(len(body)) + bytes(body)
+    return bytes([0x30 | (dup << 3) | (qos << 1)]) + encode_length(len(body)) + bytes(body)
 
 
 PINGRESP = b"\xd0\x00"
