@@ -93,9 +93,6 @@ class OrderedAcker:
         if self._holding:
             self._held += batch
         else:
-            if self._held:  # keep receive order
-                batch = [*self._held, *batch]
-                self._held = []
             self._send(batch)
 
     def _send(self, batch: list[tuple[int, int]]) -> None:

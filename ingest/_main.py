@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from pathlib import Path
 
@@ -13,18 +12,13 @@ from ingest._rules import load_rules
 from ingest._service import IngestService
 from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError, RulesError
+from telemetry.gctune import tune_for_service
 from telemetry.logs import configure_logging
 
 _log = logging.getLogger("ingest")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-# Every message allocates a few hundred container objects that die young (its decoded
-# dict, tuples, closures) and form no cycles; with the default gen-0 threshold (700) the
-# collector ran every few messages and every few thousand scanned the whole heap. Measured
-# in the 100,000-message flood: 0.36-0.39 s of CPU per 10,000 messages instead of
-# 0.39-0.50 s (docs/benchmarks.md).
-_GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def main(rules_file: Path | None = None) -> int:
@@ -48,9 +42,7 @@ def main(rules_file: Path | None = None) -> int:
         _log.error("invalid rules: %s", exc)
         return EXIT_CONFIG
     service = IngestService(settings, rules)
-    # What start-up allocated lives as long as the process: keep it out of collections.
-    gc.freeze()
-    gc.set_threshold(*_GC_THRESHOLDS)
+    tune_for_service()
     try:
         asyncio.run(service.run())
     except FatalConnectError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from processing._settings import ProcessingSettings
 from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
+from telemetry.gctune import tune_for_service
 from telemetry.logs import configure_logging
 
 _log = logging.getLogger("processing")
@@ -74,11 +74,6 @@ def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Appli
 
 
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
-# A full collection walks every tracked object: ~200,000 after start-up (Quix, pandas,
-# scikit-learn), 120 ms measured, a stall of the whole partition. Frozen, they are never
-# walked again. Throughput is the same either way (bench pipeline, alternating runs:
-# 45-47 us per record with and without).
-_GC_THRESHOLDS: Final = (50_000, 50, 100)
 
 
 def _stop_on_signals(app: Application, timeout_s: float) -> threading.Thread:
@@ -157,9 +152,7 @@ def main() -> int:
     )
     lag.start()
     _stop_on_signals(app, settings.processing_stop_timeout_s)
-    # What start-up allocated lives as long as the process: keep it out of collections.
-    gc.freeze()
-    gc.set_threshold(*_GC_THRESHOLDS)
+    tune_for_service()
     try:
         app.run()
     finally:
