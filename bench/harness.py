@@ -746,6 +746,77 @@ class ProcessingRun:
         return path.read_text("utf-8", errors="replace")[-5000:] if path.exists() else ""
 
 
+@dataclass
+class ProcessingGroup:
+    """Several processing processes in one consumer group: Kafka spreads the partitions.
+
+    Each process has its own folder (state, log) and metrics port; counters are summed.
+    This is how processing scales out (docs/processing.md), measured as such.
+    """
+
+    runs: list[ProcessingRun]
+
+    @classmethod
+    def create(
+        cls, bootstrap: str, prefix: str, workdir: Path, processes: int = 1
+    ) -> ProcessingGroup:
+        """``processes`` deployments of the same topics and consumer group."""
+        if processes < 1:
+            msg = f"processes must be >= 1, got {processes}"
+            raise HarnessError(msg)
+        runs = []
+        for index in range(processes):
+            folder = workdir / f"{prefix}-processing-{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            runs.append(ProcessingRun(bootstrap, prefix, folder))
+        return cls(runs)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Topic names of the deployment, by role (the same for every process)."""
+        return self.runs[0].topics
+
+    def start(self) -> None:
+        """Start every process."""
+        for run in self.runs:
+            run.start()
+
+    def exited(self) -> ProcessingRun | None:
+        """A process that has ended, if any."""
+        return next((r for r in self.runs if r.proc and r.proc.poll() is not None), None)
+
+    def pids(self) -> list[int]:
+        """Process ids of the started processes."""
+        return [r.proc.pid for r in self.runs if r.proc is not None]
+
+    def records_in(self) -> float:
+        """Records read by all processes (-1 while any does not answer)."""
+        counts = [r.records_in() for r in self.runs]
+        return -1.0 if min(counts) < 0 else sum(counts)
+
+    def wait_consumed(self, count: int, timeout_s: float = 400.0) -> None:
+        """Wait until the processes together have read ``count`` records and committed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ended = self.exited()
+            if ended is not None:
+                raise HarnessError(ended.log())
+            if self.records_in() >= count:
+                time.sleep(3)  # let the last checkpoints commit
+                return
+            time.sleep(1)
+        msg = f"processing consumed {self.records_in()} of {count}:\n{self.log()}"
+        raise HarnessError(msg)
+
+    def stop(self) -> list[int]:
+        """Stop every process; their exit codes."""
+        return [run.stop() for run in self.runs if run.proc is not None]
+
+    def log(self) -> str:
+        """The end of every process's log."""
+        return "\n".join(f"--- processing {i}:\n{r.log()}" for i, r in enumerate(self.runs))
+
+
 def create_topic(
     bootstrap: str, name: str, partitions: int = 4, config: dict[str, str] | None = None
 ) -> None:

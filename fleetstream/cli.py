@@ -593,13 +593,16 @@ def bench_e2e(
     search: bool = typer.Option(
         False, "--search", help="Double the fleet until loss or p99 >= 1 s, then bisect once."
     ),
+    processes: int = typer.Option(
+        1, "--processes", min=1, max=4, help="Processing processes in one consumer group."
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """Simulated cars at 1 Hz through ingest and processing: loss, latency, CPU, RSS."""
     from bench import BenchError, run_e2e
 
     try:
-        report = run_e2e(vehicles=vehicles, seconds=seconds, search=search)
+        report = run_e2e(vehicles=vehicles, seconds=seconds, search=search, processes=processes)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -55,7 +55,8 @@ def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> Non
 
 
 def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
-    report = run_e2e(vehicles=[30], seconds=30)
+    # Two processing processes share the 4 partitions: the counts are summed over both.
+    report = run_e2e(vehicles=[30], seconds=30, processes=2)
     size = report.details["sizes"][0]
     assert size["sent"] == 30 * 30
     assert size["lost"] == 0
@@ -64,3 +65,6 @@ def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
     assert rows[("30 cars x 30 s", "simulator msg/s")] > 0
     assert rows[("30 cars x 30 s", "rule alerts measured")] > 0
     assert ("30 cars x 30 s", "processing peak RSS") in rows
+    assert 0 < rows[("30 cars x 30 s", "machine CPU busy (all cores)")] <= 100
+    assert report.params["processing_processes"] == 2
+    assert report.params["processing_commit_interval_s"] > 0
