@@ -21,6 +21,7 @@ from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
+from processing.statecache import DecodedCache
 from processing.stats import to_sample, window_stats
 from processing.windows import (
     CLOSED,
@@ -118,6 +119,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     # decided and counted here, before the window.
     partition_clock: dict[tuple[str, int], int] = {}
     records_in = metrics.records_in
+    # The car's state as this process last wrote it, so most records skip decoding it.
+    cars = DecodedCache()
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
         vid = _car(key)
@@ -146,7 +149,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
             partition_clock[where] = timestamp
-        car: dict[str, Any] = state.get("car") or {}
+        ident = (*where, key)
+        car = cars.load(state, "car", ident)
         alerts = detect(car, record)
         sessions = track(car, record)
         marker = None
@@ -163,7 +167,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if marker is None:
             count_late(key, timestamp)
         due = take_due(car, state) if stats_due(car, timestamp) else None
-        state.set("car", car)
+        cars.store(state, "car", ident, car)
         if not (alerts or sessions or marker or due):
             return []
         outputs: list[tuple[str, Any]] = [(_ALERT, a) for a in alerts]
@@ -234,7 +238,9 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     def on_close(
         window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
-        car: dict[str, Any] = state.get("car") or {}
+        ctx = message_context()
+        ident = (ctx.topic, ctx.partition, key) if ctx is not None else ("", 0, key)
+        car = cars.load(state, "car", ident)
         start = window["start"]
         closed_before = car.get(CLOSED, start - 1) >= start
         vid = _car(key)
@@ -250,7 +256,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         # stats are the same (later records of the window are late). If the car stops
         # sending before then, its next window's close emits them, oldest first.
         due = None if is_sending(car, start) else take_due(car, state)
-        state.set("car", car)
+        cars.store(state, "car", ident, car)
         return emit(vid, due, state) if due else []
 
     # The window's results carry its start as timestamp and no headers; so do the stats
