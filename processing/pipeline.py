@@ -72,6 +72,12 @@ def parse(value: bytes) -> dict[str, Any]:
         return {"_invalid": exc.reason, "_detail": str(exc), "_raw": value}
 
 
+def _partition() -> tuple[str, int]:
+    """The (topic, partition) of the message being processed."""
+    ctx = message_context()
+    return (ctx.topic, ctx.partition) if ctx is not None else ("", 0)
+
+
 def _car(key: Any) -> str:
     """The car a message key names."""
     return key.decode() if isinstance(key, bytes) else str(key)
@@ -136,8 +142,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
         records_in.inc()
-        ctx = message_context()
-        where = (ctx.topic, ctx.partition) if ctx is not None else ("", 0)
+        where = _partition()
         clock = partition_clock.get(where, 0)
         start = timestamp - timestamp % window_ms
         late = start + window_ms + grace_ms <= clock
@@ -238,8 +243,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     def on_close(
         window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
-        ctx = message_context()
-        ident = (ctx.topic, ctx.partition, key) if ctx is not None else ("", 0, key)
+        ident = (*_partition(), key)
         car = cars.load(state, "car", ident)
         start = window["start"]
         closed_before = car.get(CLOSED, start - 1) >= start
