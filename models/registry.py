@@ -10,9 +10,11 @@ Layout of a registry folder::
 
 from __future__ import annotations
 
+import math
 import os
 import platform
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +24,7 @@ import sklearn
 import skops
 import skops.io as sio
 
+from models._fastscore import RowScorer, row_scorer
 from models.errors import ModelError
 
 # Types a detector artifact may contain beyond skops' defaults. Anything else is refused.
@@ -43,6 +46,10 @@ class LoadedModel:
     version: str
     estimator: Any
     metadata: dict[str, Any]
+    _one: RowScorer | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_one", row_scorer(self.estimator, self.metadata.get("score", "")))
 
     @property
     def features(self) -> list[str]:
@@ -63,6 +70,17 @@ class LoadedModel:
         if self.metadata["score"] == "proba":
             return self.estimator.predict_proba(rows)[:, 1]
         return -self.estimator.score_samples(rows)
+
+    def score_one(self, row: Sequence[float]) -> float:
+        """The anomaly score of one feature row: ``scores([row])[0]``, without numpy.
+
+        The pipeline scores one window at a time; through scikit-learn that costs 0.2 to
+        3.5 ms a row, through the plain-Python walkers of :mod:`models._fastscore` 1 to 40 µs.
+        Non-finite values and estimators without a walker go through scikit-learn.
+        """
+        if self._one is not None and all(map(math.isfinite, row)):
+            return self._one(row)
+        return float(self.scores([row])[0])
 
 
 def new_version() -> str:

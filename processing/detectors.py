@@ -427,8 +427,7 @@ class HighConsumption:
             "ratio": round(ratio, 3),
         }
         if model is not None and features is not None:
-            row = [[features[name] for name in model.features]]
-            score = float(model.scores(row)[0])
+            score = model.score_one([features[name] for name in model.features])
             evidence["score"] = round(score, 4)
             high = score >= model.threshold and ratio > 1.0
         else:
