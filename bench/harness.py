@@ -868,6 +868,37 @@ def simulate(config: FleetConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     return records, [dict(label) for label in fleet.labels()]
 
 
+def promote_detector(registry: Path, config: FleetConfig | None = None) -> str:
+    """Train an unsupervised consumption model on normal simulated data; save and promote it.
+
+    An isolation forest, the family scikit-learn scores slowest, trained the way
+    ``fleetstream models train`` trains without labels, on a fleet (seed 123 by default)
+    the benchmarks and tests never replay. The pipeline loads it through the registry.
+
+    Returns:
+        The promoted version's name.
+    """
+    # Imported here: scikit-learn and pandas load in a second or two, and few callers train.
+    import pandas as pd  # noqa: PLC0415
+
+    from models.registry import promote, save  # noqa: PLC0415
+    from models.replay import replay_records, window_feature_rows  # noqa: PLC0415
+    from models.training import train  # noqa: PLC0415
+
+    normal = config or FleetConfig(vehicles=40, duration_s=6 * 3600, rate_hz=0.2, seed=123)
+    windows = replay_records(iter_records(normal), rules=False).windows
+    chosen = train(pd.DataFrame(window_feature_rows(windows)), None).chosen
+    metadata = {
+        "family": chosen.family.name,
+        "features": list(chosen.family.features),
+        "threshold": chosen.threshold,
+        "score": chosen.family.score,
+    }
+    version = save(chosen.estimator, metadata, registry).name
+    promote(registry, version)
+    return version
+
+
 class ProcessWatch:
     """Samples peak RSS (sum over the processes and their children) and CPU seconds.
 

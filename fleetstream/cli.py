@@ -571,13 +571,18 @@ def bench_pipeline(
     seconds: int = typer.Option(
         1500, "--seconds", min=1, help="Seconds of 1 Hz telemetry per car in the load."
     ),
+    model: bool = typer.Option(
+        True,
+        "--model/--no-model",
+        help="Also time processing with a promoted consumption model (trained first).",
+    ),
     out: Path = _OUT_OPTION,
 ) -> None:
     """Records/s of processing from a pre-filled topic, next to a bare deserialising consumer."""
     from bench import BenchError, run_pipeline
 
     try:
-        report = run_pipeline(vehicles=vehicles, seconds=seconds)
+        report = run_pipeline(vehicles=vehicles, seconds=seconds, model=model)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

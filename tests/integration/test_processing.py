@@ -13,13 +13,18 @@ import orjson
 import pandas as pd
 import pytest
 
-from bench.harness import ProcessingRun, as_rows, create_topic, produce, read_topic, simulate
+from bench.harness import (
+    ProcessingRun,
+    as_rows,
+    create_topic,
+    produce,
+    promote_detector,
+    read_topic,
+    simulate,
+)
 from fleetstream import infra
-from models.registry import promote, save
-from models.replay import replay_records, window_feature_rows
-from models.training import train
 from processing.evaluate import evaluate, format_scores
-from simulator import FleetConfig, iter_records
+from simulator import FleetConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -84,15 +89,7 @@ def processed_day(
     # the pipeline loads it through the real registry path.
     registry = workdir / "registry"
     normal = FleetConfig(vehicles=40, duration_s=86400, rate_hz=0.2, seed=123)
-    windows = replay_records(iter_records(normal), rules=False).windows
-    chosen = train(pd.DataFrame(window_feature_rows(windows)), None).chosen
-    metadata = {
-        "features": list(chosen.family.features),
-        "threshold": chosen.threshold,
-        "score": chosen.family.score,
-    }
-    version = save(chosen.estimator, metadata, registry).name
-    promote(registry, version)
+    version = promote_detector(registry, normal)
     run = ProcessingRun(
         brokers.kafka_bootstrap, f"pr{uuid.uuid4().hex[:10]}", workdir, model_dir=registry
     )
