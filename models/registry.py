@@ -78,9 +78,17 @@ class LoadedModel:
         3.5 ms a row, through the plain-Python walkers of :mod:`models._fastscore` 1 to 40 µs.
         Non-finite values and estimators without a walker go through scikit-learn.
         """
-        if self._one is not None and all(map(math.isfinite, row)):
+        if self._one is not None and _finite(row):
             return self._one(row)
         return float(self.scores([row])[0])
+
+
+def _finite(row: Sequence[float]) -> bool:
+    """Whether every value is a finite number (None and NaN are not)."""
+    try:
+        return all(map(math.isfinite, row))
+    except TypeError:
+        return False
 
 
 def new_version() -> str:

@@ -70,6 +70,8 @@ def test_non_finite_rows_are_scored_by_scikit_learn() -> None:
     assert model.score_one(row) == pytest.approx(float(model.scores([row])[0]), abs=0)
     row[1] = float("inf")
     assert model.score_one(row) == pytest.approx(float(model.scores([row])[0]), abs=0)
+    row[1] = None  # scikit-learn reads None as NaN
+    assert model.score_one(row) == pytest.approx(float(model.scores([row])[0]), abs=0)
 
 
 def test_estimators_without_a_walker_still_score() -> None:
