@@ -41,6 +41,7 @@ from bench.harness import (
     read_topic,
 )
 from fleetstream import infra
+from models.errors import DataError, ModelError
 from simulator import FleetConfig, iter_records
 
 _log = logging.getLogger(__name__)
@@ -322,9 +323,9 @@ def run_pipeline(
 ) -> Report:
     """Fill a private topic, then time a bare consumer and processing on it.
 
-    Processing runs twice over the same records, each in its own consumer group: with the
+    Processing runs over the same records, each run in its own consumer group: with the
     rules alone, then (``model``) with a promoted consumption model as well, which scores
-    every driving window of a car with a baseline.
+    every driving window of a car with a baseline, then with the rules alone again.
 
     Args:
         vehicles: Cars in the load.
@@ -349,7 +350,9 @@ def run_pipeline(
     env = {"FLEETSTREAM_PROCESSING_PARTITIONS": str(partitions)}
     runs = [ProcessingRun(bootstrap, prefix, workdir, extra_env=env)]
     if model:
-        runs.append(
+        # Rules, model, rules again: drift between runs shows as a gap between the two
+        # rules runs instead of passing for the model's cost.
+        runs += [
             ProcessingRun(
                 bootstrap,
                 prefix,
@@ -357,21 +360,35 @@ def run_pipeline(
                 group=f"{prefix}-model-group",
                 model_dir=workdir / "registry",
                 extra_env=env,
-            )
-        )
+            ),
+            ProcessingRun(bootstrap, prefix, workdir, group=f"{prefix}-again-group", extra_env=env),
+        ]
     try:
         return _measure(report, runs, vehicles, seconds, partitions)
     finally:
         for run in runs:
-            if run.proc is not None:
-                with contextlib.suppress(Exception):
+            if run.proc is not None and run.proc.poll() is None:
+                try:
                     run.stop()
+                except Exception:  # noqa: BLE001 - a stuck stop must not leave it running
+                    with contextlib.suppress(Exception):
+                        run.kill9()
         _delete_topics(bootstrap, prefix)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _time_run(run: ProcessingRun, label: str, total: int) -> Measured:
-    """Start one processing process, time it over ``total`` records, stop it, count outputs."""
+def _time_run(run: ProcessingRun, label: str, total: int, model: str | None = None) -> Measured:
+    """Start one processing process, time it over ``total`` records, stop it, count outputs.
+
+    Args:
+        run: The deployment to start.
+        label: Its name in the report.
+        total: Records in the input topic.
+        model: The model version it must have loaded (None: rules only).
+
+    Raises:
+        BenchError: It exited, stalled, miscounted, or ran without the model.
+    """
     _log.info("starting python -m processing (%s, %s)", run.group, label)
     run.start()
     samples, startup_s, peak_mib = watch(run, total)
@@ -379,6 +396,13 @@ def _time_run(run: ProcessingRun, label: str, total: int) -> Measured:
     _log.info("processing (%s): %.0f records/s", label, span.rate)
     time.sleep(3)  # one commit interval and more: the last checkpoint commits
     metrics = run.metrics()
+    if model is not None and (
+        metrics.get(f'fleetstream_processing_model_info{{version="{model}"}}') != 1.0
+        or metrics.get("fleetstream_processing_models_refused_total", 0.0) > 0
+    ):
+        # A refused model leaves processing on the rules: the run would be mislabelled.
+        msg = f"processing ({label}) did not run with model {model}:\n{run.log()}"
+        raise BenchError(msg)
     exit_code = run.stop()
     if exit_code != 0:
         msg = f"processing ({label}) exited with {exit_code} on SIGTERM:\n{run.log()}"
@@ -413,17 +437,24 @@ def _measure(
     create_topic(bootstrap, topic, partitions)
     produce(bootstrap, topic, rows)
     version = None
-    if len(runs) > 1 and runs[1].model_dir is not None:
-        version = promote_detector(runs[1].model_dir)
-        _log.info("promoted model %s for the second run", version)
+    registry = next((run.model_dir for run in runs if run.model_dir is not None), None)
+    if registry is not None:
+        try:
+            version = promote_detector(registry)
+        except (DataError, ModelError) as exc:
+            msg = f"could not train the benchmark's model: {exc}"
+            raise BenchError(msg) from exc
+        _log.info("promoted model %s", version)
 
     load_before = os.getloadavg()
     offline, model_windows = offline_replay([value for _, value, _ in rows])
     _log.info("offline replay: %.0f records/s", offline.rate)
     bare = [bare_consume(bootstrap, topic, partitions, total)]
     _log.info("bare consumer: %.0f records/s", bare[0].rate)
+    labels = ["rules", "rules + model", "rules, again"] if len(runs) > 1 else ["rules"]
     measured = [
-        _time_run(run, "rules + model" if run.model_dir else "rules", total) for run in runs
+        _time_run(run, label, total, version if run.model_dir else None)
+        for run, label in zip(runs, labels, strict=True)
     ]
     # A second baseline after the subjects: drift on a shared machine shows as a spread.
     bare.append(bare_consume(bootstrap, topic, partitions, total))
@@ -453,7 +484,7 @@ def _measure(
         row("offline replay", "windows a model scores", model_windows, "windows"),
     )  # fmt: skip
     # The target covers every detector, so it is judged on the run with the model.
-    judged = measured[-1]
+    judged = next((m for m in measured if m.label == "rules + model"), measured[0])
     others = "".join(
         f"; {m.label}: {m.span.rate:,.0f} records/s" for m in measured if m is not judged
     )

@@ -875,8 +875,16 @@ def promote_detector(registry: Path, config: FleetConfig | None = None) -> str:
     ``fleetstream models train`` trains without labels, on a fleet (seed 123 by default)
     the benchmarks and tests never replay. The pipeline loads it through the registry.
 
+    Args:
+        registry: The registry folder (created if missing).
+        config: The fleet to train on; by default 40 cars for 6 h at 0.2 Hz (~1.5 s).
+
     Returns:
         The promoted version's name.
+
+    Raises:
+        DataError: The fleet has no driving windows to train on.
+        ModelError: The saved artifact does not load back.
     """
     # Imported here: scikit-learn and pandas load in a second or two, and few callers train.
     import pandas as pd  # noqa: PLC0415

@@ -12,16 +12,19 @@ Estimators of any other shape get no walker and are scored through scikit-learn.
 """
 
 # The walkers read fitted trees from scikit-learn's private attributes: a version that
-# renames them makes row_scorer() return None (scikit-learn scores), and one that changes
+# moves them makes row_scorer() return None (scikit-learn scores), and one that changes
 # their meaning fails the unit tests, which compare every family with scikit-learn.
 # ruff: noqa: SLF001
 
 from __future__ import annotations
 
+import logging
 import math
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
+
+_log = logging.getLogger(__name__)
 
 RowScorer = Callable[[Sequence[float]], float]
 
@@ -31,11 +34,11 @@ _Tree = tuple[list[int], list[float], list[int], list[int], list[float]]
 
 
 def _expit(x: float) -> float:
-    """The logistic function, without overflowing ``math.exp`` for large ``|x|``."""
-    if x >= 0:
+    """The logistic function as scipy's ``expit`` computes it, ``1 / (1 + exp(-x))``."""
+    try:
         return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+    except OverflowError:  # C's exp() gives inf there, and 1 / inf is 0
+        return 0.0
 
 
 def _walk(tree: _Tree, row: Sequence[float]) -> float:
@@ -47,7 +50,7 @@ def _walk(tree: _Tree, row: Sequence[float]) -> float:
 
 
 def _isolation_forest(estimator: Any) -> RowScorer | None:
-    # Imported here: private helpers of the version the artifact was checked against.
+    # Imported on use: a private helper, so a scikit-learn without it only costs the walker.
     from sklearn.ensemble._iforest import _average_path_length  # noqa: PLC0415
 
     if estimator._max_features != estimator.n_features_in_:
@@ -83,7 +86,7 @@ def _isolation_forest(estimator: Any) -> RowScorer | None:
 
 
 def _hist_gradient_boosting(estimator: Any) -> RowScorer | None:
-    if estimator.n_trees_per_iteration_ != 1 or getattr(estimator, "_preprocessor", None):
+    if estimator.n_trees_per_iteration_ != 1 or estimator._preprocessor is not None:
         return None  # multiclass, or categorical features
     trees: list[_Tree] = []
     for (predictor,) in estimator._predictors:
@@ -130,30 +133,39 @@ def _scaled_logistic_regression(estimator: Any) -> RowScorer | None:
     intercept = float(classifier.intercept_[0])
 
     def score(row: Sequence[float]) -> float:
-        z = intercept
+        # Scaled, then the dot product, then the intercept: scikit-learn's order.
+        z = 0.0
         for value, m, s, c in zip(row, mean, scale, coef, strict=True):
             z += (value - m) / s * c
-        return _expit(z)
+        return _expit(z + intercept)
 
     return score
 
 
 def row_scorer(estimator: Any, score: str) -> RowScorer | None:
-    """A plain-Python scorer of one finite feature row, or None for unsupported estimators.
+    """A plain-Python scorer of one finite feature row, for the estimators it knows.
 
     Args:
         estimator: The loaded estimator.
         score: The artifact's ``metadata["score"]`` (how scores are read from it).
+
+    Returns:
+        The scorer, or None: another kind of estimator, or one whose internals are not
+        where this scikit-learn keeps them. The caller then scores through scikit-learn.
     """
     name = type(estimator).__name__
-    try:
-        if score == "neg_score_samples" and name == "IsolationForest":
-            return _isolation_forest(estimator)
-        if score == "proba" and name == "HistGradientBoostingClassifier":
-            return _hist_gradient_boosting(estimator)
-        if score == "proba" and name == "Pipeline":
-            return _scaled_logistic_regression(estimator)
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
-        # A scikit-learn whose internals moved: correct, just slower, through its API.
+    build = _BUILDERS.get((score, name))
+    if build is None:
         return None
-    return None
+    try:
+        return build(estimator)
+    except Exception as exc:  # noqa: BLE001 - any surprise only costs speed, never a score
+        _log.warning("scoring %s one row at a time through scikit-learn (slower): %r", name, exc)
+        return None
+
+
+_BUILDERS: Final[dict[tuple[str, str], Callable[[Any], RowScorer | None]]] = {
+    ("neg_score_samples", "IsolationForest"): _isolation_forest,
+    ("proba", "HistGradientBoostingClassifier"): _hist_gradient_boosting,
+    ("proba", "Pipeline"): _scaled_logistic_regression,
+}

@@ -76,7 +76,14 @@ class LoadedModel:
 
         The pipeline scores one window at a time; through scikit-learn that costs 0.2 to
         3.5 ms a row, through the plain-Python walkers of :mod:`models._fastscore` 1 to 40 µs.
-        Non-finite values and estimators without a walker go through scikit-learn.
+        Rows with None, NaN or infinity, and estimators without a walker, go through
+        scikit-learn.
+
+        Args:
+            row: Feature values in the order of :attr:`features`.
+
+        Returns:
+            The score; at or above :attr:`threshold` is anomalous.
         """
         if self._one is not None and _finite(row):
             return self._one(row)
