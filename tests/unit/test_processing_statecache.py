@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from quixstreams import Application
+from quixstreams.models import TopicConfig
+from quixstreams.models.messagecontext import MessageContext
+from quixstreams.models.topics import Topic
 from quixstreams.utils.json import dumps as quix_dumps
 
 from processing.detectors import detect
 from processing.sessions import track
-from processing.statecache import DecodedCache
+from processing.statecache import DecodedCache, store_partition
 from processing.stats import to_sample
 from processing.windows import add_sample
 from simulator import FleetConfig, iter_records
@@ -33,6 +38,86 @@ class _State:
 
     def delete(self, key: str) -> None:
         self.values.pop(key, None)
+
+
+class _Transaction:
+    def __init__(self, partition: object) -> None:
+        self._partition = partition
+
+
+class _QuixLikeState(_State):
+    """A state whose store partition is visible, as in Quix; counts its reads."""
+
+    def __init__(self, partition: object) -> None:
+        super().__init__()
+        self._transaction = _Transaction(partition)
+        self.reads = 0
+
+    def get_bytes(self, key: str) -> bytes | None:
+        self.reads += 1
+        return super().get_bytes(key)
+
+
+def test_an_entry_stored_into_the_same_store_partition_is_used_without_a_read() -> None:
+    cache, state = DecodedCache(), _QuixLikeState(object())
+    car = {"last_ts": 1}
+    cache.store(state, "car", "a", car)
+    assert cache.load(state, "car", "a") is car
+    assert (state.reads, cache.hits) == (0, 1)
+
+
+def test_a_new_store_partition_reads_and_decodes_the_state() -> None:
+    cache, before = DecodedCache(), _QuixLikeState(object())
+    cache.store(before, "car", "a", {"last_ts": 1})
+    # Reassigned after a rebalance: a new store partition, restored from the changelog
+    # with what another process wrote meanwhile.
+    after = _QuixLikeState(object())
+    after.values["car"] = orjson.dumps({"last_ts": 7})
+    assert cache.load(after, "car", "a") == {"last_ts": 7}
+    assert (after.reads, cache.misses) == (1, 1)
+
+
+def test_quix_states_show_their_store_partition_until_it_is_reassigned(tmp_path: Path) -> None:
+    app = Application(
+        broker_address="127.0.0.1:1",  # never contacted
+        consumer_group="unit",
+        state_dir=tmp_path,
+        use_changelog_topics=False,
+        loglevel=None,
+    )
+    topic = Topic("telemetry", value_deserializer="bytes")
+    topic.broker_config = TopicConfig(
+        num_partitions=1,
+        replication_factor=1,
+        extra_config={"retention.ms": "-1", "retention.bytes": "-1"},
+    )
+    sdf = app.dataframe(topic)
+    seen: list[object | None] = []
+
+    def look(value: bytes, state: Any) -> bytes:
+        seen.append(store_partition(state))
+        return value
+
+    sdf = sdf.apply(look, stateful=True)
+    manager = app._state_manager
+    context = app._processing_context
+    try:
+        for round_ in range(2):
+            manager.on_partition_assign(sdf.stream_id, 0, {})
+            context.init_checkpoint()  # type: ignore[no-untyped-call]
+            for offset, key in enumerate((b"car-1", b"car-2")):
+                ctx = MessageContext(topic.name, 0, offset + 2 * round_, 1)
+                sdf.test(b"x", key=key, timestamp=0, ctx=ctx)
+            manager.on_partition_revoke(sdf.stream_id, 0)
+    finally:
+        manager.close()
+    first, second, third, fourth = seen
+    # Every key of a partition sees the same store partition while it stays assigned;
+    # a new assignment is a new object, so entries stored before it are not trusted.
+    assert first is not None
+    assert first is second
+    assert third is fourth
+    assert third is not first
 
 
 def test_nothing_stored_reads_as_an_empty_dict() -> None:
