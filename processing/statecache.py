@@ -11,7 +11,10 @@ py-spy profile at 10,000 cars. So an entry is handed back without reading the st
 it was stored into the same Quix store partition object that the record's state uses
 now. Quix builds a new one whenever a partition is assigned (after a rebalance, with a
 restore from the changelog), and a checkpoint that fails stops the application, so while
-the object is the same, what it holds under the key is what this cache stored. Where the
+the object is the same, what it holds under the key is what this cache stored. One Quix
+path breaks that: a sink's backpressure aborts a checkpoint, rewinds the consumer and
+keeps the partition objects. Processing writes only to topics, never to a sink; adding a
+sink means dropping the unread path (``load`` would hand back discarded writes). Where the
 store partition cannot be seen (another Quix, a test double), the state is read and the
 entry is used only when the bytes match; anything else decodes the stored bytes. The
 bytes are what Quix's JSON serializer writes for the same value, so state written either
