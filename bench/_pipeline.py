@@ -288,11 +288,15 @@ def _delete_topics(bootstrap: str, prefix: str) -> None:
             _log.warning("could not delete topic %s: %s", name, exc)
 
 
+# Labels of the processing runs, in the order they run.
+RULES, WITH_MODEL, RULES_AGAIN = "rules", "rules + model", "rules, again"
+
+
 @dataclass(frozen=True, slots=True)
 class Measured:
     """One processing process timed over the whole topic, and what it wrote."""
 
-    label: str  # "rules" or "rules + model"
+    label: str  # RULES, WITH_MODEL or RULES_AGAIN
     span: Span
     startup_s: float
     peak_mib: float
@@ -348,25 +352,33 @@ def run_pipeline(
     prefix = f"benchpipe{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="fleetstream-bench-pipeline-"))
     env = {"FLEETSTREAM_PROCESSING_PARTITIONS": str(partitions)}
-    runs = [ProcessingRun(bootstrap, prefix, workdir, extra_env=env)]
+    runs = [(RULES, ProcessingRun(bootstrap, prefix, workdir, extra_env=env))]
     if model:
         # Rules, model, rules again: drift between runs shows as a gap between the two
         # rules runs instead of passing for the model's cost.
         runs += [
-            ProcessingRun(
-                bootstrap,
-                prefix,
-                workdir,
-                group=f"{prefix}-model-group",
-                model_dir=workdir / "registry",
-                extra_env=env,
+            (
+                WITH_MODEL,
+                ProcessingRun(
+                    bootstrap,
+                    prefix,
+                    workdir,
+                    group=f"{prefix}-model-group",
+                    model_dir=workdir / "registry",
+                    extra_env=env,
+                ),
             ),
-            ProcessingRun(bootstrap, prefix, workdir, group=f"{prefix}-again-group", extra_env=env),
+            (
+                RULES_AGAIN,
+                ProcessingRun(
+                    bootstrap, prefix, workdir, group=f"{prefix}-again-group", extra_env=env
+                ),
+            ),
         ]
     try:
         return _measure(report, runs, vehicles, seconds, partitions)
     finally:
-        for run in runs:
+        for _, run in runs:
             if run.proc is not None and run.proc.poll() is None:
                 try:
                     run.stop()
@@ -426,9 +438,13 @@ def _time_run(run: ProcessingRun, label: str, total: int, model: str | None = No
 
 
 def _measure(
-    report: Report, runs: list[ProcessingRun], vehicles: int, seconds: int, partitions: int
+    report: Report,
+    runs: list[tuple[str, ProcessingRun]],
+    vehicles: int,
+    seconds: int,
+    partitions: int,
 ) -> Report:
-    first = runs[0]
+    first = runs[0][1]
     bootstrap, topic = first.bootstrap, first.topics["input"]
     records = simulate(first.prefix, vehicles, seconds)
     rows = as_rows(records)
@@ -437,7 +453,7 @@ def _measure(
     create_topic(bootstrap, topic, partitions)
     produce(bootstrap, topic, rows)
     version = None
-    registry = next((run.model_dir for run in runs if run.model_dir is not None), None)
+    registry = next((run.model_dir for _, run in runs if run.model_dir is not None), None)
     if registry is not None:
         try:
             version = promote_detector(registry)
@@ -451,10 +467,8 @@ def _measure(
     _log.info("offline replay: %.0f records/s", offline.rate)
     bare = [bare_consume(bootstrap, topic, partitions, total)]
     _log.info("bare consumer: %.0f records/s", bare[0].rate)
-    labels = ["rules", "rules + model", "rules, again"] if len(runs) > 1 else ["rules"]
     measured = [
-        _time_run(run, label, total, version if run.model_dir else None)
-        for run, label in zip(runs, labels, strict=True)
+        _time_run(run, label, total, version if run.model_dir else None) for label, run in runs
     ]
     # A second baseline after the subjects: drift on a shared machine shows as a spread.
     bare.append(bare_consume(bootstrap, topic, partitions, total))
@@ -484,7 +498,7 @@ def _measure(
         row("offline replay", "windows a model scores", model_windows, "windows"),
     )  # fmt: skip
     # The target covers every detector, so it is judged on the run with the model.
-    judged = next((m for m in measured if m.label == "rules + model"), measured[0])
+    judged = next((m for m in measured if m.label == WITH_MODEL), measured[0])
     others = "".join(
         f"; {m.label}: {m.span.rate:,.0f} records/s" for m in measured if m is not judged
     )
