@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench._e2e import _next_sizes, _SizeResult
+from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult
 from bench._report import Report, percentile, row
 
 pytestmark = pytest.mark.unit
@@ -66,3 +66,14 @@ def test_a_size_with_loss_does_not_pass() -> None:
     assert r.passed
     r.in_kafka -= 1
     assert not r.passed
+
+
+def test_alert_latency_is_split_by_time_since_the_window_close() -> None:
+    # Windows close 10 s past the minute; the 20 s from there are "after a close".
+    assert [s for s in range(60) if _after_close(s)] == list(range(10, 30))
+    alerts = [(s, float(s)) for s in range(60)] + [(15, 900.0)]
+    buckets = _by_ten_seconds(alerts)
+    assert list(buckets) == ["00-09", "10-19", "20-29", "30-39", "40-49", "50-59"]
+    assert buckets["10-19"] == 900.0
+    assert buckets["50-59"] == 59.0
+    assert _by_ten_seconds([(5, 1.0)])["10-19"] != _by_ten_seconds([(5, 1.0)])["10-19"]
