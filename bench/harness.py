@@ -813,11 +813,30 @@ class ProcessingGroup:
 def create_topic(
     bootstrap: str, name: str, partitions: int = 4, config: dict[str, str] | None = None
 ) -> None:
-    """Create a topic (with optional topic configs) and wait for it."""
+    """Create a topic (with optional topic configs) and wait until the broker serves it.
+
+    A fresh KRaft broker answers CreateTopics before its metadata lists the topic; a
+    service started in between (Quix looks its topics up at start) failed with "topic
+    not found", so this also waits for every partition to have a leader.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(
         timeout=30
     )
+    deadline = time.monotonic() + 30
+    while True:
+        found = admin.list_topics(name, timeout=10).topics.get(name)
+        if (
+            found is not None
+            and found.error is None
+            and len(found.partitions) == partitions
+            and all(p.leader >= 0 for p in found.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            msg = f"topic {name} was created but is not served with {partitions} partitions"
+            raise HarnessError(msg)
+        time.sleep(0.1)
 
 
 def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, int]]) -> None:
