@@ -45,6 +45,7 @@ from bench.harness import (
     ProcessWatch,
     create_topic,
     default_rules,
+    delete_topics,
     local_brokers,
     read_topic,
 )
@@ -230,6 +231,7 @@ def _run_size(
             simulator.kill()
         ingest.stop()
         processing.stop()
+        delete_topics(settings.kafka_bootstrap, prefix)
     return result
 
 

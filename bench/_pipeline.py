@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from bench._report import Report, row
 from bench.errors import BenchError
@@ -36,6 +35,7 @@ from bench.harness import (
     ProcessingRun,
     as_rows,
     create_topic,
+    delete_topics,
     produce,
     promote_detector,
     read_topic,
@@ -275,19 +275,6 @@ def _counter(metrics: dict[str, float], name: str) -> int:
     return round(sum(v for k, v in metrics.items() if k.split("{")[0] == name))
 
 
-def _delete_topics(bootstrap: str, prefix: str) -> None:
-    # Quix's changelog topics carry the group name, which starts with the prefix too.
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=10).topics if prefix in t]
-    if not names:
-        return
-    for name, future in admin.delete_topics(names, operation_timeout=30).items():
-        try:
-            future.result(timeout=30)
-        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the result
-            _log.warning("could not delete topic %s: %s", name, exc)
-
-
 # Labels of the processing runs, in the order they run.
 RULES, WITH_MODEL, RULES_AGAIN = "rules", "rules + model", "rules, again"
 
@@ -385,7 +372,7 @@ def run_pipeline(
                 except Exception:  # noqa: BLE001 - a stuck stop must not leave it running
                     with contextlib.suppress(Exception):
                         run.kill9()
-        _delete_topics(bootstrap, prefix)
+        delete_topics(bootstrap, prefix)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

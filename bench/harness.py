@@ -7,6 +7,7 @@ test measure the same thing the same way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bench.errors import HarnessError
 from fleetstream import infra
 from simulator import Fleet, FleetConfig, iter_records
+
+_log = logging.getLogger(__name__)
 
 # Topic config: every record carries the broker's time of the write (latency benchmarks).
 LOG_APPEND_TIME: Final = {"message.timestamp.type": "LogAppendTime"}
@@ -837,6 +840,29 @@ def create_topic(
             msg = f"topic {name} was created but is not served with {partitions} partitions"
             raise HarnessError(msg)
         time.sleep(0.1)
+
+
+def delete_topics(bootstrap: str, containing: str) -> None:
+    """Delete every topic whose name contains ``containing`` (a run's unique prefix).
+
+    Quix's changelog topics carry the consumer group's name, which starts with the prefix
+    too. Benchmarks create topics per run; kept, they filled a development broker with
+    33 GB, and its log cleaner and per-partition housekeeping with them. Failures are
+    logged, not raised: cleanup must not hide the result.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if containing in t]
+    except Exception as exc:  # noqa: BLE001 - see above
+        _log.warning("could not list topics to delete (%s): %s", containing, exc)
+        return
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - see above
+            _log.warning("could not delete topic %s: %s", name, exc)
 
 
 def produce(bootstrap: str, topic: str, rows: list[tuple[bytes | None, bytes, int]]) -> None:
