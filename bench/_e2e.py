@@ -43,6 +43,7 @@ from bench.harness import (
     IngestProcess,
     ProcessingGroup,
     ProcessWatch,
+    broker_footprint,
     create_topic,
     default_rules,
     delete_topics,
@@ -336,6 +337,7 @@ def run_e2e(
          "processing_commit_interval_s": tuning.processing_commit_interval_s,
          "processing_stats_spread_s": tuning.processing_stats_spread_s},
     )  # fmt: skip
+    report.details["broker_at_start"] = broker_footprint(settings.kafka_bootstrap)
     results: list[_SizeResult] = []
     with tempfile.TemporaryDirectory(prefix="fleetstream-bench-e2e-") as tmp:
         workdir = Path(tmp)

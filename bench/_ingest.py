@@ -44,6 +44,7 @@ from bench.harness import (
     KafkaRecord,
     ProcessWatch,
     QosOnePublisher,
+    broker_footprint,
     default_rules,
     local_brokers,
     read_topic,
@@ -586,6 +587,7 @@ def run_ingest(
          "flood_cap_s": FLOOD_CAP_S, "publishers": f"{_PUBLISHERS} x mosquitto_pub -q 1 -M 1000",
          "repeats": repeats},
     )  # fmt: skip
+    report.details["broker_at_start"] = broker_footprint(settings.kafka_bootstrap)
     with tempfile.TemporaryDirectory(prefix="fleetstream-bench-") as tmp:
         workdir = Path(tmp)
         load = _build_load(workdir, vehicles, seconds)

@@ -34,6 +34,7 @@ from bench.errors import BenchError
 from bench.harness import (
     ProcessingRun,
     as_rows,
+    broker_footprint,
     create_topic,
     delete_topics,
     produce,
@@ -336,6 +337,7 @@ def run_pipeline(
         "pipeline",
         {"vehicles": vehicles, "seconds": seconds, "partitions": partitions, "model": model},
     )
+    report.details["broker_at_start"] = broker_footprint(bootstrap)
     prefix = f"benchpipe{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="fleetstream-bench-pipeline-"))
     env = {"FLEETSTREAM_PROCESSING_PARTITIONS": str(partitions)}

@@ -6,6 +6,7 @@ Speed is not asserted here (benchmarks report it); these tests guard the measuri
 from __future__ import annotations
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from bench import Report, run_e2e, run_ingest
 from fleetstream import infra
@@ -56,7 +57,13 @@ def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> Non
 
 def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
     # Two processing processes share the 4 partitions: the counts are summed over both.
+    admin = AdminClient({"bootstrap.servers": brokers.kafka_bootstrap})
+    before = set(admin.list_topics(timeout=10).topics)
     report = run_e2e(vehicles=[30], seconds=30, processes=2)
+    assert report.details["broker_at_start"]["topics"] == len(before)
+    # Every topic of the run is deleted again, Quix's changelogs included.
+    left = set(admin.list_topics(timeout=10).topics) - before
+    assert not [t for t in left if "bench-e2e-" in t]
     size = report.details["sizes"][0]
     assert size["sent"] == 30 * 30
     assert size["lost"] == 0
