@@ -21,7 +21,7 @@ from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
-from processing.statecache import DecodedCache, store_partition
+from processing.statecache import DecodedCache
 from processing.stats import to_sample, window_stats
 from processing.windows import (
     CLOSED,
@@ -124,11 +124,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     # clock is late. The marker window refuses late markers silently, so lateness is
     # decided and counted here, before the window.
     partition_clock: dict[tuple[str, int], int] = {}
-    # The same clock counted only from when the partition's current store partition object
-    # was first seen (Quix builds a new one at every assignment): while it is the same,
-    # every record that moved this clock across a closing time sent a marker, so the
-    # grace markers of the other cars can be skipped (processing.windows).
-    marker_clock: dict[tuple[str, int], tuple[object, int]] = {}
     records_in = metrics.records_in
     # The car's state as this process last wrote it, so most records skip decoding it.
     cars = DecodedCache()
@@ -159,11 +154,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
             partition_clock[where] = timestamp
-        owner = store_partition(state)
-        known = marker_clock.get(where)
-        clock_before = known[1] if known is not None and known[0] is owner else None
-        if owner is not None and timestamp > (clock_before or 0):
-            marker_clock[where] = (owner, timestamp)
         ident = (*where, key)
         car = cars.load(state, "car", ident)
         alerts = detect(car, record)
@@ -178,7 +168,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
                 powertrain=record["powertrain"],
                 sample=to_sample(record),
                 marker_offset_ms=marker_offset,
-                clock_ms=clock_before,
             )
         if marker is None:
             count_late(key, timestamp)

@@ -9,10 +9,9 @@ when a window closes. That keeps Quix's closing rule (``window_end + grace <= pa
 clock``, so a car that stops sending still gets its window) at about 1/30 of the cost.
 
 A marker is due on a car's first record in a window, and on its first record at or past
-``grace % window`` into a window when that record is the first of the partition to reach
-the closing time there (or when that is not known): the first record of a partition to
-reach a window's closing time always sends one, so the marker window's clock crosses
-every closing time at the same record as a window fed every record would.
+``grace % window`` into a window: the first record of a partition to reach a window's
+closing time is always one of those, so the marker window's clock crosses every closing
+time at the same record as a window fed every record would.
 
 Samples are packed into 72 bytes (ts and seq as int64, seven float64 measurements, NaN
 for a missing one, which validated records never carry; exact, except that an integer
@@ -95,7 +94,6 @@ def add_sample(
     powertrain: str,
     sample: Sample,
     marker_offset_ms: int,
-    clock_ms: int | None = None,
 ) -> bool | None:
     """Add ``sample`` to the car's window starting at ``start``.
 
@@ -107,9 +105,6 @@ def add_sample(
         powertrain: The record's powertrain (the stats need it).
         sample: The record's compact sample.
         marker_offset_ms: ``grace % window``; the second marker is due at this offset.
-        clock_ms: The partition's clock before this record, when the caller knows that
-            every record that moved it past a closing time sent a marker; None when it
-            does not (after a restart or a reassignment).
 
     Returns:
         None when the car's window for ``start`` has already closed (the record is late
@@ -136,14 +131,8 @@ def add_sample(
     window[3] = count + 1
     if count and (window[2] or offset_ms < marker_offset_ms):
         return False
-    if not count:
-        window[2] = offset_ms >= marker_offset_ms
-        return True
-    window[2] = True
-    # Only the record that takes the partition's clock across the closing time needs it:
-    # Quix's clock is already past it otherwise, and 10,000 cars sending it at once was
-    # a burst of window updates right at every close (docs/benchmarks.md).
-    return clock_ms is None or clock_ms < start + marker_offset_ms
+    window[2] = window[2] or offset_ms >= marker_offset_ms
+    return True
 
 
 def _take_samples(store: SampleStore, window: list[Any]) -> bytes:

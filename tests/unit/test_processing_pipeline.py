@@ -21,8 +21,6 @@ from quixstreams.models import TopicConfig
 from quixstreams.models.messagecontext import MessageContext
 from quixstreams.models.topics import Topic
 
-from processing import pipeline as pipeline_module
-from processing import windows
 from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline, parse
@@ -316,37 +314,6 @@ def test_a_quiet_car_gets_its_window_on_the_partitions_clock(
     assert window == window_stats("car-3", "ev", T0, T0 + WINDOW_MS, samples)
     [later] = harness.send(ev(80))["stats"]
     assert (later["vehicle_id"], later["window_start"] - T0, later["samples"]) == ("car-1", 0, 60)
-
-
-def test_only_the_record_crossing_a_closing_time_sends_a_grace_marker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    markers: list[tuple[int, int]] = []
-    real = windows.add_sample
-
-    def spy(car: dict[str, Any], store: Any, start: int, offset_ms: int, **kw: Any) -> Any:
-        due = real(car, store, start, offset_ms, **kw)
-        if due:
-            markers.append((kw["sample"][0] - T0, offset_ms))
-        return due
-
-    monkeypatch.setattr(pipeline_module, "add_sample", spy)
-    h = Harness(tmp_path / "state")
-    try:
-        cars = ("car-1", "car-2", "car-3")
-        for s in range(75):
-            for car in cars:
-                h.send(ev(s, vehicle_id=car), key=car)
-        # One marker per car at its first record of each window; past the grace offset
-        # only car-1's record at 10 s and at 70 s, which take the clock across.
-        assert markers == [(0, 0)] * 3 + [(10_000, 10_000)] + [(60_000, 0)] * 3 + [(70_000, 10_000)]
-        # The window still closed at car-1's 70 s record, for every car, all samples in.
-        stats = sorted(
-            (w["vehicle_id"], w["window_start"] - T0, w["samples"]) for w in h.out["stats"]
-        )
-        assert stats == [(car, 0, 60) for car in cars]
-    finally:
-        h.close()
 
 
 def test_results_carry_the_window_start_and_no_headers(harness: Harness) -> None:

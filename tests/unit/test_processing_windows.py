@@ -74,9 +74,7 @@ def test_packing_round_trips_exactly() -> None:
     assert back[1][5] == 0.1 + 0.2
 
 
-def add(
-    car: dict[str, Any], store: Store, ts: int, seq: int = 1, clock: int | None = None
-) -> bool | None:
+def add(car: dict[str, Any], store: Store, ts: int, seq: int = 1) -> bool | None:
     start = ts - ts % W
     return add_sample(
         car,
@@ -86,7 +84,6 @@ def add(
         powertrain="ev",
         sample=sample(ts, seq),
         marker_offset_ms=MARK,
-        clock_ms=clock,
     )
 
 
@@ -103,25 +100,6 @@ def test_a_first_record_past_the_offset_needs_only_one_marker() -> None:
     store = Store()
     assert add(car, store, 30_000) is True
     assert add(car, store, 40_000) is False
-
-
-def test_a_grace_marker_only_when_the_record_takes_the_clock_across() -> None:
-    store = Store()
-    crossing: dict[str, Any] = {}
-    assert add(crossing, store, W + 1_000, clock=W + 900) is True  # first in the window
-    assert add(crossing, store, W + MARK, clock=W + MARK - 1) is True  # crosses W + MARK
-    assert add(crossing, store, W + MARK + 1_000, clock=W + MARK + 900) is False
-    behind: dict[str, Any] = {}
-    assert add(behind, store, W + 2_000, clock=W + 1_900) is True
-    # Another car's record already reached the closing time: no marker, and none later.
-    assert add(behind, store, W + MARK + 500, clock=W + MARK) is False
-    assert add(behind, store, W + MARK + 1_500, clock=W + MARK + 1_000) is False
-    unknown: dict[str, Any] = {}
-    assert add(unknown, store, W + 2_000) is True
-    # The clock is not known (after a restart): the marker is sent as before.
-    assert add(unknown, store, W + MARK + 500) is True
-    # A first record past the offset is always a marker, whatever the clock.
-    assert add({}, store, W + 30_000, clock=W + 40_000) is True
 
 
 def test_samples_are_kept_in_small_chunks_and_taken_back_in_order() -> None:
