@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any, TypedDict
 
 import orjson
 import psutil
+
+from simulator import FleetConfig, iter_records
+from telemetry.contract import decode, encode, validate
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +66,35 @@ def row(
     )
 
 
+_PROBE_RECORDS = 200
+_PROBE_ROUNDS = 5
+
+
+def speed_probe() -> float:
+    """Single-thread speed of this machine right now, in µs; lower is faster.
+
+    The same machine ran the same build's pipeline benchmark at 20,218 records/s one day
+    and 5,986 the next, its bare consumer at 599,477 and 186,303: absolute figures from
+    different runs compare only next to a probe taken with them. The probe is the per-record
+    work every service does: decode, validate and encode one simulated v1 record, timed
+    over a fixed set of records, best of five rounds (the least disturbed one).
+
+    Returns:
+        Microseconds per record.
+    """
+    records = [
+        encode(r)
+        for r in iter_records(FleetConfig(vehicles=_PROBE_RECORDS // 10, duration_s=10, seed=1))
+    ]
+    best = math.inf
+    for _ in range(_PROBE_ROUNDS):
+        began = time.perf_counter()
+        for payload in records:
+            encode(validate(decode(payload)))
+        best = min(best, time.perf_counter() - began)
+    return best / len(records) * 1e6
+
+
 def machine() -> dict[str, Any]:
     """What this benchmark ran on, for the report and docs/benchmarks.md."""
     cpu = platform.processor() or platform.machine()
@@ -88,6 +121,7 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "mosquitto": mosquitto_version,
+        "speed_probe_us_at_start": round(speed_probe(), 2),
     }
 
 
@@ -113,6 +147,10 @@ class Report:
         """Record whether a product target was met."""
         self.targets.append(Target(target=target, required=required, measured=measured, met=met))
 
+    def finish(self) -> None:
+        """Probe the machine's speed again, once the run is over (see :func:`speed_probe`)."""
+        self.machine["speed_probe_us_at_end"] = round(speed_probe(), 2)
+
     def table(self) -> str:
         """A plain-text table: value, unit, baseline and ratio per row, then the targets."""
         head = ("subject", "metric", "value", "unit", "baseline", "ratio")
@@ -127,12 +165,26 @@ class Report:
             )
             for r in self.rows
         ]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+        widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(head)]
         out = [
             "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
             "  ".join("-" * w for w in widths),
         ]
         out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+        probes = [
+            f"{self.machine[k]:.2f} µs {when}"
+            for k, when in (
+                ("speed_probe_us_at_start", "at start"),
+                ("speed_probe_us_at_end", "at end"),
+            )
+            if k in self.machine
+        ]
+        if probes:
+            out.append("")
+            out.append(
+                "machine speed probe (decode + validate + encode of one record, one thread; "
+                f"lower is faster): {', '.join(probes)}"
+            )
         if self.targets:
             out.append("")
             for t in self.targets:

@@ -533,6 +533,7 @@ _OUT_OPTION = typer.Option(
 
 
 def _finish_bench(report: bench.Report, out: Path) -> None:
+    report.finish()
     typer.echo(report.table())
     path = report.write(out)
     typer.echo(f"results: {path}")
