@@ -120,6 +120,8 @@ def machine() -> dict[str, Any]:
         "load_1m_at_start": round(os.getloadavg()[0], 2),
         "os": platform.platform(),
         "python": sys.version.split()[0],
+        # Which build: a distribution's (PGO + LTO) or pyenv's default ran ~1.2x apart.
+        "python_executable": os.path.realpath(sys.executable),
         "mosquitto": mosquitto_version,
         "speed_probe_us_at_start": round(speed_probe(), 2),
     }

@@ -68,5 +68,22 @@ if [ -z "$UV" ]; then
   fi
 fi
 
-"$UV" sync --frozen --quiet --python "${FLEETSTREAM_PYTHON:-python3}"
+# The interpreter the virtualenv is built on: FLEETSTREAM_PYTHON when set; else the
+# distribution's /usr/bin/python3 when it is a supported version, because distributions
+# build CPython with PGO and LTO while pyenv's default build has neither: on the
+# benchmark machine pyenv's 3.11.7 ran the pipeline's offline replay at 20,000
+# records/s against 24,400 for Debian's 3.11.2 (docs/benchmarks.md); else python3.
+supported() {
+  "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 14))' 2>/dev/null
+}
+PYTHON=${FLEETSTREAM_PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  if [ -x /usr/bin/python3 ] && supported /usr/bin/python3; then
+    PYTHON=/usr/bin/python3
+  else
+    PYTHON=python3
+  fi
+fi
+# uv rebuilds .venv when it was made with another interpreter.
+"$UV" sync --frozen --quiet --python "$PYTHON"
 .venv/bin/fleetstream infra jars >/dev/null
