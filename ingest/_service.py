@@ -84,6 +84,7 @@ class IngestService:
         self._stopping = False
         # Once subscribed, the broker must keep our session until it expires.
         self._had_session = False
+        self._session_present = False
         self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
         self._received = {
             r.name: self.metrics.received.labels(rule=r.name) for r in rules.mqtt_to_kafka
@@ -224,6 +225,7 @@ class IngestService:
 
     def _on_connack(self, session_present: bool) -> None:
         """Report a session the broker lost: what it held for us is gone with it."""
+        self._session_present = session_present
         if session_present:
             _log.info("MQTT session resumed")
         elif self._had_session:
@@ -292,6 +294,18 @@ class IngestService:
                 msg = f"MQTT broker refused the subscription {subscription!r}: {code}"
                 raise FatalConnectError(msg)
             _log.info("subscribed to %s (QoS %d)", subscription, qos)
+        if not self._session_present:
+            return
+        # A resumed session keeps the subscriptions of the rules it was made with. A rule
+        # that gained a share_group would then get every message through its old plain
+        # filter besides its share through the shared one: duplicates in Kafka. Dropped
+        # after the shared one exists, so no message finds no subscription in between.
+        plain = {r.mqtt for r in self.rules.mqtt_to_kafka if r.share_group} - set(seen)
+        for mqtt_filter in sorted(plain):
+            await client.unsubscribe(mqtt_filter)
+            _log.info(
+                "unsubscribed from %s (shared now; an earlier session may hold it)", mqtt_filter
+            )
 
     async def _until_disconnect_or_stop(self, client: aiomqtt.Client) -> None:
         async def watch() -> None:

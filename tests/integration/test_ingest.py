@@ -213,6 +213,33 @@ def test_two_ingest_processes_share_one_subscription(
     assert sum(shares) == len(messages)
 
 
+def test_a_rule_that_gains_a_share_group_drops_its_old_plain_subscription(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    # The scale-out step of the packaged rules: the running process keeps its client id
+    # and its rule gains a share_group. Its resumed session still holds the plain filter.
+    messages = telemetry_messages(prefix, vehicles=20, seconds=50)
+    name = f"{unique_name}-a"
+    before = _ingest(brokers, tmp_path, write_rules(tmp_path / "plain.toml", prefix), name)
+    with running(before.start()):
+        pass
+    shared = write_rules(tmp_path / "shared.toml", prefix, share_group=f"g{prefix}")
+    after = _ingest(brokers, tmp_path, shared, name)
+    with running(after.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish(((t, p) for t, p, _ in messages), rate=2000)
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        records = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), settle_s=3
+        )
+        received = after.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
+    row = delivery_report("share_group_added", {k for _, _, k in messages}, records)
+    assert row["lost"] == 0
+    assert row["duplicates"] == 0
+    assert received == len(messages)
+
+
 def test_wrong_mqtt_password_is_one_clear_error(
     brokers: infra.InfraSettings, tmp_path: Path, rules: Path
 ) -> None:
