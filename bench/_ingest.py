@@ -331,6 +331,7 @@ class _Run:
     paced_s: float = PACED_S
     # Every flood's rate per bridge that was measured several times.
     rates: dict[str, list[float]] = field(default_factory=dict)
+    slugs: set[str] = field(default_factory=set)
 
     def wait_ready(self, prefix: str, topic: str, bridge: _Bridge) -> int:
         """Publish probes until one arrives in Kafka; return the records already there."""
@@ -351,8 +352,25 @@ class _Run:
         msg = f"{bridge.name} did not deliver a probe within 90 s:\n{bridge.log()}"
         raise BenchError(msg)
 
+    def claim(self, slug: str) -> str:
+        """The MQTT and Kafka prefix of one measurement; a slug may be used once per run.
+
+        The prefix names MQTT filters, Kafka topics and client ids, and the broker keeps a
+        stopped bridge's session: the two-process bridge once reused the third flood's
+        slug, resumed that flood's plain subscription besides its shared one, and counted
+        every message twice.
+
+        Raises:
+            BenchError: The slug was used before in this run.
+        """
+        if slug in self.slugs:
+            msg = f"benchmark slug {slug!r} used twice in one run"
+            raise BenchError(msg)
+        self.slugs.add(slug)
+        return f"bench-{self.run_id}-{slug}"
+
     def bridge(self, bridge: _Bridge, slug: str, *, outage_s: float = 0.0) -> _Result:
-        prefix = f"bench-{self.run_id}-{slug}"
+        prefix = self.claim(slug)
         topic = f"{prefix}-telemetry"
         _create_topic(self.admin, topic)
         _log.info("%s: starting", bridge.name)
@@ -420,7 +438,7 @@ class _Run:
 def _mosquitto_sub(run: _Run, slug: str) -> _Result:
     """The broker's delivery limit to a C client, and its publish -> receive latency."""
     settings = run.settings
-    prefix = f"bench-{run.run_id}-{slug}"
+    prefix = run.claim(slug)
     out = run.workdir / f"{prefix}.txt"
 
     def start(fmt: str) -> subprocess.Popen[bytes]:
@@ -506,7 +524,7 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
     if kafka.pid() is None:
         msg = "the outage phase needs the Kafka that `fleetstream infra up` started"
         raise BenchError(msg)
-    prefix = f"bench-{run.run_id}-outage"
+    prefix = run.claim("outage")
     topic = f"{prefix}-telemetry"
     _create_topic(run.admin, topic)
     bridge = _IngestBridge(settings, run.workdir, "fleetstream ingest (Kafka outage)")
@@ -648,7 +666,7 @@ def _measure_all(
         "quixstreams MQTTSource": [r.rate for r in source_runs],
     }
     results["ingest2"] = run.bridge(
-        _IngestBridge(settings, workdir, "fleetstream ingest x2 (shared sub)", 2), "ingest2"
+        _IngestBridge(settings, workdir, "fleetstream ingest x2 (shared sub)", 2), "shared"
     )
     results["naive"] = run.bridge(
         _PeerBridge(settings, workdir, "naive paho + flush per message", "naive"), "naive"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
+from bench import BenchError
 from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult
+from bench._ingest import _Load, _Run
 from bench._report import Report, percentile, row, speed_probe
 
 pytestmark = pytest.mark.unit
@@ -96,3 +99,14 @@ def test_alert_latency_is_split_by_time_since_the_window_close() -> None:
     assert buckets["10-19"] == 900.0
     assert buckets["50-59"] == 59.0
     assert _by_ten_seconds([(5, 1.0)])["10-19"] != _by_ten_seconds([(5, 1.0)])["10-19"]
+
+
+def test_a_benchmark_slug_is_claimed_once_per_run(tmp_path: Path) -> None:
+    run = _Run(
+        cast("Any", None), tmp_path, _Load([], frozenset()), "r1", cast("Any", None),
+        cast("Any", None),
+    )  # fmt: skip
+    assert run.claim("shared") == "bench-r1-shared"
+    assert run.claim("ingest2") == "bench-r1-ingest2"
+    with pytest.raises(BenchError, match="'shared' used twice"):
+        run.claim("shared")
