@@ -6,7 +6,8 @@ import logging
 import os
 import signal
 import threading
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -14,6 +15,7 @@ from quixstreams import Application
 from quixstreams.models import TopicConfig
 
 from processing._settings import ProcessingSettings
+from processing.instance import InstanceError, claim_instance
 from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
@@ -23,13 +25,42 @@ from telemetry.logs import configure_logging
 _log = logging.getLogger("processing")
 
 
-def build_app(settings: ProcessingSettings, metrics: ProcessingMetrics) -> Application:
-    """Create the Application with every topic wired to the pipeline's branches."""
+@dataclass(frozen=True, slots=True)
+class ClientConfigs:
+    """What the Application's Kafka clients are given."""
+
+    broker_address: str
+    consumer: dict[str, Any]
+    producer: dict[str, Any]
+
+
+def client_configs(settings: ProcessingSettings, transactional_id: str | None) -> ClientConfigs:
+    """Split the connection settings into the Application's broker and client configs.
+
+    Args:
+        settings: The service's settings.
+        transactional_id: The producer's id under exactly-once; ``None`` lets Quix draw
+            a random one per start (see :mod:`processing.instance` for why not to).
+    """
     connection = settings.kafka_client_config()
+    broker_address = str(connection.pop("bootstrap.servers"))
+    producer = dict(connection)
+    if transactional_id is not None and settings.processing_guarantee == "exactly-once":
+        producer["transactional.id"] = transactional_id
+    return ClientConfigs(broker_address, connection, producer)
+
+
+def build_app(
+    settings: ProcessingSettings,
+    metrics: ProcessingMetrics,
+    transactional_id: str | None = None,
+) -> Application:
+    """Create the Application with every topic wired to the pipeline's branches."""
+    clients = client_configs(settings, transactional_id)
     app = Application(
-        broker_address=connection.pop("bootstrap.servers"),
-        consumer_extra_config=connection,
-        producer_extra_config=connection,
+        broker_address=clients.broker_address,
+        consumer_extra_config=clients.consumer,
+        producer_extra_config=clients.producer,
         consumer_group=settings.processing_consumer_group,
         auto_offset_reset=settings.processing_auto_offset_reset,
         processing_guarantee=settings.processing_guarantee,
@@ -128,6 +159,11 @@ def main() -> int:
     except ValidationError as exc:
         _log.error("invalid settings: %s", exc)
         return 2
+    try:
+        claim = claim_instance(settings.processing_state_dir, settings.processing_instance_id)
+    except InstanceError as exc:
+        _log.error("%s", exc)
+        return 2
     metrics = ProcessingMetrics()
     if settings.processing_metrics_port:
         start_http_server(
@@ -135,14 +171,16 @@ def main() -> int:
             settings.processing_metrics_host,
             registry=metrics.registry,
         )
-    app = build_app(settings, metrics)
+    transactional_id = claim.transactional_id(settings.processing_consumer_group)
+    app = build_app(settings, metrics, transactional_id)
     _log.info(
-        "processing %s -> %s, %s, %s (%s)",
+        "processing %s -> %s, %s, %s (%s, instance %s)",
         settings.processing_input_topic,
         settings.processing_stats_topic,
         settings.processing_sessions_topic,
         settings.processing_alerts_topic,
         settings.processing_guarantee,
+        claim.instance_id,
     )
     lag = LagReporter(
         settings.kafka_client_config(),
@@ -157,5 +195,6 @@ def main() -> int:
         app.run()
     finally:
         lag.stop()
+        claim.release()
     _log.info("processing stopped")
     return 0

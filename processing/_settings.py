@@ -31,6 +31,12 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_replication_factor: int = Field(default=1, ge=1)
     processing_consumer_group: str = "fleetstream-processing"
     processing_state_dir: Path = Path(".run/processing-state")
+    processing_instance_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="Stable name of this instance; its exactly-once transactional id is "
+        "<consumer group>.<instance id>. Default: host name and a hash of STATE_DIR.",
+    )
     processing_window_s: int = Field(default=60, ge=1)
     processing_grace_s: int = Field(default=10, ge=0)
     processing_stats_spread_s: float = Field(

@@ -1,0 +1,75 @@
+"""The processing instance claim: one process per state folder, a restart-stable id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from processing import ProcessingSettings
+from processing._main import client_configs
+from processing.instance import InstanceError, claim_instance, default_instance_id
+
+
+def test_default_id_is_stable_and_depends_on_host_and_folder(tmp_path: Path) -> None:
+    one = default_instance_id(tmp_path / "a", host="car-host")
+    assert one == default_instance_id(tmp_path / "a", host="car-host")
+    assert one.startswith("car-host-")
+    assert one != default_instance_id(tmp_path / "b", host="car-host")
+    assert one != default_instance_id(tmp_path / "a", host="other-host")
+
+
+def test_default_id_names_the_same_folder_the_same_however_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_instance_id(Path("state"), host="h") == default_instance_id(
+        tmp_path / "state", host="h"
+    )
+
+
+def test_host_names_are_made_safe_for_a_kafka_id(tmp_path: Path) -> None:
+    assert default_instance_id(tmp_path, host="my host/1").startswith("my-host-1-")
+    assert default_instance_id(tmp_path, host="///").startswith("host-")
+
+
+def test_a_second_claim_of_a_held_folder_fails_until_it_is_released(tmp_path: Path) -> None:
+    first = claim_instance(tmp_path / "state")
+    with pytest.raises(InstanceError, match="own FLEETSTREAM_PROCESSING_STATE_DIR"):
+        claim_instance(tmp_path / "state")
+    other = claim_instance(tmp_path / "other")
+    other.release()
+    first.release()
+    claim_instance(tmp_path / "state").release()
+
+
+def test_a_configured_id_wins_and_names_the_transactional_id(tmp_path: Path) -> None:
+    claim = claim_instance(tmp_path, "proc-7")
+    try:
+        assert claim.instance_id == "proc-7"
+        assert claim.transactional_id("fleetstream-processing") == "fleetstream-processing.proc-7"
+    finally:
+        claim.release()
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "expected"),
+    [("exactly-once", "grp.inst"), ("at-least-once", None)],
+)
+def test_the_transactional_id_is_given_only_with_exactly_once(
+    guarantee: Literal["exactly-once", "at-least-once"], expected: str | None
+) -> None:
+    settings = ProcessingSettings(
+        processing_guarantee=guarantee, kafka_bootstrap_servers="kafka-1:9092"
+    )
+    clients = client_configs(settings, "grp.inst")
+    assert clients.broker_address == "kafka-1:9092"
+    assert clients.producer.get("transactional.id") == expected
+    assert "transactional.id" not in clients.consumer
+    assert "bootstrap.servers" not in clients.producer
+    assert "bootstrap.servers" not in clients.consumer
+
+
+def test_without_an_id_quix_keeps_drawing_its_own() -> None:
+    assert "transactional.id" not in client_configs(ProcessingSettings(), None).producer
