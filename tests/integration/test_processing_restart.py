@@ -34,9 +34,9 @@ _DIE_MID_COMMIT = textwrap.dedent(
     """
     import sys, time
     from confluent_kafka import Consumer, Producer, TopicPartition
-    bootstrap, txn_id, group, topic = sys.argv[1:5]
+    bootstrap, txn_id, group, topic, timeout_ms = sys.argv[1:6]
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id,
-                         "transaction.timeout.ms": %d})
+                         "transaction.timeout.ms": int(timeout_ms)})
     producer.init_transactions()
     producer.begin_transaction()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
@@ -45,7 +45,6 @@ _DIE_MID_COMMIT = textwrap.dedent(
     print("open", flush=True)
     time.sleep(600)
     """
-    % DEAD_TXN_TIMEOUT_MS
 )
 
 
@@ -82,7 +81,16 @@ def test_a_restart_aborts_the_transaction_its_killed_predecessor_left_open(
     state_dir = Path(run.env()["FLEETSTREAM_PROCESSING_STATE_DIR"])
     txn_id = f"{run.group}.{default_instance_id(state_dir)}"
     dead = subprocess.Popen(
-        [sys.executable, "-c", _DIE_MID_COMMIT, bootstrap, txn_id, run.group, run.topics["input"]],
+        [
+            sys.executable,
+            "-c",
+            _DIE_MID_COMMIT,
+            bootstrap,
+            txn_id,
+            run.group,
+            run.topics["input"],
+            str(DEAD_TXN_TIMEOUT_MS),
+        ],
         stdout=subprocess.PIPE,
     )
     assert dead.stdout is not None
