@@ -34,29 +34,35 @@ class ClientConfigs:
     producer: dict[str, Any]
 
 
-def client_configs(settings: ProcessingSettings, transactional_id: str | None) -> ClientConfigs:
+def client_configs(settings: ProcessingSettings, instance_id: str | None) -> ClientConfigs:
     """Split the connection settings into the Application's broker and client configs.
 
     Args:
         settings: The service's settings.
-        transactional_id: The producer's id under exactly-once; ``None`` lets Quix draw
-            a random one per start (see :mod:`processing.instance` for why not to).
+        instance_id: This instance's stable name (:mod:`processing.instance`). Under
+            exactly-once it names the producer's ``transactional.id``; ``None`` lets
+            Quix draw a random one per start (see that module for why not to). With
+            static membership it is also the consumer's ``group.instance.id``.
     """
     connection = settings.kafka_client_config()
     broker_address = str(connection.pop("bootstrap.servers"))
+    consumer = dict(connection)
     producer = dict(connection)
-    if transactional_id is not None and settings.processing_guarantee == "exactly-once":
-        producer["transactional.id"] = transactional_id
-    return ClientConfigs(broker_address, connection, producer)
+    if instance_id is not None:
+        if settings.processing_guarantee == "exactly-once":
+            producer["transactional.id"] = f"{settings.processing_consumer_group}.{instance_id}"
+        if settings.processing_static_membership:
+            consumer["group.instance.id"] = instance_id
+    return ClientConfigs(broker_address, consumer, producer)
 
 
 def build_app(
     settings: ProcessingSettings,
     metrics: ProcessingMetrics,
-    transactional_id: str | None = None,
+    instance_id: str | None = None,
 ) -> Application:
     """Create the Application with every topic wired to the pipeline's branches."""
-    clients = client_configs(settings, transactional_id)
+    clients = client_configs(settings, instance_id)
     app = Application(
         broker_address=clients.broker_address,
         consumer_extra_config=clients.consumer,
@@ -171,8 +177,7 @@ def main() -> int:
             settings.processing_metrics_host,
             registry=metrics.registry,
         )
-    transactional_id = claim.transactional_id(settings.processing_consumer_group)
-    app = build_app(settings, metrics, transactional_id)
+    app = build_app(settings, metrics, claim.instance_id)
     _log.info(
         "processing %s -> %s, %s, %s (%s, instance %s)",
         settings.processing_input_topic,

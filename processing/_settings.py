@@ -37,6 +37,12 @@ class ProcessingSettings(KafkaConnectionSettings):
         description="Stable name of this instance; its exactly-once transactional id is "
         "<consumer group>.<instance id>. Default: host name and a hash of STATE_DIR.",
     )
+    processing_static_membership: bool = Field(
+        default=False,
+        description="Join the group as a static member (group.instance.id = instance id): "
+        "a restart within the session timeout gets its partitions back without a "
+        "rebalance, but a stopped member holds its partitions until the timeout.",
+    )
     processing_window_s: int = Field(default=60, ge=1)
     processing_grace_s: int = Field(default=10, ge=0)
     processing_stats_spread_s: float = Field(

@@ -49,10 +49,6 @@ class InstanceClaim:
     instance_id: str
     lock_fd: int
 
-    def transactional_id(self, consumer_group: str) -> str:
-        """The producer's ``transactional.id`` for ``consumer_group``."""
-        return f"{consumer_group}.{self.instance_id}"
-
     def release(self) -> None:
         """Release the state folder's lock."""
         os.close(self.lock_fd)

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 # The dead transaction's timeout: far longer than the restart may take to abort it.
 DEAD_TXN_TIMEOUT_MS = 120_000
+SESSION_TIMEOUT_S = 45  # librdkafka's session.timeout.ms
 
 _DIE_MID_COMMIT = textwrap.dedent(
     """
@@ -109,5 +110,33 @@ def test_a_restart_aborts_the_transaction_its_killed_predecessor_left_open(
     assert stable, f"offsets still unstable 30 s after the restart:\n{run.log()}"
     assert time.monotonic() - began < DEAD_TXN_TIMEOUT_MS / 1000 / 2
     run.wait_records_in(len(records) - half, timeout_s=300)
+    assert run.stop() == 0, run.log()
+    assert run.crashes() == 0, run.log()
+
+
+def test_a_static_member_killed_and_restarted_resumes_without_waiting_for_its_session(
+    brokers: infra.InfraSettings, tmp_path: Path
+) -> None:
+    bootstrap = brokers.kafka_bootstrap
+    prefix = f"ps{uuid.uuid4().hex[:10]}"
+    run = ProcessingRun(
+        bootstrap,
+        prefix,
+        tmp_path,
+        extra_env={"FLEETSTREAM_PROCESSING_STATIC_MEMBERSHIP": "true"},
+    )
+    records, _ = simulate(FleetConfig(vehicles=10, duration_s=1200, rate_hz=1.0, seed=8))
+    create_topic(bootstrap, run.topics["input"])
+    produce(bootstrap, run.topics["input"], as_rows(records))
+    run.start()
+    run.wait_records_in(len(records) // 3, timeout_s=300)
+    run.kill9()
+    began = time.monotonic()
+    run.start()
+    run.wait_records_in(1, timeout_s=120)  # metrics restart at 0
+    resumed_after = time.monotonic() - began
+    # A dynamic member waits for the killed member's session to time out (45 s).
+    assert resumed_after < SESSION_TIMEOUT_S / 2, f"resumed after {resumed_after:.1f} s"
+    run.wait_consumed(1, timeout_s=60)
     assert run.stop() == 0, run.log()
     assert run.crashes() == 0, run.log()

@@ -44,31 +44,38 @@ def test_a_second_claim_of_a_held_folder_fails_until_it_is_released(tmp_path: Pa
     claim_instance(tmp_path / "state").release()
 
 
-def test_a_configured_id_wins_and_names_the_transactional_id(tmp_path: Path) -> None:
+def test_a_configured_id_wins(tmp_path: Path) -> None:
     claim = claim_instance(tmp_path, "proc-7")
     try:
         assert claim.instance_id == "proc-7"
-        assert claim.transactional_id("fleetstream-processing") == "fleetstream-processing.proc-7"
     finally:
         claim.release()
 
 
 @pytest.mark.parametrize(
     ("guarantee", "expected"),
-    [("exactly-once", "grp.inst"), ("at-least-once", None)],
+    [("exactly-once", "grp.inst-1"), ("at-least-once", None)],
 )
 def test_the_transactional_id_is_given_only_with_exactly_once(
     guarantee: Literal["exactly-once", "at-least-once"], expected: str | None
 ) -> None:
     settings = ProcessingSettings(
-        processing_guarantee=guarantee, kafka_bootstrap_servers="kafka-1:9092"
+        processing_guarantee=guarantee,
+        processing_consumer_group="grp",
+        kafka_bootstrap_servers="kafka-1:9092",
     )
-    clients = client_configs(settings, "grp.inst")
+    clients = client_configs(settings, "inst-1")
     assert clients.broker_address == "kafka-1:9092"
     assert clients.producer.get("transactional.id") == expected
     assert "transactional.id" not in clients.consumer
     assert "bootstrap.servers" not in clients.producer
     assert "bootstrap.servers" not in clients.consumer
+    assert "group.instance.id" not in clients.consumer
+
+
+def test_static_membership_names_the_member_by_the_instance_id() -> None:
+    settings = ProcessingSettings(processing_static_membership=True)
+    assert client_configs(settings, "inst-1").consumer["group.instance.id"] == "inst-1"
 
 
 def test_without_an_id_quix_keeps_drawing_its_own() -> None:
