@@ -12,7 +12,7 @@ demo: setup
 	@$(BIN)/fleetstream demo
 
 test: setup
-	$(BIN)/pytest -m "unit or integration"
+	$(BIN)/pytest -m "unit or integration" --durations=25
 
 unit: setup
 	$(BIN)/pytest -m unit
