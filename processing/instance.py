@@ -39,7 +39,7 @@ class InstanceError(FleetstreamError):
 
 @dataclass(frozen=True, slots=True)
 class InstanceClaim:
-    """A held state folder and the ids derived from it.
+    """A held state folder and the name of the instance that holds it.
 
     Attributes:
         instance_id: Stable name of this instance (host and state folder, or configured).
