@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import orjson
 import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from bench._report import Report, percentile, row
 from bench.errors import BenchError
@@ -45,6 +45,7 @@ from bench.harness import (
     ProcessWatch,
     QosOnePublisher,
     broker_footprint,
+    create_topic,
     default_rules,
     local_brokers,
     read_topic,
@@ -237,11 +238,6 @@ class _Result:
     finished: bool = True
 
 
-def _create_topic(admin: AdminClient, name: str) -> None:
-    topic = NewTopic(name, 4, 1, config=LOG_APPEND_TIME)
-    admin.create_topics([topic])[name].result(timeout=30)
-
-
 # What a broker answers for a while after it restarted.
 _AFTER_RESTART = frozenset(
     {
@@ -372,7 +368,7 @@ class _Run:
     def bridge(self, bridge: _Bridge, slug: str, *, outage_s: float = 0.0) -> _Result:
         prefix = self.claim(slug)
         topic = f"{prefix}-telemetry"
-        _create_topic(self.admin, topic)
+        create_topic(self.settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
         _log.info("%s: starting", bridge.name)
         bridge.start(prefix, topic)
         try:
@@ -526,7 +522,7 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
         raise BenchError(msg)
     prefix = run.claim("outage")
     topic = f"{prefix}-telemetry"
-    _create_topic(run.admin, topic)
+    create_topic(settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
     bridge = _IngestBridge(settings, run.workdir, "fleetstream ingest (Kafka outage)")
     bridge.start(prefix, topic)
     try:
