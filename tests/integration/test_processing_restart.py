@@ -135,8 +135,9 @@ def test_a_static_member_killed_and_restarted_resumes_without_waiting_for_its_se
     run.start()
     run.wait_records_in(1, timeout_s=120)  # metrics restart at 0
     resumed_after = time.monotonic() - began
-    # A dynamic member waits for the killed member's session to time out (45 s).
-    assert resumed_after < SESSION_TIMEOUT_S / 2, f"resumed after {resumed_after:.1f} s"
+    # A dynamic member waits for the killed member's session to time out (45 s after the
+    # kill: 49.8 s measured); a static one only for its own start (15-17 s on a slow VM).
+    assert resumed_after < SESSION_TIMEOUT_S - 10, f"resumed after {resumed_after:.1f} s"
     run.wait_consumed(1, timeout_s=60)
     assert run.stop() == 0, run.log()
     assert run.crashes() == 0, run.log()
