@@ -15,7 +15,7 @@ from quixstreams import Application
 from quixstreams.models import TopicConfig
 
 from processing._settings import ProcessingSettings
-from processing.instance import InstanceError, claim_instance
+from processing.instance import InstanceError, claim_instance, transactional_id
 from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
@@ -46,11 +46,13 @@ def client_configs(settings: ProcessingSettings, instance_id: str | None) -> Cli
     """
     connection = settings.kafka_client_config()
     broker_address = str(connection.pop("bootstrap.servers"))
-    consumer = dict(connection)
+    consumer = connection
     producer = dict(connection)
     if instance_id is not None:
         if settings.processing_guarantee == "exactly-once":
-            producer["transactional.id"] = f"{settings.processing_consumer_group}.{instance_id}"
+            producer["transactional.id"] = transactional_id(
+                settings.processing_consumer_group, instance_id
+            )
         if settings.processing_static_membership:
             consumer["group.instance.id"] = instance_id
     return ClientConfigs(broker_address, consumer, producer)

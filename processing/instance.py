@@ -54,6 +54,11 @@ class InstanceClaim:
         os.close(self.lock_fd)
 
 
+def transactional_id(consumer_group: str, instance_id: str) -> str:
+    """The exactly-once producer's ``transactional.id`` of an instance in a group."""
+    return f"{consumer_group}.{instance_id}"
+
+
 def default_instance_id(state_dir: Path, host: str | None = None) -> str:
     """``<host>-<8 hex digits of the absolute state folder>``, safe in a Kafka id."""
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]

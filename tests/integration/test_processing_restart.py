@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.harness import ProcessingRun, as_rows, create_topic, produce, simulate
 from fleetstream import infra
-from processing.instance import default_instance_id
+from processing.instance import default_instance_id, transactional_id
 from simulator import FleetConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -80,7 +80,7 @@ def test_a_restart_aborts_the_transaction_its_killed_predecessor_left_open(
     # The predecessor dies with offsets sent to an open transaction, under the id the
     # restarted instance will use.
     state_dir = Path(run.env()["FLEETSTREAM_PROCESSING_STATE_DIR"])
-    txn_id = f"{run.group}.{default_instance_id(state_dir)}"
+    txn_id = transactional_id(run.group, default_instance_id(state_dir))
     dead = subprocess.Popen(
         [
             sys.executable,
