@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any, Final, NamedTuple, cast
 
 from ingest._rules import MqttToKafkaRule, ValueMode
-from telemetry.adapters import get_adapter
-from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, encode
+from telemetry.adapters import DECODING_ADAPTERS, get_adapter
+from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, encode, encode_decoded
 
 # Quarantine keeps the raw bytes, but a Kafka record must stay under the broker's
 # message.max.bytes (1 MiB by default): larger payloads are cut and marked.
@@ -126,7 +126,10 @@ def route(rule: MqttToKafkaRule, msg: Inbound) -> Outbound:
             return quarantine(rule, msg, "no_timestamp", detail, key.encode())
         timestamp = int(raw_ts * rule.timestamp.scale_to_ms)  # type: ignore[operator]
     if rule.value is ValueMode.NORMALIZED and record is not None:
-        value = encode(record)
+        if rule.adapter in DECODING_ADAPTERS:
+            value = encode_decoded(record, msg.payload)
+        else:
+            value = encode(record)
     else:
         value = msg.payload
     return Outbound(topic, key.encode(), value, _headers(rule, msg), timestamp, rule.name)

@@ -74,7 +74,7 @@ class IngestService:
     def __init__(self, settings: IngestSettings, rules: RuleSet) -> None:
         self.settings = settings
         self.rules = rules
-        self.metrics = IngestMetrics()
+        self.metrics = IngestMetrics(r.name for r in rules.mqtt_to_kafka)
         self.sink = KafkaSink(settings, self.metrics)
         self.acker = OrderedAcker(self._send_acks)
         self._client: aiomqtt.Client | None = None
@@ -86,12 +86,8 @@ class IngestService:
         self._had_session = False
         self._session_present = False
         self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
-        self._received = {
-            r.name: self.metrics.received.labels(rule=r.name) for r in rules.mqtt_to_kafka
-        }
-        self._produced = {
-            r.name: self.metrics.produced.labels(rule=r.name) for r in rules.mqtt_to_kafka
-        }
+        self._received = self.metrics.received.counts
+        self._produced = self.metrics.produced.counts
         self._last_failure_log = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
@@ -380,7 +376,7 @@ class IngestService:
         work = [(rule, route(rule, inbound)) for rule in rules]
         entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
-            self._received[rule.name].inc()
+            self._received[rule.name] += 1
             self._produce(rule, inbound, out, entry)
 
     # -------------------------------------------------------------------- Kafka
@@ -398,7 +394,7 @@ class IngestService:
                 if out.quarantined:
                     self.metrics.quarantined.labels(rule=out.rule, reason=out.reason).inc()
                 else:
-                    self._produced[out.rule].inc()
+                    self._produced[out.rule] += 1
                 if entry is not None:
                     self.metrics.latency.observe((time.monotonic_ns() - entry.received_ns) / 1e9)
                     self.acker.confirm(entry)

@@ -121,6 +121,8 @@ def adapt_tesla(payload: bytes) -> TelemetryRecord:
 
 
 ADAPTERS: Final[Mapping[str, Adapter]] = {"v1": parse, "tesla": adapt_tesla}
+# Adapters whose record is the decoded payload itself, unchanged (for contract.encode_decoded).
+DECODING_ADAPTERS: Final = frozenset({"v1"})
 
 
 def get_adapter(name: str) -> Adapter:

@@ -19,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter, le
 from typing import Any, Final, Literal, TypedDict
 
 import orjson
@@ -179,6 +180,18 @@ _FAST_CHECKS: Final = {
     powertrain: tuple((f.name, f.low, f.high, f.integer, f) for f in (*_COMMON_CHECKS, *specific))
     for powertrain, specific in _BY_POWERTRAIN.items()
 }
+# Per powertrain: (values getter, lows, highs) of the same measurements, for the one pass
+# in C that accepts the usual record. None of them is an integer field (a unit test says
+# so), so "int or float" is the whole type check.
+_FAST_RANGES: Final = {
+    powertrain: (
+        itemgetter(*(c[0] for c in checks)),
+        tuple(c[1] for c in checks),
+        tuple(c[2] for c in checks),
+    )
+    for powertrain, checks in _FAST_CHECKS.items()
+}
+_NUMBER_TYPES: Final = frozenset({int, float})
 
 
 def _check_number(obj: dict[str, Any], spec: NumberField, *, nullable: bool) -> None:
@@ -261,6 +274,21 @@ def validate(obj: object, *, require_seq: bool = True) -> TelemetryRecord:
         raise ContractError(
             Problem.BAD_VALUE, "state", f"{state!r} is not one of {', '.join(STATES)}"
         )
+    getter, lows, highs = _FAST_RANGES[powertrain]
+    try:
+        values = getter(obj)
+    except KeyError:
+        values = ()
+    # Every measurement a number inside its range (NaN fails the comparisons): done, in
+    # C. Anything else (null, missing, bool, NaN) goes field by field below, which
+    # allows nulls and raises the precise error. Saves ~4 µs of ~8 µs per record.
+    if (
+        values
+        and _NUMBER_TYPES.issuperset(map(type, values))
+        and all(map(le, lows, values))
+        and all(map(le, values, highs))
+    ):
+        return obj  # type: ignore[return-value]
     get = obj.get
     for name, low, high, integer, spec in _FAST_CHECKS[powertrain]:
         value = get(name, _MISSING)
@@ -303,4 +331,28 @@ def parse(payload: bytes) -> TelemetryRecord:
 
 def encode(record: TelemetryRecord | dict[str, Any]) -> bytes:
     """Serialise a record to compact JSON bytes."""
+    return orjson.dumps(record)
+
+
+# JSON's insignificant whitespace. Without any of it, every member of every object in a
+# document is written `"name":`, so the count of `":` bounds the members from above.
+_WHITESPACE: Final = (b" ", b"\t", b"\n", b"\r")
+
+
+def encode_decoded(record: TelemetryRecord | dict[str, Any], payload: bytes) -> bytes:
+    """The compact encoding of a record that :func:`decode` made from ``payload`` unchanged.
+
+    ``payload`` itself when it already is compact JSON holding each key once, else
+    :func:`encode`: encoding cost ingest ~7 µs of ~40 µs per message on a slow machine.
+    The proof: with no whitespace, each object member brings one `":` and a string can
+    only add more, so as many `":` as top-level keys leaves room for no duplicate key
+    (which a consumer's parser might resolve differently) and no nested object. Numbers
+    keep the sender's spelling (``1e2``, not ``100.0``), the same values to any parser.
+
+    Args:
+        record: ``decode(payload)``, not modified since.
+        payload: The bytes it was decoded from.
+    """
+    if payload.count(b'":') == len(record) and not any(w in payload for w in _WHITESPACE):
+        return payload
     return orjson.dumps(record)

@@ -7,11 +7,12 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from simulator import FleetConfig, iter_records
 from telemetry.contract import (
+    _FAST_CHECKS,
     ALL_FIELDS,
     EV_FIELDS,
     ICE_FIELDS,
@@ -20,6 +21,8 @@ from telemetry.contract import (
     ContractError,
     Problem,
     decode,
+    encode,
+    encode_decoded,
     parse,
     validate,
 )
@@ -193,3 +196,61 @@ def test_arbitrary_objects_never_crash(obj: dict[str, Any]) -> None:
 
 def test_decode_returns_python_objects() -> None:
     assert decode(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+
+
+def test_fast_path_fields_are_not_integers() -> None:
+    # validate()'s one-pass check accepts any int or float: an integer field there
+    # would let 1.5 through.
+    for checks in _FAST_CHECKS.values():
+        assert not [name for name, _low, _high, integer, _spec in checks if integer]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("speed_kmh", math.nan), ("speed_kmh", True), ("lat", "1"), ("lat", None), ("lat", 90.5)],
+)
+def test_fast_and_field_by_field_paths_agree(field: str, value: object) -> None:
+    record = dict(EV)
+    record[field] = value
+    if value is None:
+        assert validate(record) is record
+        return
+    with pytest.raises(ContractError) as info:
+        validate(record)
+    assert info.value.field == field
+
+
+def test_compact_payload_is_its_own_encoding() -> None:
+    payload = orjson.dumps(EV)
+    assert encode_decoded(decode(payload), payload) is payload
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": 1, "b": 2}',  # whitespace
+        b'{"a":1,"b":2,"a":3}',  # duplicate key: a consumer could read 1 or 3
+        b'{"a":1,"b":{"c":2}}',  # nested object
+        b'{"a":"x\\":y","b":{"c":2,"d":3}}',  # a `":` in a string, nested keys
+        b'{"a":1,\n"b":2}',
+    ],
+)
+def test_other_payloads_are_encoded_again(payload: bytes) -> None:
+    record = decode(payload)
+    assert encode_decoded(record, payload) == encode(record)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.dictionaries(st.text(max_size=6), json_values, max_size=6), spaced=st.booleans())
+def test_encode_decoded_always_means_the_record(obj: dict[str, Any], spaced: bool) -> None:
+    try:
+        payload = orjson.dumps(obj)
+    except TypeError:
+        assume(False)  # an integer beyond 64 bits: no payload to start from
+    if spaced:
+        payload = payload.replace(b":", b": ", 1)
+    record = decode(payload)
+    out = encode_decoded(record, payload)
+    assert decode(out) == record
+    if out is payload:
+        assert payload == encode(record)
