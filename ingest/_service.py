@@ -93,6 +93,7 @@ class IngestService:
         self._retiring: set[asyncio.Task[None]] = set()
         self._kafka_answering_since: float | None = None
         self._closing = False
+        self._confirmed_in_poll = False
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -399,7 +400,7 @@ class IngestService:
                     self.metrics.latency.observe((time.monotonic_ns() - entry.received_ns) / 1e9)
                     self.acker.confirm(entry)
                 if epoch == self.sink.epoch:
-                    self.sink.confirmed()
+                    self._confirmed_in_poll = True  # told to the sink once per poll
                 return
             if self._closing:
                 return  # QoS 1/2: the broker redelivers it; QoS 0: lost, logged at exit
@@ -489,6 +490,9 @@ class IngestService:
         while True:
             with self.acker.batched():
                 served = self.sink.poll()
+            if self._confirmed_in_poll:
+                self._confirmed_in_poll = False
+                self.sink.confirmed()
             if self.sink.fatal:
                 self._recover_producer(f"fatal producer error ({self.sink.last_error})")
             now = time.monotonic()

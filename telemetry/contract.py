@@ -334,11 +334,6 @@ def encode(record: TelemetryRecord | dict[str, Any]) -> bytes:
     return orjson.dumps(record)
 
 
-# JSON's insignificant whitespace. Without any of it, every member of every object in a
-# document is written `"name":`, so the count of `":` bounds the members from above.
-_WHITESPACE: Final = (b" ", b"\t", b"\n", b"\r")
-
-
 def encode_decoded(record: TelemetryRecord | dict[str, Any], payload: bytes) -> bytes:
     """The compact encoding of a record that :func:`decode` made from ``payload`` unchanged.
 
@@ -353,6 +348,13 @@ def encode_decoded(record: TelemetryRecord | dict[str, Any], payload: bytes) -> 
         record: ``decode(payload)``, not modified since.
         payload: The bytes it was decoded from.
     """
-    if payload.count(b'":') == len(record) and not any(w in payload for w in _WHITESPACE):
+    # No JSON whitespace at all, tested unrolled (a generator over the four cost more).
+    if (
+        payload.count(b'":') == len(record)
+        and b" " not in payload
+        and b"\n" not in payload
+        and b"\t" not in payload
+        and b"\r" not in payload
+    ):
         return payload
     return orjson.dumps(record)
