@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -135,3 +137,12 @@ def test_shadow_pointer_is_separate_and_can_be_cleared(tmp_path: Path) -> None:
     assert (current_version(tmp_path), current_version(tmp_path, SHADOW)) == ("v1", None)
     with pytest.raises(ModelError, match="unknown pointer"):
         promote(tmp_path, "v1", "../escape")
+
+
+def test_processing_starts_without_importing_scikit_learn() -> None:
+    # scikit-learn and skops took ~3 s of processing's 5 s start; they load with a model.
+    code = "import sys, processing._main; print(sorted({'sklearn', 'skops'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
