@@ -37,6 +37,28 @@ def test_v1_message_keyed_by_vehicle_stamped_with_event_time() -> None:
     assert headers["mqtt.source"] == b"test"
 
 
+def test_v1_value_is_the_payload_when_compact_and_compact_json_otherwise() -> None:
+    compact = orjson.dumps(RECORD)
+    assert route(FLEET, _inbound(compact)).value is compact
+    spaced = orjson.dumps(RECORD, option=orjson.OPT_INDENT_2)
+    assert route(FLEET, _inbound(spaced)).value == compact
+    twice = compact[:-1] + b',"vehicle_id":"veh-99999"}'  # a duplicate key
+    out = route(FLEET, _inbound(twice))
+    assert out.value == orjson.dumps({**RECORD, "vehicle_id": "veh-99999"})
+    assert out.key == b"veh-99999"
+
+
+def test_tesla_normalized_value_is_the_v1_record() -> None:
+    rule = parse_rules(
+        '[[mqtt_to_kafka]]\nmqtt="t/+"\nadapter="tesla"\ntopic="t"\nkey="{vehicle_id}"\n'
+        'value="normalized"\n'
+    ).mqtt_to_kafka[0]
+    out = route(rule, _inbound(orjson.dumps(MQTTX_SAMPLE), "t/c1"))
+    assert out.reason is None
+    assert orjson.loads(out.value)["vehicle_id"] == str(MQTTX_SAMPLE["car_id"])
+    assert b"car_id" not in out.value
+
+
 def test_tesla_message_keeps_raw_payload() -> None:
     payload = orjson.dumps(MQTTX_SAMPLE)
     out = route(TESLA, _inbound(payload, "mqttx/simulate/tesla/client-1"))
