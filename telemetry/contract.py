@@ -281,7 +281,7 @@ def validate(obj: object, *, require_seq: bool = True) -> TelemetryRecord:
         values = ()
     # Every measurement a number inside its range (NaN fails the comparisons): done, in
     # C. Anything else (null, missing, bool, NaN) goes field by field below, which
-    # allows nulls and raises the precise error. Saves ~4 µs of ~8 µs per record.
+    # allows nulls and raises the precise error. validate(): 4.0-4.8 -> 3.4-3.5 µs here.
     if (
         values
         and _NUMBER_TYPES.issuperset(map(type, values))
