@@ -357,4 +357,4 @@ def encode_decoded(record: TelemetryRecord | dict[str, Any], payload: bytes) -> 
         and b"\r" not in payload
     ):
         return payload
-    return orjson.dumps(record)
+    return encode(record)
