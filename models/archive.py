@@ -38,7 +38,7 @@ from telemetry.contract import (
     ContractError,
     Problem,
     decode,
-    validate,
+    parse,
 )
 
 _log = logging.getLogger("models.archive")
@@ -90,7 +90,7 @@ def telemetry_row(value: bytes) -> dict[str, Any]:
     Raises:
         ContractError: The value is not a valid v1 record.
     """
-    record: dict[str, Any] = dict(validate(decode(value), require_seq=False))
+    record: dict[str, Any] = dict(parse(value, require_seq=False))
     unknown = record.keys() - _KNOWN
     record["extra"] = (
         orjson.dumps({k: record.pop(k) for k in sorted(unknown)}).decode() if unknown else None

@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from operator import itemgetter, le
-from typing import Any, Final, Literal, TypedDict
+from typing import Annotated, Any, Final, Literal, TypedDict
 
+import msgspec
 import orjson
 
 from telemetry.errors import FleetstreamError
@@ -320,13 +321,87 @@ def decode(payload: bytes) -> Any:
         raise ContractError(Problem.NOT_JSON, None, str(exc)) from None
 
 
-def parse(payload: bytes) -> TelemetryRecord:
+def _typed(spec: NumberField) -> Any:
+    bounds = msgspec.Meta(ge=spec.low, le=spec.high)
+    checked: Any = Annotated[int, bounds] if spec.integer else Annotated[float, bounds]
+    # seq may be null in parse(require_seq=False); the caller checks the other case.
+    return checked | None if spec.nullable or spec.name == "seq" else checked
+
+
+# msgspec applies a pattern with re.search: anchored with \Z, as $ also matches before "\n".
+_VEHICLE_ID_SEARCH: Final = rf"^(?:{VEHICLE_ID_PATTERN.pattern})\Z"
+
+
+def _record_struct(powertrain: str, numbers: tuple[NumberField, ...]) -> type[msgspec.Struct]:
+    text: dict[str, Any] = {
+        "schema": Literal[SCHEMA_VERSION],
+        "vehicle_id": Annotated[str, msgspec.Meta(pattern=_VEHICLE_ID_SEARCH)],
+        "powertrain": Literal[powertrain],
+        "state": Literal[STATES],
+    }
+    # In the contract's order, which the record dict then has.
+    fields = [
+        (name, text[name] if name in text else _typed(NUMBER_FIELDS[name]))
+        for name in (*COMMON_FIELDS, *(spec.name for spec in numbers))
+    ]
+    return msgspec.defstruct(
+        f"_{powertrain.capitalize()}Record",
+        fields,
+        forbid_unknown_fields=True,
+        gc=False,
+        module=__name__,
+    )
+
+
+_EV_DECODER: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(
+    _record_struct("ev", EV_NUMBERS)
+)
+_ICE_DECODER: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(
+    _record_struct("ice", ICE_NUMBERS)
+)
+
+
+def _parse_fast(payload: bytes, *, require_seq: bool) -> TelemetryRecord | None:
+    """The usual payload checked in C by msgspec, or None for the exact path to decide.
+
+    msgspec decodes and checks every type, range and literal in one pass (3.4 µs against
+    7-11 µs for orjson + validate() on a slow machine). It refuses anything validate()
+    refuses, and more: an unknown key (which v1 allows), an invalid value hidden by a
+    later duplicate key, and the other powertrain than the one guessed from the bytes.
+    Like orjson, it lets the last duplicate win, so the dict holds what decode() would
+    make, in the contract's key order. What it refuses goes through decode() + validate(),
+    which decide and word the precise error.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    decoder = _ICE_DECODER if b'"ice"' in payload else _EV_DECODER
+    try:
+        struct = decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if require_seq and struct.seq is None:
+        return None
+    return msgspec.structs.asdict(struct)  # type: ignore[return-value]
+
+
+def parse(payload: bytes, *, require_seq: bool = True) -> TelemetryRecord:
     """Decode and validate one v1 payload.
+
+    Args:
+        payload: The message value.
+        require_seq: As for :func:`validate`.
+
+    Returns:
+        The record: what ``validate(decode(payload))`` returns, except that an integer
+        in a non-integer field may come back as the equal float.
 
     Raises:
         ContractError: Why the payload is not a valid v1 message.
     """
-    return validate(decode(payload))
+    record = _parse_fast(payload, require_seq=require_seq)
+    if record is not None:
+        return record
+    return validate(decode(payload), require_seq=require_seq)
 
 
 def encode(record: TelemetryRecord | dict[str, Any]) -> bytes:

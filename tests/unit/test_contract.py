@@ -20,6 +20,7 @@ from telemetry.contract import (
     NUMBER_FIELDS,
     ContractError,
     Problem,
+    _parse_fast,
     decode,
     encode,
     encode_decoded,
@@ -254,3 +255,105 @@ def test_encode_decoded_always_means_the_record(obj: dict[str, Any], spaced: boo
     assert decode(out) == record
     if out is payload:
         assert payload == encode(record)
+
+
+def _exact(payload: bytes, *, require_seq: bool) -> dict[str, Any] | ContractError:
+    try:
+        return dict(validate(decode(payload), require_seq=require_seq))
+    except ContractError as exc:
+        return exc
+
+
+def _same_as_exact(payload: bytes, *, require_seq: bool = True) -> dict[str, Any] | None:
+    """Check parse() and its msgspec fast path against decode() + validate()."""
+    exact = _exact(payload, require_seq=require_seq)
+    parsed_fast = _parse_fast(payload, require_seq=require_seq)
+    fast = None if parsed_fast is None else dict(parsed_fast)
+    if fast is not None:
+        # The fast path accepts nothing validate() refuses, and yields the same record.
+        assert isinstance(exact, dict), exact
+        assert fast == exact
+        assert list(map(type, fast.values())) == [
+            float
+            if type(exact[k]) is int and k in NUMBER_FIELDS and not NUMBER_FIELDS[k].integer
+            else type(exact[k])
+            for k in fast
+        ]
+    try:
+        parsed: dict[str, Any] | ContractError = dict(parse(payload, require_seq=require_seq))
+    except ContractError as exc:
+        parsed = exc
+    if isinstance(exact, ContractError):
+        assert isinstance(parsed, ContractError)
+        assert parsed.reason == exact.reason
+    else:
+        assert parsed == exact
+    return fast
+
+
+def test_msgspec_fast_path_takes_the_usual_payloads() -> None:
+    for record in (EV, ICE):
+        assert _same_as_exact(orjson.dumps(record)) is not None
+        assert _same_as_exact(orjson.dumps(dict(record, seq=None)), require_seq=False) is not None
+
+
+_PAYLOAD = orjson.dumps(EV)
+_SEQ = b'"seq":%d' % EV["seq"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _PAYLOAD.replace(b'","ts":', b'\\n","ts":', 1),  # vehicle_id ends with a newline
+        _PAYLOAD.replace(b'"schema":1', b'"schema":1.0'),
+        _PAYLOAD.replace(b'"schema":1', b'"schema":true'),
+        _PAYLOAD.replace(_SEQ, b'"seq":null'),
+        _PAYLOAD.replace(_SEQ, _SEQ + b".0"),
+        _PAYLOAD.replace(_SEQ, _SEQ + b',"firmware":"1.2"'),  # unknown key: allowed
+        _PAYLOAD.replace(_SEQ, b'"seq":-1,' + _SEQ),  # a later duplicate wins
+        _PAYLOAD.replace(_SEQ, _SEQ + b',"powertrain":"ice"'),
+        _PAYLOAD.replace(b'"powertrain":"ev"', b'"powertrain":"EV"'),
+        _PAYLOAD.replace(b'"lat":', b'"lat":1e999,"lat":'),
+        _PAYLOAD.replace(b'"lat":', b'"lat":90.0000001,"x":', 1),
+        _PAYLOAD.replace(b"{", b'{"a":{"b":[1,2]},', 1),
+        _PAYLOAD.replace(b"}", b" }"),
+        _PAYLOAD + b"x",
+    ],
+)
+def test_msgspec_fast_path_edge_cases(payload: bytes) -> None:
+    _same_as_exact(payload)
+    _same_as_exact(payload, require_seq=False)
+
+
+def _field_values(field: str) -> st.SearchStrategy[object]:
+    spec = NUMBER_FIELDS.get(field)
+    edges: list[object] = []
+    if spec is not None:
+        edges = [
+            spec.low,
+            spec.high,
+            spec.low - 1,
+            spec.high + 1,
+            float(spec.low),
+            spec.high + 1e-9,
+        ]
+        edges += [int(spec.high) + 1, -0.0]
+    return st.sampled_from(edges or [None]) | json_values
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data(), require_seq=st.booleans(), powertrain=st.sampled_from(["ev", "ice"]))
+def test_msgspec_fast_path_agrees_with_validate(
+    data: st.DataObject, require_seq: bool, powertrain: str
+) -> None:
+    record: dict[str, Any] = dict(EV if powertrain == "ev" else ICE)
+    for field in data.draw(st.lists(st.sampled_from(ALL_FIELDS), max_size=3)):
+        if data.draw(st.booleans()):
+            record[field] = data.draw(_field_values(field))
+        else:
+            record.pop(field, None)
+    try:
+        payload = orjson.dumps(record)
+    except TypeError:
+        assume(False)  # an integer beyond 64 bits: no payload to start from
+    _same_as_exact(payload, require_seq=require_seq)
