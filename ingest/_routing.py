@@ -60,21 +60,25 @@ class Outbound(NamedTuple):
         return self.reason is not None
 
 
+_QOS_BYTES: Final = (b"0", b"1", b"2")
+
+
 def _headers(rule: MqttToKafkaRule, msg: Inbound) -> Headers:
     out: Headers = []
     for name in rule.headers:
         if name == "mqtt_topic":
             out.append(("mqtt_topic", msg.topic.encode()))
         elif name == "qos":
-            out.append(("mqtt_qos", str(msg.qos).encode()))
+            out.append(("mqtt_qos", _QOS_BYTES[msg.qos]))
         elif name == "received_at":
-            out.append(("received_at", str(msg.received_ms).encode()))
+            out.append(("received_at", b"%d" % msg.received_ms))
+        elif name == "user_properties":
+            if msg.user_properties:  # most messages have none: no generator for them
+                out.extend((f"mqtt.{k}", v.encode()) for k, v in msg.user_properties)
         elif name == "rule":
             out.append(("rule", rule.name.encode()))
         elif name == "dup":
             out.append(("mqtt_dup", b"1" if msg.dup else b"0"))
-        elif name == "user_properties":
-            out.extend((f"mqtt.{k}", v.encode()) for k, v in msg.user_properties)
     return out
 
 
