@@ -374,7 +374,7 @@ def _parse_fast(payload: bytes, *, require_seq: bool) -> TelemetryRecord | None:
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None
-    decoder = _ICE_DECODER if b'"ice"' in payload else _EV_DECODER
+    decoder = _ICE_DECODER if payload.find(b'"ice"') >= 0 else _EV_DECODER
     try:
         struct = decoder.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -420,7 +420,8 @@ def encode_decoded(record: TelemetryRecord | dict[str, Any], payload: bytes) -> 
     keep the sender's spelling (``1e2``, not ``100.0``), the same values to any parser.
 
     Args:
-        record: ``decode(payload)``, not modified since.
+        record: ``decode(payload)`` or ``parse(payload)``, not modified since (an
+            integer that parse() made a float is still the same JSON number).
         payload: The bytes it was decoded from.
     """
     # No JSON whitespace at all, tested unrolled (a generator over the four cost more);
