@@ -372,8 +372,8 @@ def _parse_fast(payload: bytes, *, require_seq: bool) -> TelemetryRecord | None:
     make, in the contract's key order. What it refuses goes through decode() + validate(),
     which decide and word the precise error.
     """
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return None
+    if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+        return None  # decode() also takes str, bytearray and memoryview
     decoder = _ICE_DECODER if payload.find(b'"ice"') >= 0 else _EV_DECODER
     try:
         struct = decoder.decode(payload)

@@ -357,3 +357,9 @@ def test_msgspec_fast_path_agrees_with_validate(
     except TypeError:
         assume(False)  # an integer beyond 64 bits: no payload to start from
     _same_as_exact(payload, require_seq=require_seq)
+
+
+def test_parse_takes_what_decode_takes() -> None:
+    payload = orjson.dumps(EV)
+    for same in (payload.decode(), bytearray(payload), memoryview(payload)):
+        assert parse(same) == EV  # type: ignore[arg-type]
