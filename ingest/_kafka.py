@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from ingest._metrics import IngestMetrics
 from ingest._routing import Outbound
 from ingest._settings import IngestSettings
+from telemetry.topics import create_missing_topics
 
 _log = logging.getLogger(__name__)
 
@@ -78,32 +79,13 @@ def ensure_topics(settings: IngestSettings, topics: set[str], timeout_s: float =
     Raises:
         KafkaException: Kafka could not be asked (caller retries later).
     """
-    admin = AdminClient(settings.kafka_client_config())
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = sorted(topics - existing)
-    if not missing:
-        return []
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                t,
-                num_partitions=settings.kafka_topic_partitions,
-                replication_factor=settings.kafka_replication_factor,
-            )
-            for t in missing
-        ],
-        request_timeout=timeout_s,
+    return create_missing_topics(
+        settings.kafka_client_config(),
+        topics,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+        timeout_s=timeout_s,
     )
-    created = []
-    for topic, future in futures.items():
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-        else:
-            created.append(topic)
-    return created
 
 
 class KafkaSink:

@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
+from confluent_kafka import KafkaException
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from quixstreams import Application
@@ -21,6 +22,7 @@ from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
 from telemetry.gctune import tune_for_service
 from telemetry.logs import configure_logging
+from telemetry.topics import create_missing_topics
 
 _log = logging.getLogger("processing")
 
@@ -58,6 +60,33 @@ def client_configs(settings: ProcessingSettings, instance_id: str | None) -> Cli
     return ClientConfigs(broker_address, consumer, producer)
 
 
+def _create_topics(settings: ProcessingSettings) -> None:
+    """Create the missing input and output topics before Quix looks for them.
+
+    Quix would create them one at a time at about 1 s each; its changelog topics are
+    left to it. When Kafka cannot be asked now, Quix's own attempt reports the problem.
+    """
+    try:
+        created = create_missing_topics(
+            settings.kafka_client_config(),
+            (
+                settings.processing_input_topic,
+                settings.processing_stats_topic,
+                settings.processing_sessions_topic,
+                settings.processing_alerts_topic,
+                settings.processing_shadow_alerts_topic,
+                settings.processing_quarantine_topic,
+            ),
+            partitions=settings.processing_partitions,
+            replication_factor=settings.processing_replication_factor,
+        )
+    except KafkaException as exc:
+        _log.warning("could not create the topics in one request (%s); Quix will try", exc)
+        return
+    if created:
+        _log.info("created topics %s", ", ".join(created))
+
+
 def build_app(
     settings: ProcessingSettings,
     metrics: ProcessingMetrics,
@@ -80,6 +109,7 @@ def build_app(
         num_partitions=settings.processing_partitions,
         replication_factor=settings.processing_replication_factor,
     )
+    _create_topics(settings)
     source = app.topic(settings.processing_input_topic, value_deserializer="bytes", config=config)
     outputs = {
         name: app.topic(topic, value_serializer="json", config=config)

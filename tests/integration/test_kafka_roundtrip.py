@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from telemetry.topics import create_missing_topics
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +61,25 @@ def test_keyed_records_round_trip_with_acks_all(
     finally:
         consumer.close()
     assert received == sent
+
+
+def test_create_missing_topics_creates_only_the_missing_ones(
+    kafka_bootstrap: str, kafka_topic: str, unique_name: str
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    wanted = [kafka_topic, f"{unique_name}-a", f"{unique_name}-b"]
+    admin = AdminClient(config)
+    try:
+        created = create_missing_topics(config, wanted, partitions=5, replication_factor=1)
+        assert sorted(created) == [f"{unique_name}-a", f"{unique_name}-b"]
+        topics = admin.list_topics(timeout=10).topics
+        assert len(topics[f"{unique_name}-a"].partitions) == 5
+        assert len(topics[f"{unique_name}-b"].partitions) == 5
+        assert len(topics[kafka_topic].partitions) == 3  # the existing one is untouched
+        assert create_missing_topics(config, wanted, partitions=5, replication_factor=1) == []
+        with pytest.raises(KafkaException):
+            # Kafka refuses a topic with more replicas than brokers: the error surfaces.
+            create_missing_topics(config, [f"{unique_name}-c"], partitions=1, replication_factor=3)
+    finally:
+        for future in admin.delete_topics([f"{unique_name}-a", f"{unique_name}-b"]).values():
+            future.result(timeout=30)
