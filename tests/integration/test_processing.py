@@ -85,11 +85,10 @@ def processed_day(
         key = rows[position][0]
         bad.append(BAD_PAYLOADS[i % len(BAD_PAYLOADS)])
         rows.insert(position, (key, BAD_PAYLOADS[i % len(BAD_PAYLOADS)], rows[position][2]))
-    # An unsupervised consumption model trained on normal simulator data (another seed);
-    # the pipeline loads it through the real registry path.
+    # An unsupervised consumption model trained on normal simulator data (another seed,
+    # 40 cars for 6 h); the pipeline loads it through the real registry path.
     registry = workdir / "registry"
-    normal = FleetConfig(vehicles=40, duration_s=86400, rate_hz=0.2, seed=123)
-    version = promote_detector(registry, normal)
+    version = promote_detector(registry)
     run = ProcessingRun(
         brokers.kafka_bootstrap, f"pr{uuid.uuid4().hex[:10]}", workdir, model_dir=registry
     )
