@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from bench.harness import (
     ProcessingRun,
@@ -32,6 +33,9 @@ WINDOW_MS = 60_000
 GRACE_MS = 10_000
 # A seed no detector threshold was tuned on (tuning used seeds 11 and 99).
 UNSEEN_SEED = 2024
+# 20 cars with 5 episodes per car and day: 102 labelled episodes, at least 5 of each kind
+# (30 cars with 4: 144, in 1.5x the records; the suite's slowest fixture).
+CARS = 20
 
 
 def _disorder(records: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
@@ -70,10 +74,10 @@ BAD_PAYLOADS = [
 def processed_day(
     brokers: infra.InfraSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """A seeded day (30 cars, 0.2 Hz) with duplicates, disorder and bad records, processed once."""
+    """A seeded day (20 cars, 0.2 Hz) with duplicates, disorder and bad records, processed once."""
     workdir = tmp_path_factory.mktemp("processing")
     config = FleetConfig(
-        vehicles=30, duration_s=86400, rate_hz=0.2, seed=UNSEEN_SEED, anomaly_rate=4.0
+        vehicles=CARS, duration_s=86400, rate_hz=0.2, seed=UNSEEN_SEED, anomaly_rate=5.0
     )
     records, labels = simulate(config)
     rng = random.Random(1)
@@ -98,6 +102,8 @@ def processed_day(
     run.wait_consumed(len(rows))
     exit_code = run.stop()
     t = run.topics
+    admin = AdminClient({"bootstrap.servers": brokers.kafka_bootstrap})
+    on_broker = admin.list_topics(timeout=10).topics
     return {
         "model_version": version,
         "records": stream,
@@ -117,6 +123,9 @@ def processed_day(
         ],
         "quarantine": read_topic(brokers.kafka_bootstrap, t["quarantine"], expect=len(bad)),
         "log": run.log(),
+        "full_log": run.log_path.read_text("utf-8"),
+        "topics": t,
+        "partitions": {role: len(on_broker[name].partitions) for role, name in t.items()},
     }
 
 
@@ -197,7 +206,7 @@ def test_every_stats_record_equals_the_pandas_computation(processed_day: dict[st
     keys = [(s["vehicle_id"], s["window_start"]) for s in stats]
     assert len(keys) == len(set(keys)), "a window was emitted twice"
     # Windows still open at the end of the data (the last ones per partition) are not emitted.
-    assert len(stats) >= len(expected) - 2 * 30
+    assert len(stats) >= len(expected) - 2 * CARS
     mismatches = []
     for s in stats:
         row = expected.loc[(s["vehicle_id"], s["window_start"])]
@@ -256,3 +265,17 @@ def test_sessions_are_consistent(processed_day: dict[str, Any]) -> None:
         if s["kind"] == "charge":
             assert s["energy_added_kwh"] is not None
             assert s["energy_added_kwh"] >= 0
+
+
+def test_processing_created_its_output_topics_in_one_request(
+    processed_day: dict[str, Any],
+) -> None:
+    # The test created the input topic; processing created the five output topics at once,
+    # with its configured partition count (4 by default), before Quix looked for them.
+    log = processed_day["full_log"].splitlines()
+    [line] = [line for line in log if "created topics" in line]
+    outputs = ("stats", "sessions", "alerts", "shadow", "quarantine")
+    assert sorted(line.split("created topics ")[1].split(", ")) == sorted(
+        processed_day["topics"][role] for role in outputs
+    )
+    assert all(processed_day["partitions"][role] == 4 for role in outputs)
