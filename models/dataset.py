@@ -87,10 +87,30 @@ def dedupe(table: pa.Table) -> pa.Table:
     return table.sort_by([("ts", "ascending"), ("vehicle_id", "ascending")])
 
 
+def _values(column: pa.Array) -> list[Any]:
+    """A column as Python values, nulls as None.
+
+    Numbers go through NumPy's ``tolist()``: pyarrow's ``to_pylist()`` builds each value
+    through a scalar object, and on a week of telemetry that made reading the rows take
+    longer than replaying them through the detectors (25 vs 9-12 µs per record).
+    """
+    kind = column.type
+    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        return column.to_pylist()  # type: ignore[no-any-return]
+    if column.null_count == 0:
+        return column.to_numpy().tolist()  # type: ignore[no-any-return]
+    # With nulls, NumPy would make an integer column float: fill, convert, then mask.
+    values = pc.fill_null(column, 0).to_numpy().tolist()
+    valid = column.is_valid().to_numpy(zero_copy_only=False).tolist()
+    return [v if ok else None for v, ok in zip(values, valid, strict=True)]
+
+
 def iter_records(table: pa.Table, batch_rows: int = 50_000) -> Iterator[dict[str, Any]]:
     """Rows as record dicts (nulls as None), in table order."""
+    names = table.column_names
     for batch in table.to_batches(max_chunksize=batch_rows):
-        yield from batch.to_pylist()
+        columns = [_values(column) for column in batch.columns]
+        yield from (dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True))
 
 
 LABEL_COLUMNS: Final = ["vehicle_id", "kind", "start_ts", "end_ts", "magnitude"]
