@@ -80,8 +80,8 @@ def _create_topics(settings: ProcessingSettings) -> None:
             partitions=settings.processing_partitions,
             replication_factor=settings.processing_replication_factor,
         )
-    except KafkaException as exc:
-        _log.warning("could not create the topics in one request (%s); Quix will try", exc)
+    except (KafkaException, TimeoutError) as exc:
+        _log.warning("could not create the topics in one request (%r); Quix will try", exc)
         return
     if created:
         _log.info("created topics %s", ", ".join(created))

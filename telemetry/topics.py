@@ -35,6 +35,7 @@ def create_missing_topics(
 
     Raises:
         KafkaException: Kafka could not be asked, or refused a creation.
+        TimeoutError: A creation was not confirmed within ``timeout_s``.
     """
     admin = AdminClient(client_config)
     missing = sorted(set(topics) - set(admin.list_topics(timeout=timeout_s).topics))

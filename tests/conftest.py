@@ -16,6 +16,19 @@ from fleetstream import infra
 
 _log = logging.getLogger(__name__)
 
+# Every test belongs to one suite: `make test` selects by marker, so an unmarked test
+# would be collected and never run (ten processing-instance tests were, until 2026-12-03).
+_SUITES = ("unit", "integration", "faults")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects the unmarked ones out of sight
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that carries none of the suite markers."""
+    unmarked = [i.nodeid for i in items if not any(i.get_closest_marker(m) for m in _SUITES)]
+    if unmarked:
+        msg = f"tests without a {'/'.join(_SUITES)} marker would never run: {unmarked[:10]}"
+        raise pytest.UsageError(msg)
+
 
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:

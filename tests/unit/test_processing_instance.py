@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
+import processing._main
 from processing import ProcessingSettings
-from processing._main import client_configs
+from processing._main import _create_topics, client_configs
 from processing.instance import InstanceError, claim_instance, default_instance_id
+
+pytestmark = pytest.mark.unit
 
 
 def test_default_id_is_stable_and_depends_on_host_and_folder(tmp_path: Path) -> None:
@@ -80,3 +86,28 @@ def test_static_membership_names_the_member_by_the_instance_id() -> None:
 
 def test_without_an_id_quix_keeps_drawing_its_own() -> None:
     assert "transactional.id" not in client_configs(ProcessingSettings(), None).producer
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KafkaException(KafkaError(KafkaError._TRANSPORT)),
+        TimeoutError("not confirmed"),
+    ],
+)
+def test_topics_kafka_cannot_create_now_are_left_to_quix_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    def refuse(_config: object, topics: Iterable[str], **_kw: object) -> list[str]:
+        asked.append(tuple(topics))
+        raise error
+
+    monkeypatch.setattr(processing._main, "create_missing_topics", refuse)
+    settings = ProcessingSettings(processing_stats_topic="s", processing_alerts_topic="a")
+    with caplog.at_level(logging.WARNING, "processing"):
+        _create_topics(settings)  # must not raise: Quix's own attempt reports the problem
+    assert len(asked) == 1
+    assert {"s", "a", settings.processing_input_topic} <= set(asked[0])
+    assert "Quix will try" in caplog.text
