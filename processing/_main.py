@@ -69,14 +69,7 @@ def _create_topics(settings: ProcessingSettings) -> None:
     try:
         created = create_missing_topics(
             settings.kafka_client_config(),
-            (
-                settings.processing_input_topic,
-                settings.processing_stats_topic,
-                settings.processing_sessions_topic,
-                settings.processing_alerts_topic,
-                settings.processing_shadow_alerts_topic,
-                settings.processing_quarantine_topic,
-            ),
+            settings.topics(),
             partitions=settings.processing_partitions,
             replication_factor=settings.processing_replication_factor,
         )

@@ -67,3 +67,14 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_metrics_port: int = Field(
         default=9465, ge=0, le=65535, description="0 disables /metrics."
     )
+
+    def topics(self) -> tuple[str, ...]:
+        """The input and output topics (Quix's changelog topics not included)."""
+        return (
+            self.processing_input_topic,
+            self.processing_stats_topic,
+            self.processing_sessions_topic,
+            self.processing_alerts_topic,
+            self.processing_shadow_alerts_topic,
+            self.processing_quarantine_topic,
+        )

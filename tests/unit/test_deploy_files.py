@@ -320,16 +320,7 @@ def code_topics(rules_file: Path | None) -> set[str]:
         topics |= {rule.topic.text, rule.quarantine_topic}
     for command in rules.kafka_to_mqtt:
         topics |= {command.kafka, f"{command.kafka}.quarantine"}
-    settings = ProcessingSettings()
-    topics |= {
-        settings.processing_input_topic,
-        settings.processing_stats_topic,
-        settings.processing_sessions_topic,
-        settings.processing_alerts_topic,
-        settings.processing_shadow_alerts_topic,
-        settings.processing_quarantine_topic,
-        DashboardSettings().dashboard_feedback_topic,
-    }
+    topics |= {*ProcessingSettings().topics(), DashboardSettings().dashboard_feedback_topic}
     return topics
 
 
