@@ -677,6 +677,10 @@ def _measure_all(
     return results
 
 
+def _cpu_per_10k(r: _Result) -> float:
+    return r.cpu_s / max(r.delivered, 1) * 10_000
+
+
 def _fill(report: Report, results: dict[str, _Result], outage: dict[str, Any] | None) -> None:
     before, after = results["sub_before"], results["sub_after"]
     broker = (before.rate + after.rate) / 2
@@ -720,10 +724,14 @@ def _fill(report: Report, results: dict[str, _Result], outage: dict[str, Any] | 
                 row(r.name, "p50 receive->Kafka", percentile(r.receive_to_kafka_ms, 50), "ms"),
                 row(r.name, "p99 receive->Kafka", percentile(r.receive_to_kafka_ms, 99), "ms"),
             )
+        # Memory and CPU next to the in-ecosystem peer's, from its median flood.
+        peer = results["mqtt_source"] if key != "mqtt_source" else None
         report.add(
-            row(r.name, "peak RSS (flood)", r.peak_rss_mb, "MiB"),
-            row(r.name, "CPU per 10k msgs", r.cpu_s / max(r.delivered, 1) * 10_000, "s"),
-        )
+            row(r.name, "peak RSS (flood)", r.peak_rss_mb, "MiB",
+                (peer.name, peer.peak_rss_mb) if peer else None),
+            row(r.name, "CPU per 10k msgs", _cpu_per_10k(r), "s",
+                (peer.name, _cpu_per_10k(peer)) if peer else None),
+        )  # fmt: skip
         if r.lost is not None:
             report.add(
                 row(r.name, "lost", r.lost, "msgs"), row(r.name, "duplicates", r.duplicates, "msgs")

@@ -56,9 +56,23 @@ def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> Non
         "ingest loses nothing",
     }
     assert next(t for t in report.targets if t["target"] == "ingest loses nothing")["met"]
+    # CPU and memory stand next to the peer's, from the same run.
+    for metric in ("CPU per 10k msgs", "peak RSS (flood)"):
+        mine = next(
+            r for r in report.rows if r["subject"] == "fleetstream ingest" and r["metric"] == metric
+        )
+        assert mine["baseline"] == "quixstreams MQTTSource", metric
+        assert mine["ratio"] == mine["value"] / rows[("quixstreams MQTTSource", metric)], metric
 
 
-def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
+def test_bench_e2e_counts_every_message(
+    brokers: infra.InfraSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 s windows, so that closed windows' stats fall inside a 30 s run and their
+    # samples and latency are checked too (the processes read the same environment).
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_WINDOW_S", "10")
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_GRACE_S", "2")
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_STATS_SPREAD_S", "2")
     # Two processing processes share the 4 partitions: the counts are summed over both.
     admin = AdminClient({"bootstrap.servers": brokers.kafka_bootstrap})
     before = set(admin.list_topics(timeout=10).topics)
@@ -70,10 +84,22 @@ def test_bench_e2e_counts_every_message(brokers: infra.InfraSettings) -> None:
     size = report.details["sizes"][0]
     assert size["sent"] == 30 * 30
     assert size["lost"] == 0
-    assert size["consumed"] >= size["sent"]
+    assert size["consumed"] == size["sent"]
+    # Windows closed within the run: every sample of them is in their stats, once.
+    assert size["window_expected"] >= 30 * 10
+    assert size["window_samples"] == size["window_expected"]
+    assert size["surplus_samples"] == 0
+    assert size["passed"] == (size["p99_alert_ms"] < 1000 and size["p99_receive_ms"] < 1000)
     rows = _rows(report)
-    assert rows[("30 cars x 30 s", "simulator msg/s")] > 0
-    assert rows[("30 cars x 30 s", "rule alerts measured")] > 0
+    name = "30 cars x 30 s"
+    assert rows[(name, "simulator msg/s")] > 0
+    assert rows[(name, "rule alerts measured")] > 0
+    assert rows[(name, "windows measured")] >= 30
+    # Stats wait at least for their window's end and grace; the 95th lies between.
+    p50, p95, p99 = (rows[(name, f"p{q} ts->window stats on Kafka")] for q in (50, 95, 99))
+    assert 2 <= p50 <= p95 <= p99
+    assert rows[(name, "p99 window close->stats")] > 0
+    assert report.params["processing_window_s"] == 10
     assert ("30 cars x 30 s", "processing peak RSS") in rows
     assert 0 < rows[("30 cars x 30 s", "machine CPU busy (all cores)")] <= 100
     assert report.params["processing_processes"] == 2

@@ -33,6 +33,10 @@ def test_run_pipeline_reports_every_figure_and_consistent_counts(
         for metric in ("CPU per record", "peak RSS", "start-up to first record"):
             value = rows[(f"processing ({label})", metric)]["value"]
             assert value > 0, (label, metric, value)
+        cpu = rows[(f"processing ({label})", "CPU per record")]
+        assert cpu["baseline"] == "bare consumer"
+        assert cpu["baseline_value"] is not None
+        assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline_value"])
         assert run["records_in"] == details["records"]
         # Exactly-once: what the counters saw is what the output topics hold.
         assert run["outputs"]["stats"] == run["windows_counted"] > 0

@@ -50,7 +50,9 @@ def test_table_json_and_targets(tmp_path: Path) -> None:
 
 
 def _result(vehicles: int, passed: bool) -> _SizeResult:
-    r = _SizeResult(vehicles, 60, sent=vehicles * 60, in_kafka=vehicles * 60)
+    r = _SizeResult(
+        vehicles, 60, sent=vehicles * 60, in_kafka=vehicles * 60, consumed=vehicles * 60
+    )
     r.receive_ms = [5.0]
     r.alert_ms = [100.0 if passed else 5000.0]
     return r
@@ -90,9 +92,32 @@ def test_a_size_with_loss_does_not_pass() -> None:
     assert not r.passed
 
 
+def test_a_surplus_in_one_count_does_not_hide_a_loss_in_another() -> None:
+    r = _result(100, True)
+    r.window_expected = r.window_samples = 500
+    assert r.lost == 0
+    assert r.passed
+    r.in_kafka -= 1
+    r.window_samples += 1  # a window that counted a sample twice
+    assert r.lost == 1
+    assert r.surplus_samples == 1
+    r.in_kafka += 1
+    assert r.lost == 0
+    assert not r.passed  # double counting fails the size on its own
+    r.window_samples -= 1
+    r.consumed -= 2  # two records in Kafka that processing never read
+    assert r.lost == 2
+    assert not r.passed
+
+
 def test_alert_latency_is_split_by_time_since_the_window_close() -> None:
     # Windows close 10 s past the minute; the 20 s from there are "after a close".
-    assert [s for s in range(60) if _after_close(s)] == list(range(10, 30))
+    r = _result(1, True)
+    assert [s for s in range(60) if _after_close(s, r)] == list(range(10, 30))
+    # Shorter windows (the toy e2e test's): every second is near a close.
+    r.window_ms, r.grace_ms = 10_000, 2_000
+    assert [s for s in range(10) if _after_close(s, r)] == list(range(10))
+    assert list(_by_ten_seconds([(3, 7.0)], 10)) == ["00-09"]
     alerts = [(s, float(s)) for s in range(60)] + [(15, 900.0)]
     buckets = _by_ten_seconds(alerts)
     assert list(buckets) == ["00-09", "10-19", "20-29", "30-39", "40-49", "50-59"]
