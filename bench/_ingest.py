@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +60,7 @@ PACED_RATE = 1000.0
 PACED_S = 8.0
 FLOOD_CAP_S = 60.0
 STALL_S = 15.0
+SUBSCRIBE_TIMEOUT_S = 60.0  # mosquitto_sub connects and subscribes in well under a second
 _PUBLISHERS = 2
 
 
@@ -437,6 +438,35 @@ class _Run:
                 result.receive_to_kafka_ms.append(float(r.timestamp - int(received)))
 
 
+def _wait_subscribed(
+    settings: infra.InfraSettings,
+    prefix: str,
+    proc: subprocess.Popen[bytes],
+    lines: Callable[[], list[bytes]],
+    timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+) -> None:
+    """Publish probes until ``mosquitto_sub`` prints one: it is subscribed then.
+
+    Raises:
+        BenchError: It exited, or printed nothing within ``timeout_s``.
+    """
+    publisher = QosOnePublisher(settings, f"{prefix}-probe")
+    try:
+        probes = _paced_messages(prefix, 1, int(timeout_s * 2) + 2, "prb")  # one per 0.5 s
+        deadline = time.monotonic() + timeout_s
+        while not lines():
+            if proc.poll() is not None:
+                msg = f"mosquitto_sub exited with {proc.returncode} before it subscribed"
+                raise BenchError(msg)
+            if time.monotonic() > deadline:
+                msg = f"mosquitto_sub got no probe on {prefix}/+/telemetry in {timeout_s:.0f} s"
+                raise BenchError(msg)
+            publisher.publish([next(probes)])
+            time.sleep(0.5)
+    finally:
+        publisher.close()
+
+
 def _mosquitto_sub(run: _Run, slug: str) -> _Result:
     """The broker's delivery limit to a C client, and its publish -> receive latency."""
     settings = run.settings
@@ -470,13 +500,7 @@ def _mosquitto_sub(run: _Run, slug: str) -> _Result:
 
     proc = start("%U")
     try:
-        # Subscribed once a probe comes through.
-        publisher = QosOnePublisher(settings, f"{prefix}-probe")
-        probes = _paced_messages(prefix, 1, 600, "prb")
-        while not lines():
-            publisher.publish([next(probes)])
-            time.sleep(0.5)
-        publisher.close()
+        _wait_subscribed(settings, prefix, proc, lines)
         time.sleep(1.0)
         base = len(lines())
         watch = ProcessWatch(lambda: [psutil.Process(proc.pid)])

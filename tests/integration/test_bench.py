@@ -5,10 +5,14 @@ Speed is not asserted here (benchmarks report it); these tests guard the measuri
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from bench import Report, run_e2e, run_ingest
+from bench._ingest import _wait_subscribed
+from bench.errors import BenchError
 from fleetstream import infra
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -104,3 +108,20 @@ def test_bench_e2e_counts_every_message(
     assert 0 < rows[("30 cars x 30 s", "machine CPU busy (all cores)")] <= 100
     assert report.params["processing_processes"] == 2
     assert report.params["processing_commit_interval_s"] > 0
+
+
+def test_a_baseline_subscriber_that_never_subscribes_stops_the_benchmark(
+    brokers: infra.InfraSettings,
+) -> None:
+    # Before: an endless loop of probes when mosquitto_sub died or never subscribed.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with pytest.raises(BenchError, match="exited with 0 before it subscribed"):
+        _wait_subscribed(brokers, "bench-dead-sub", dead, lambda: [])
+    deaf = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(BenchError, match=r"got no probe .* in 2 s"):
+            _wait_subscribed(brokers, "bench-deaf-sub", deaf, lambda: [], timeout_s=2)
+    finally:
+        deaf.kill()
+        deaf.wait()
