@@ -530,13 +530,19 @@ app.add_typer(bench_app, name="bench")
 _OUT_OPTION = typer.Option(
     Path("bench-results"), "--out", help="Folder for <kind>-<time>.json and <kind>-latest.json."
 )
+_JSON_OPTION = typer.Option(
+    False, "--json", help="Print the JSON report on stdout; the table goes to stderr."
+)
 
 
-def _finish_bench(report: bench.Report, out: Path) -> None:
+def _finish_bench(report: bench.Report, out: Path, as_json: bool = False) -> None:
+    """Print the table (and with ``as_json`` the JSON), save the JSON; exit 3 on a miss."""
     report.finish()
-    typer.echo(report.table())
+    typer.echo(report.table(), err=as_json)
     path = report.write(out)
-    typer.echo(f"results: {path}")
+    typer.echo(f"results: {path}", err=as_json)
+    if as_json:
+        typer.echo(report.to_json().decode())
     if not all(t["met"] for t in report.targets):
         raise typer.Exit(3)
 
@@ -554,6 +560,7 @@ def bench_ingest(
         3, "--repeats", min=1, help="Floods for ingest and MQTTSource each; the median counts."
     ),
     out: Path = _OUT_OPTION,
+    as_json: bool = _JSON_OPTION,
 ) -> None:
     """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
     from bench import BenchError, run_ingest
@@ -563,7 +570,7 @@ def bench_ingest(
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    _finish_bench(report, out)
+    _finish_bench(report, out, as_json)
 
 
 @bench_app.command("pipeline")
@@ -578,6 +585,7 @@ def bench_pipeline(
         help="Also time processing with a promoted consumption model (trained first).",
     ),
     out: Path = _OUT_OPTION,
+    as_json: bool = _JSON_OPTION,
 ) -> None:
     """Records/s of processing from a pre-filled topic, next to a bare deserialising consumer."""
     from bench import BenchError, run_pipeline
@@ -587,7 +595,7 @@ def bench_pipeline(
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    _finish_bench(report, out)
+    _finish_bench(report, out, as_json)
 
 
 @bench_app.command("e2e")
@@ -603,6 +611,7 @@ def bench_e2e(
         1, "--processes", min=1, max=4, help="Processing processes in one consumer group."
     ),
     out: Path = _OUT_OPTION,
+    as_json: bool = _JSON_OPTION,
 ) -> None:
     """Simulated cars at 1 Hz through ingest and processing: loss, latency, CPU, RSS."""
     from bench import BenchError, run_e2e
@@ -612,7 +621,7 @@ def bench_e2e(
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    _finish_bench(report, out)
+    _finish_bench(report, out, as_json)
 
 
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:
