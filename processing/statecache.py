@@ -1,7 +1,7 @@
 """Decoded state values kept between records, valid only while nothing else wrote them.
 
 Every record reads its car's state (~1.4 KB of JSON) and writes it back. Decoding it
-again was ~7 % of processing's time (py-spy, docs/benchmarks.md), although the value
+again was ~7 % of processing's time (py-spy, docs/benchmarks-history.md), although the value
 read is, almost always, the dict this process wrote for the car's previous record.
 :class:`DecodedCache` keeps that dict next to the bytes it was stored as.
 

@@ -2,7 +2,7 @@
 
 Quix's ``Collect()`` window stores every record as its own state key and changelog
 message, which cost as much per record as everything else in the pipeline together
-(docs/benchmarks.md). The pipeline already reads and writes the car's state for every
+(docs/benchmarks-history.md). The pipeline already reads and writes the car's state for every
 record, so the samples of its open windows live there instead, and Quix's window only
 sees a *marker* — one or two per car per window — to decide, on the partition's clock,
 when a window closes. That keeps Quix's closing rule (``window_end + grace <= partition
@@ -183,7 +183,7 @@ def spread_offset(vehicle_id: str, spread_ms: int) -> int:
 
     Every car's window closes at the same record of a partition; emitting all their stats
     with each car's next record stalled the partition's alerts for seconds at 6,000 cars
-    (docs/benchmarks.md). A stable per-car offset spreads that work evenly.
+    (docs/benchmarks-history.md). A stable per-car offset spreads that work evenly.
     """
     if spread_ms <= 0:
         return 0
