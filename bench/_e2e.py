@@ -421,7 +421,6 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
     for r in results:
         name = f"{r.vehicles} cars x {r.seconds} s"
         target = float(r.vehicles)
-        receive50, receive99 = percentile(r.receive_ms, 50), percentile(r.receive_ms, 99)
         report.add(
             row(name, "simulator msg/s", r.sim_rate, "msg/s", ("target 1 Hz x cars", target)),
             row(name, "sent", r.sent, "msgs"),
@@ -430,15 +429,12 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
             row(name, "records processing read", r.consumed, "records",
                 ("telemetry records in Kafka", float(r.in_kafka + r.duplicates))),
             row(name, "window samples counted twice", r.surplus_samples, "samples"),
-            row(name, "p50 ts->ingest receive", receive50, "ms"),
-            row(name, "p99 ts->ingest receive", receive99, "ms"),
-            # Next to MQTT delivery in the same run: what ingest, Kafka and processing add.
-            row(name, "p50 ts->rule alert on Kafka", percentile(r.alert_ms, 50), "ms",
-                ("p50 ts->ingest receive", receive50)),
-            row(name, "p95 ts->rule alert on Kafka", percentile(r.alert_ms, 95), "ms",
-                ("p95 ts->ingest receive", percentile(r.receive_ms, 95))),
-            row(name, "p99 ts->rule alert on Kafka", percentile(r.alert_ms, 99), "ms",
-                ("p99 ts->ingest receive", receive99)),
+            row(name, "p50 ts->ingest receive", percentile(r.receive_ms, 50), "ms"),
+            row(name, "p99 ts->ingest receive", percentile(r.receive_ms, 99), "ms"),
+            # No ratio to ts->receive: the simulator spreads a second's messages over that
+            # second, so its p50 is near zero or negative (-13 ms at 4,000 cars).
+            row(name, "p50 ts->rule alert on Kafka", percentile(r.alert_ms, 50), "ms"),
+            row(name, "p95 ts->rule alert on Kafka", percentile(r.alert_ms, 95), "ms"),
             row(name, "p99 ts->rule alert on Kafka", percentile(r.alert_ms, 99), "ms",
                 ("limit", LATENCY_LIMIT_MS)),
             row(name, "p99 ts->rule alert appended (before commit)",
