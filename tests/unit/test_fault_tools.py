@@ -1,0 +1,107 @@
+"""The fault suite's own tools: the fuzz generator, the row counts, the report table, scales.
+
+The fault cases run on the real brokers (tests/faults); these check the pieces that
+decide what the cases count, so that a wrong count cannot pass for a clean row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.harness import FaultRow, KafkaRecord
+from simulator import FleetConfig, iter_records
+from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, decode, encode, validate
+from tests.faults import _scale, report
+from tests.faults._fuzz import KINDS, bad_payloads
+
+pytestmark = pytest.mark.unit
+
+# The kinds issue 9 names, by the generator's names.
+ISSUE_KINDS = (
+    "random_bytes", "wrong_type", "nan_inf", "huge_number", "deep_nesting", "oversize",
+    "bad_utf8",
+)  # fmt: skip
+
+
+def _templates() -> list[bytes]:
+    return [encode(r) for r in iter_records(FleetConfig(vehicles=4, duration_s=5, seed=3))]
+
+
+@pytest.mark.parametrize("require_seq", [True, False])
+def test_every_fuzzed_payload_is_refused_with_the_reason_it_carries(require_seq: bool) -> None:
+    bad = bad_payloads(500, _templates(), require_seq=require_seq)
+    assert len(bad) == 500
+    assert set(ISSUE_KINDS) <= set(KINDS)
+    kinds = Counter(b.kind for b in bad)
+    assert set(kinds) == set(KINDS)
+    assert min(kinds.values()) >= 500 // len(KINDS) - 1
+    for b in bad:
+        with pytest.raises(ContractError) as caught:
+            validate(decode(b.payload), require_seq=require_seq)
+        assert caught.value.reason == b.reason, b
+    assert all(len(b.payload) > MAX_PAYLOAD_BYTES for b in bad if b.kind == "oversize")
+    for b in bad:
+        if b.kind == "bad_utf8":
+            with pytest.raises(UnicodeDecodeError):
+                b.payload.decode("utf-8")
+
+
+def test_the_same_seed_gives_the_same_payloads() -> None:
+    templates = _templates()
+    assert bad_payloads(50, templates, seed=4) == bad_payloads(50, templates, seed=4)
+    assert bad_payloads(50, templates, seed=4) != bad_payloads(50, templates, seed=5)
+
+
+def _record(vid: str, seq: int) -> KafkaRecord:
+    value = orjson.dumps({"vehicle_id": vid, "seq": seq})
+    return KafkaRecord(key=vid.encode(), value=value, headers={}, timestamp=0, partition=0)
+
+
+def test_a_row_counts_lost_duplicates_and_strangers_apart() -> None:
+    sent = {("a", 1), ("a", 2), ("b", 1), ("b", 2)}
+    found = [_record("a", 1), _record("a", 1), _record("a", 1), _record("b", 2), _record("c", 9)]
+    row = FaultRow.from_records("case_x", "ci", sent, found, quarantined=4, crashes=1)
+    assert (row.sent, row.in_kafka, row.lost, row.duplicates) == (4, 2, 2, 2)
+    assert (row.quarantined, row.crashes, row.unexpected) == (4, 1, 1)
+    # The issue's columns, in its order.
+    assert row.line().startswith(
+        "case=case_x, sent=4, in_kafka=2, lost=2, duplicates=2, quarantined=4, crashes=1,"
+    )
+
+
+def test_the_report_keeps_the_last_row_of_each_case_in_suite_order(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    for case, lost, scale in (
+        ("processing_fuzz", 0, "full"),
+        ("ingest_kill9_x10", 5, "full"),
+        ("ingest_kill9_x10", 0, "full"),  # a re-run replaces the first
+        ("ingest_kill9_x3", 7, "ci"),
+    ):
+        row = FaultRow(case, scale, 10, 10 - lost, lost, 0, 0, 0, duration_s=1.26)
+        row.emit(rows)
+    latest = report.latest_rows(rows, "full")
+    assert [(r["case"], r["lost"]) for r in latest] == [
+        ("ingest_kill9_x10", 0),
+        ("processing_fuzz", 0),
+    ]
+    table = report.table(latest).splitlines()
+    assert table[0].startswith("| case | sent | in_kafka | lost | duplicates | quarantined |")
+    assert table[2].startswith("| ingest_kill9_x10 | 10 | 10 | 0 | 0 | 0 | 0 | 1 | ")
+    assert [r["case"] for r in report.latest_rows(rows, "ci")] == ["ingest_kill9_x3"]
+
+
+def test_the_full_scale_has_the_numbers_of_the_issue(monkeypatch: pytest.MonkeyPatch) -> None:
+    full = _scale.SCALES["full"]
+    assert full.kill_vehicles * 100 == 100_000
+    assert full.kills == 10
+    assert full.outage_s == 30
+    assert full.fuzz_bad == full.processing_fuzz_bad == 10_000
+    monkeypatch.delenv("FLEETSTREAM_FAULTS_SCALE", raising=False)
+    assert _scale.current() is full
+    monkeypatch.setenv("FLEETSTREAM_FAULTS_SCALE", "tiny")
+    with pytest.raises(ValueError, match="expected one of full, ci"):
+        _scale.current()
