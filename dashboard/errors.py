@@ -11,3 +11,7 @@ class DashboardError(FleetstreamError):
 
 class FeedbackError(DashboardError):
     """Alert feedback could not be written to Kafka."""
+
+
+class FeedError(DashboardError):
+    """The Kafka feed's client stopped working; the feed builds a new one."""

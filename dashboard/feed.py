@@ -8,7 +8,10 @@ per ``dashboard_telemetry_sample_ms`` of event time is decoded and kept.
 
 A broker that goes away is reported in the view (``connected=False`` plus the error),
 librdkafka keeps reconnecting, and a failing client is rebuilt after a pause; nothing
-raises into the UI.
+raises into the UI. A client whose broker check keeps failing for
+:data:`REBUILD_AFTER_S` is rebuilt too: once, in CI, a consumer still failed every
+metadata request 60 s after Kafka was back and serving other clients. A rebuilt client
+resumes each partition where the previous one stopped, so nothing is read twice.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Final
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from dashboard.errors import FeedError
 from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView, RecordKind
 from telemetry.contract import ContractError, validate
@@ -32,6 +36,7 @@ _BATCH: Final = 1000
 _POLL_S: Final = 0.5
 _CHECK_EVERY_S: Final = 5.0  # broker health check and discovery of new partitions
 _RETRY_S: Final = 3.0
+REBUILD_AFTER_S: Final = 30.0  # broker checks failing this long: a new client
 # librdkafka errors that mean "no broker reachable right now".
 _DOWN_CODES: Final = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})  # noqa: SLF001
 
@@ -55,6 +60,8 @@ class KafkaFeed:
         self._thread: threading.Thread | None = None
         self._sampled: dict[bytes | None, int] = {}  # car key -> event time of last kept record
         self.consumed = 0  # records polled (kept or sampled away), for throughput figures
+        # (topic, partition) -> next offset to read: a rebuilt client resumes there.
+        self._positions: dict[tuple[str, int], int] = {}
 
     def start(self) -> None:
         """Start the background thread (once)."""
@@ -108,10 +115,18 @@ class KafkaFeed:
         consumer = Consumer(config)
         assigned: set[tuple[str, int]] = set()
         next_check = 0.0
+        failing_since: float | None = None
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_check:
-                    self._check(consumer, assigned)
+                    now = time.monotonic()
+                    if self._check(consumer, assigned):
+                        failing_since = None
+                    elif failing_since is None:
+                        failing_since = now
+                    elif now - failing_since >= REBUILD_AFTER_S:
+                        msg = f"no broker answered this client for {now - failing_since:.0f} s"
+                        raise FeedError(msg)
                     next_check = time.monotonic() + _CHECK_EVERY_S
                 if not assigned:
                     self._stop.wait(_POLL_S)
@@ -121,13 +136,17 @@ class KafkaFeed:
         finally:
             consumer.close()
 
-    def _check(self, consumer: Consumer, assigned: set[tuple[str, int]]) -> None:
-        """Ask the broker for metadata (health) and assign partitions not assigned yet."""
+    def _check(self, consumer: Consumer, assigned: set[tuple[str, int]]) -> bool:
+        """Ask the broker for metadata (health) and assign partitions not assigned yet.
+
+        Returns:
+            Whether the broker answered.
+        """
         try:
             metadata = consumer.list_topics(timeout=5)
         except KafkaException as exc:
             self._view.set_connected(False, str(exc.args[0] if exc.args else exc))
-            return
+            return False
         self._view.set_connected(True)
         new: list[TopicPartition] = []
         for topic, kind in self._kinds.items():
@@ -145,11 +164,14 @@ class KafkaFeed:
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=5
                 )
-                new.append(TopicPartition(topic, partition, max(low, high - depth)))
+                resume = self._positions.get((topic, partition))
+                start = max(low, high - depth) if resume is None else max(low, resume)
+                new.append(TopicPartition(topic, partition, start))
                 assigned.add((topic, partition))
         if new:
             consumer.incremental_assign(new)
             _log.info("reading %d partitions (from up to the last records of each)", len(new))
+        return True
 
     def _handle(self, message: Message) -> None:
         error = message.error()
@@ -158,6 +180,9 @@ class KafkaFeed:
                 _log.warning("consumer error: %s", error.str())
             return
         self.consumed += 1
+        self._positions[(message.topic() or "", message.partition() or 0)] = (
+            message.offset() or 0
+        ) + 1
         kind = self._kinds.get(message.topic() or "")
         if kind is None:
             return
