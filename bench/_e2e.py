@@ -91,6 +91,7 @@ class _SizeResult:
     # Processing's windows (its settings, from the same environment as the processes').
     window_ms: int = 60_000
     grace_ms: int = 10_000
+    spread_ms: int = 10_000
 
     @property
     def lost(self) -> int:
@@ -196,6 +197,7 @@ def _run_size(
         seconds,
         window_ms=tuning.processing_window_s * 1000,
         grace_ms=tuning.processing_grace_s * 1000,
+        spread_ms=round(tuning.processing_stats_spread_s * 1000),
     )
     prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}-{vehicles}"
     processing = ProcessingGroup.create(settings.kafka_bootstrap, prefix, workdir, processes)
@@ -301,8 +303,7 @@ def _collect(
     result.in_kafka = len(keys)
     # Windows ending before this have closed and, the cars still sending, had their stats
     # emitted: a still-sending car's come up to the stats spread after the close.
-    spread_ms = round(ProcessingSettings().processing_stats_spread_s * 1000)
-    closed = max_ts - result.grace_ms - spread_ms - 5_000
+    closed = max_ts - result.grace_ms - result.spread_ms - 5_000
     for topic, raw, appended, visible in tail:
         value = orjson.loads(raw)
         if topic == topics["alerts"]:

@@ -180,10 +180,9 @@ class KafkaFeed:
                 _log.warning("consumer error: %s", error.str())
             return
         self.consumed += 1
-        self._positions[(message.topic() or "", message.partition() or 0)] = (
-            message.offset() or 0
-        ) + 1
-        kind = self._kinds.get(message.topic() or "")
+        topic = message.topic() or ""
+        self._positions[(topic, message.partition() or 0)] = (message.offset() or 0) + 1
+        kind = self._kinds.get(topic)
         if kind is None:
             return
         if kind == "telemetry" and not self._keep_sample(message):
