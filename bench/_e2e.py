@@ -36,7 +36,7 @@ import orjson
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench._report import Report, percentile, row
+from bench._report import CpuShares, Report, cpu_shares, cpu_times, percentile, row
 from bench.errors import BenchError
 from bench.harness import (
     LOG_APPEND_TIME,
@@ -87,7 +87,8 @@ class _SizeResult:
     stats_ms: list[float] = field(default_factory=list)
     close_ms: list[float] = field(default_factory=list)
     processes: dict[str, dict[str, float]] = field(default_factory=dict)
-    machine_busy_pct: float = 0.0  # all cores, from the first car to the last commit
+    # The whole machine's CPU, all cores, from the first car to the last commit.
+    cpu: CpuShares = field(default_factory=lambda: CpuShares(0.0, 0.0))
     # Processing's windows (its settings, from the same environment as the processes').
     window_ms: int = 60_000
     grace_ms: int = 10_000
@@ -180,14 +181,6 @@ def _simulate(
     )  # fmt: skip
 
 
-def _busy_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, all cores."""
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    total = sum(times)
-    return total - idle, total
-
-
 def _run_size(
     settings: infra.InfraSettings, workdir: Path, vehicles: int, seconds: int, processes: int = 1
 ) -> _SizeResult:
@@ -223,7 +216,7 @@ def _run_size(
         tail = _Tail(settings.kafka_bootstrap, [topics["stats"], topics["alerts"]])
         _log.info("e2e: %d cars at 1 Hz for %d s", vehicles, seconds)
         began = time.monotonic()
-        busy_before = _busy_s()
+        cpu_before = cpu_times()
         simulator = _simulate(settings, prefix, vehicles, seconds, workdir)
         sim_watch = ProcessWatch(lambda: [psutil.Process(simulator.pid)] if simulator else [])
         simulator.wait(seconds * 3 + 120)
@@ -239,10 +232,7 @@ def _run_size(
         time.sleep(3)  # the last transaction commits
         tail.stop()
         elapsed = time.monotonic() - began
-        busy_after = _busy_s()
-        result.machine_busy_pct = (
-            100.0 * (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1e-9)
-        )
+        result.cpu = cpu_shares(cpu_before, cpu_times())
         for w in watches.values():
             w.stop()
         for name, w in [*watches.items(), ("simulator", sim_watch)]:
@@ -455,7 +445,10 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
             row(name, "p50 window close->stats", percentile(r.close_ms, 50), "ms"),
             row(name, "p99 window close->stats", percentile(r.close_ms, 99), "ms"),
         )  # fmt: skip
-        report.add(row(name, "machine CPU busy (all cores)", r.machine_busy_pct, "%"))
+        report.add(
+            row(name, "machine CPU busy (all cores)", r.cpu.busy_pct, "%"),
+            row(name, "CPU stolen by the hypervisor (all cores)", r.cpu.steal_pct, "%"),
+        )
         for proc, figures in r.processes.items():
             report.add(
                 row(name, f"{proc} CPU", figures["cpu_pct"], "% of a core"),

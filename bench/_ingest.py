@@ -237,6 +237,7 @@ class _Result:
     publish_to_kafka_ms: list[float] = field(default_factory=list)
     receive_to_kafka_ms: list[float] = field(default_factory=list)
     finished: bool = True
+    steal_pct: float = 0.0  # CPU the hypervisor took from the machine during the flood
 
 
 # What a broker answers for a while after it restarted.
@@ -328,6 +329,7 @@ class _Run:
     paced_s: float = PACED_S
     # Every flood's rate per bridge that was measured several times.
     rates: dict[str, list[float]] = field(default_factory=dict)
+    steal: dict[str, list[float]] = field(default_factory=dict)  # % per flood, same order
     slugs: set[str] = field(default_factory=set)
 
     def wait_ready(self, prefix: str, topic: str, bridge: _Bridge) -> int:
@@ -400,6 +402,7 @@ class _Run:
                 cpu_s=watch.cpu_s,
                 peak_rss_mb=watch.peak_rss_mb,
                 finished=finished,
+                steal_pct=watch.machine.steal_pct,
             )
             _log.info(
                 "%s: %d of %d in %s, %.0f msg/s",
@@ -520,6 +523,7 @@ def _mosquitto_sub(run: _Run, slug: str) -> _Result:
         rate=(len(times) - 1) / span if span > 0 else 0.0,
         cpu_s=watch.cpu_s,
         peak_rss_mb=watch.peak_rss_mb,
+        steal_pct=watch.machine.steal_pct,
     )
     proc = start("%U %p")
     try:
@@ -646,6 +650,7 @@ def run_ingest(
         finally:
             consumer.close()
     report.details["flood_rates"] = run.rates
+    report.details["flood_steal_pct"] = run.steal
     _fill(report, results, outage)
     return report
 
@@ -691,6 +696,10 @@ def _measure_all(
         "fleetstream ingest": [r.rate for r in ingest_runs],
         "quixstreams MQTTSource": [r.rate for r in source_runs],
     }
+    run.steal = {
+        "fleetstream ingest": [r.steal_pct for r in ingest_runs],
+        "quixstreams MQTTSource": [r.steal_pct for r in source_runs],
+    }
     results["ingest2"] = run.bridge(
         _IngestBridge(settings, workdir, "fleetstream ingest x2 (shared sub)", 2), "shared"
     )
@@ -710,20 +719,30 @@ def _fill(report: Report, results: dict[str, _Result], outage: dict[str, Any] | 
     broker = (before.rate + after.rate) / 2
     base = ("mosquitto_sub (mean)", broker)
     report.details["flood_messages"] = results["ingest"].delivered
+    steal = report.details.get("flood_steal_pct", {})
     for name, rates in report.details.get("flood_rates", {}).items():
         for i, rate in enumerate(rates, 1):
             report.add(row(name, f"flood {i} of {len(rates)} msg/s", rate, "msg/s"))
+            if i <= len(steal.get(name, ())):
+                report.add(
+                    row(name, f"flood {i} of {len(rates)} CPU stolen", steal[name][i - 1], "%")
+                )
     warm = results.get("warmup")
     if warm is not None:
         report.add(row(warm.name, "sustained msg/s", warm.rate, "msg/s"))
     report.add(
         row("mosquitto_sub (C), before", "msg/s", before.rate, "msg/s"),
         row("mosquitto_sub (C), after", "msg/s", after.rate, "msg/s"),
+        row("mosquitto_sub (C), before", "CPU stolen during flood", before.steal_pct, "%"),
+        row("mosquitto_sub (C), after", "CPU stolen during flood", after.steal_pct, "%"),
     )
     for key in ("ingest", "ingest2", "mqtt_source", "naive"):
         r = results[key]
         note = "" if r.finished else f" (stopped at {FLOOD_CAP_S:.0f} s cap)"
-        report.add(row(r.name, "sustained msg/s" + note, r.rate, "msg/s", base))
+        report.add(
+            row(r.name, "sustained msg/s" + note, r.rate, "msg/s", base),
+            row(r.name, "CPU stolen during flood", r.steal_pct, "%"),
+        )
         if key == "ingest":
             report.add(
                 row(r.name, "sustained msg/s", r.rate, "msg/s",

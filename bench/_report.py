@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import orjson
 import psutil
@@ -64,6 +64,41 @@ def row(
         baseline_value=base,
         ratio=ratio,
     )
+
+
+# On Linux guest time is already counted in user and nice time: summing it again
+# would inflate the total.
+_NOT_IN_TOTAL = frozenset(("guest", "guest_nice"))
+
+
+def cpu_times() -> dict[str, float]:
+    """CPU seconds of the whole machine so far, all cores, per state (psutil's fields)."""
+    return {k: float(v) for k, v in psutil.cpu_times()._asdict().items()}
+
+
+class CpuShares(NamedTuple):
+    """How the machine's CPU time (all cores) was spent between two :func:`cpu_times`.
+
+    Attributes:
+        busy_pct: Time this VM ran anything (user, system, interrupts), as % of all cores'
+            time; idle, I/O wait and steal are not busy.
+        steal_pct: Time this VM had work to run while the hypervisor ran another guest
+            instead, as % of all cores' time. A shared VM's "slow phases" show up here.
+    """
+
+    busy_pct: float
+    steal_pct: float
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float]) -> CpuShares:
+    """Busy and steal time between two snapshots, each as % of all cores' time."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after if k not in _NOT_IN_TOTAL}
+    total = sum(delta.values())
+    if total <= 0:
+        return CpuShares(0.0, 0.0)
+    steal = delta.get("steal", 0.0)
+    busy = total - delta.get("idle", 0.0) - delta.get("iowait", 0.0) - steal
+    return CpuShares(100.0 * busy / total, 100.0 * steal / total)
 
 
 _PROBE_RECORDS = 200
@@ -138,6 +173,8 @@ class Report:
     details: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=machine)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # Whole-machine CPU counters when the run began; not part of the JSON.
+    cpu_at_start: dict[str, float] = field(default_factory=cpu_times, repr=False)
 
     def add(self, *rows: Row) -> None:
         """Append rows and log them as they are measured."""
@@ -150,7 +187,14 @@ class Report:
         self.targets.append(Target(target=target, required=required, measured=measured, met=met))
 
     def finish(self) -> None:
-        """Probe the machine's speed again, once the run is over (see :func:`speed_probe`)."""
+        """Once the run is over: probe the speed again, and record the CPU shares of the run.
+
+        The shares are the machine's busy and steal time since the report was created (see
+        :func:`speed_probe` and :class:`CpuShares`).
+        """
+        shares = cpu_shares(self.cpu_at_start, cpu_times())
+        self.machine["busy_pct_during_run"] = round(shares.busy_pct, 1)
+        self.machine["steal_pct_during_run"] = round(shares.steal_pct, 1)
         self.machine["speed_probe_us_at_end"] = round(speed_probe(), 2)
 
     def table(self) -> str:
@@ -187,6 +231,12 @@ class Report:
                 "machine speed probe (decode + validate + encode of one record, one thread; "
                 f"lower is faster): {', '.join(probes)}"
             )
+        if "steal_pct_during_run" in self.machine:
+            out.append(
+                "CPU time of all cores during the run: busy "
+                f"{self.machine['busy_pct_during_run']:.1f} %, stolen by the hypervisor "
+                f"{self.machine['steal_pct_during_run']:.1f} % (a shared VM's slow phases)"
+            )
         if self.targets:
             out.append("")
             for t in self.targets:
@@ -196,7 +246,9 @@ class Report:
 
     def to_json(self) -> bytes:
         """The whole report as indented JSON."""
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        data = asdict(self)
+        del data["cpu_at_start"]
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
     def write(self, out_dir: Path) -> Path:
         """Write ``<kind>-<time>.json`` and ``<kind>-latest.json``; return the first."""

@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bench._report import CpuShares, cpu_shares, cpu_times
 from bench.errors import HarnessError
 from fleetstream import infra
 from simulator import Fleet, FleetConfig, iter_records
@@ -994,6 +995,10 @@ class ProcessWatch:
         self._processes = processes
         self.peak_rss_mb = 0.0
         self.cpu_s = 0.0
+        # The whole machine over the same span: a flood that ran while the hypervisor
+        # took the CPU is slower for a reason that is not the bridge's.
+        self.machine = CpuShares(0.0, 0.0)
+        self._machine_start = cpu_times()
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._stop = threading.Event()
@@ -1026,8 +1031,9 @@ class ProcessWatch:
             self._sample()
 
     def stop(self) -> None:
-        """Stop sampling; ``cpu_s`` is then the CPU used since the watch started."""
+        """Stop sampling; ``cpu_s`` and ``machine`` then cover the span since the start."""
         self._stop.set()
         self._thread.join()
         self._sample()
+        self.machine = cpu_shares(self._machine_start, cpu_times())
         self.cpu_s = sum(self._last[pid] - first for pid, first in self._first.items())

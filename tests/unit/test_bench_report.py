@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import psutil
 import pytest
 
 from bench import BenchError
 from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult
 from bench._ingest import _Load, _Run
-from bench._report import Report, percentile, row, speed_probe
+from bench._report import Report, cpu_shares, cpu_times, percentile, row, speed_probe
+from bench.harness import ProcessWatch
 
 pytestmark = pytest.mark.unit
 
@@ -69,6 +72,48 @@ def test_speed_probe_is_taken_at_start_and_end_and_printed(tmp_path: Path) -> No
     assert f"{start:.2f} µs at start, {end:.2f} µs at end" in report.table()
     saved = orjson.loads(report.write(tmp_path).read_bytes())
     assert saved["machine"]["speed_probe_us_at_end"] == end
+
+
+def test_cpu_shares_split_busy_from_idle_and_hypervisor_steal() -> None:
+    before = {"user": 10.0, "system": 5.0, "idle": 80.0, "iowait": 1.0, "steal": 4.0}
+    # 100 s of all cores' time: 30 busy (incl. interrupts), 50 idle, 5 I/O wait, 15 stolen.
+    after = {"user": 30.0, "system": 12.0, "idle": 130.0, "iowait": 6.0, "steal": 19.0}
+    after |= {"irq": 1.0, "softirq": 2.0}
+    shares = cpu_shares(before, after)
+    assert shares.busy_pct == pytest.approx(30.0)
+    assert shares.steal_pct == pytest.approx(15.0)
+    # Guest time is already inside user time on Linux: counted once, not twice.
+    guest = cpu_shares({**before, "guest": 0.0}, {**after, "guest": 20.0})
+    assert guest == shares
+    assert cpu_shares(after, after) == (0.0, 0.0)
+
+
+def test_the_run_reports_the_cpu_the_hypervisor_took(tmp_path: Path) -> None:
+    report = Report("pipeline", {})
+    report.cpu_at_start = {k: 0.0 for k in cpu_times()}  # since boot: a known, non-empty span
+    report.finish()
+    busy, steal = report.machine["busy_pct_during_run"], report.machine["steal_pct_during_run"]
+    now = cpu_times()
+    expected = cpu_shares({k: 0.0 for k in now}, now)
+    assert busy == pytest.approx(expected.busy_pct, abs=0.2)
+    assert steal == pytest.approx(expected.steal_pct, abs=0.2)
+    assert 0 < busy + steal <= 100.1  # each rounded to 0.1
+    assert f"stolen by the hypervisor {steal:.1f} %" in report.table()
+    saved = orjson.loads(report.write(tmp_path).read_bytes())
+    assert saved["machine"]["steal_pct_during_run"] == steal
+    assert "cpu_at_start" not in saved
+
+
+def test_a_process_watch_measures_the_machine_over_the_same_span() -> None:
+    watch = ProcessWatch(lambda: [psutil.Process()])
+    began = time.process_time()
+    while time.process_time() - began < 0.3:  # one busy core for 0.3 s
+        pass
+    watch.stop()
+    assert watch.cpu_s >= 0.25
+    # This process kept one of the machine's cores busy for most of the span.
+    assert watch.machine.busy_pct > 0
+    assert 0 <= watch.machine.steal_pct <= 100 - watch.machine.busy_pct + 1e-6
 
 
 def test_speed_probe_measures_the_work_it_names() -> None:
