@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ class PipelineConfig:
     stats_spread_ms: int = 10_000
     metrics: ProcessingMetrics = field(default_factory=ProcessingMetrics)
     model_dir: Path | None = None
+    # A record whose time is further ahead of the wall clock than this is quarantined
+    # (future_ts): it would move the partition clock and make every other car late.
+    max_future_ms: int = 300_000
+    wall_clock: Callable[[], float] = time.time
+    # Late and future records are logged at most once per this many seconds each.
+    log_every_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,66 @@ def _partition() -> tuple[str, int]:
 def _car(key: Any) -> str:
     """The car a message key names."""
     return key.decode() if isinstance(key, bytes) else str(key)
+
+
+class _SummaryLog:
+    """At most one log line per interval for a kind of record, with their count.
+
+    Each record is also counted in a metric; a log line per record let one car with a
+    bad clock flood the log.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        level: int,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what = what
+        self._level = level
+        self._every_s = every_s
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._count = 0
+        self._cars: set[str] = set()
+
+    def add(self, vid: str, detail: str, records: int = 1) -> None:
+        """Note records of one car; logs the ones noted since the last line when due."""
+        self._count += records
+        if len(self._cars) < _MAX_CARS_LOGGED:
+            self._cars.add(vid)
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._every_s:
+            return
+        more = ", ..." if len(self._cars) >= _MAX_CARS_LOGGED else ""
+        _log.log(
+            self._level,
+            "%d %s since the last report (cars %s%s); latest: %s",
+            self._count,
+            self._what,
+            ", ".join(sorted(self._cars)),
+            more,
+            detail,
+        )
+        self._logged_at = now
+        self._count = 0
+        self._cars.clear()
+
+
+_MAX_CARS_LOGGED = 10
+
+
+_FUTURE = "future_ts"
+
+
+def _future(value: bytes, record: dict[str, Any], timestamp: int, now_ms: int) -> dict[str, Any]:
+    """The quarantine form of a record whose time is ahead of the wall clock."""
+    detail = (
+        f"future_ts: ts {record['ts']} (message timestamp {timestamp}) is "
+        f"{(max(record['ts'], timestamp) - now_ms) / 1000:.0f} s ahead of the wall clock"
+    )
+    return {"_invalid": _FUTURE, "_detail": detail, "_raw": value}
 
 
 def _quarantine_record(value: dict[str, Any]) -> bytes:
@@ -127,16 +194,28 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     records_in = metrics.records_in
     # The car's state as this process last wrote it, so most records skip decoding it.
     cars = DecodedCache()
+    late_log = _SummaryLog(
+        "late record(s), counted in fleetstream_processing_late", logging.INFO, cfg.log_every_s
+    )
+    future_log = _SummaryLog(
+        "record(s) ahead of the wall clock quarantined", logging.WARNING, cfg.log_every_s
+    )
+    max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
         vid = _car(key)
         metrics.late.labels(vehicle_id=vid).inc(records)
-        _log.info(
-            "%d late record(s) for %s at %d; counted in fleetstream_processing_late",
-            records,
-            vid,
-            timestamp,
-        )
+        late_log.add(vid, f"{vid} at {timestamp}", records)
+
+    def quarantined(record: dict[str, Any], key: Any = None) -> list[tuple[str, Any]]:
+        reason = record["_invalid"].split(":")[0]
+        metrics.quarantined.labels(reason=reason).inc()
+        if reason == _FUTURE:
+            # A car whose clock runs ahead sends many: summarised.
+            future_log.add(_car(key), record["_detail"])
+        else:
+            _log.warning("quarantining an invalid record: %s", record["_detail"])
+        return [(_QUARANTINE, record)]
 
     def per_record(
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
@@ -148,9 +227,12 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         late = start + window_ms + grace_ms <= clock
         record = parse(value)
         if "_invalid" in record:
-            metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
-            _log.warning("quarantining an invalid record: %s", record["_detail"])
-            return [(_QUARANTINE, record)]
+            return quarantined(record)
+        # The contract accepts any ts up to 2100, but a car whose clock runs ahead would
+        # move the partition clock (and its own detector clock) into the future.
+        now_ms = int(wall_clock() * 1000)
+        if max(timestamp, record["ts"]) > now_ms + max_future_ms:
+            return quarantined(_future(value, record, timestamp, now_ms), key)
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
             partition_clock[where] = timestamp
