@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from processing.windows import (
     unpack,
 )
 from telemetry import contract
+from telemetry.alerts import AlertRecord
 
 _log = logging.getLogger("processing")
 
@@ -269,6 +271,26 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     models = ModelWatcher(cfg.model_dir, metrics)
     shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
 
+    def score_window(
+        watcher: ModelWatcher, memory: dict[str, Any], stats: dict[str, Any], *, fallback: bool
+    ) -> list[AlertRecord] | None:
+        """``detect_window`` with the watcher's model; a model that raises never stops the app.
+
+        A window the model cannot score gets the rules only (``fallback``) or nothing (the
+        shadow), from the memory as it was before the failed attempt.
+        """
+        model = watcher.current()
+        if model is None:
+            return detect_window(memory, stats) if fallback else None
+        before = copy.deepcopy(memory)
+        try:
+            return detect_window(memory, stats, model)
+        except Exception as exc:  # noqa: BLE001 - any scoring failure: see the docstring
+            watcher.scoring_failed(model, exc)
+            memory.clear()
+            memory.update(before)
+            return detect_window(memory, stats) if fallback else None
+
     def emit(
         vid: str, due: list[tuple[int, str, bytes]], state: State[str, Any]
     ) -> list[tuple[str, Any]]:
@@ -281,17 +303,15 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             metrics.window_latency.observe(max(0.0, time.time() - end / 1000.0))
             out.append((_STATS, stats))
             memory: dict[str, Any] = state.get("window_detectors") or {}
-            out += [
-                (_WINDOW_ALERT, (a, start)) for a in detect_window(memory, stats, models.current())
-            ]
+            alerts = score_window(models, memory, stats, fallback=True)
+            out += [(_WINDOW_ALERT, (a, start)) for a in alerts or []]
             state.set("window_detectors", memory)
-            candidate = shadow.current()
-            if candidate is not None:
+            if shadow.current() is not None:
                 # The candidate keeps its own baseline and episodes, so it never changes
                 # what the active model raises.
                 shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
-                shadow_out = detect_window(shadow_memory, stats, candidate)
-                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out]
+                shadow_out = score_window(shadow, shadow_memory, stats, fallback=False)
+                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out or []]
                 state.set("shadow_detectors", shadow_memory)
         return out
 

@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 from quixstreams.models.messagecontext import MessageContext
 from quixstreams.models.topics import Topic
+from sklearn.ensemble import IsolationForest
 
+from models.registry import LoadedModel, promote, save
 from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline, parse
@@ -107,6 +110,7 @@ class Harness:
         state_dir: Path,
         stats_spread_ms: int = 0,
         wall_clock: Callable[[], float] = time.time,
+        model_dir: Path | None = None,
     ) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
@@ -130,6 +134,7 @@ class Harness:
             stats_spread_ms=stats_spread_ms,
             max_future_ms=MAX_FUTURE_MS,
             wall_clock=wall_clock,
+            model_dir=model_dir,
         )
         pipeline = define_pipeline(self.sdf, config)
         for name in BRANCHES:
@@ -420,6 +425,34 @@ def test_late_records_are_logged_in_summary_not_one_line_each(
     assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 50
     late_lines = [r for r in caplog.records if "late record" in r.getMessage()]
     assert len(late_lines) == 1
+
+
+def test_a_model_that_raises_while_scoring_falls_back_to_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "registry"
+    rng = np.random.default_rng(0)
+    forest = IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
+    features = ["consumption_ratio", "avg_speed_kmh"]
+    meta = {"features": features, "threshold": 0.6, "score": "neg_score_samples"}
+    save(forest, meta, registry, version="v1")
+    promote(registry, "v1")
+
+    def broken(_self: LoadedModel, _row: Any) -> float:
+        msg = "scoring failed"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(LoadedModel, "score_one", broken)
+    h = Harness(tmp_path / "state", model_dir=registry)
+    try:
+        for s in range(10 * 60 + 15):  # ten driving windows: the model is asked from the 7th
+            h.send(ev(s, state="driving", speed_kmh=36.0, power_kw=12.0,
+                      odometer_km=round(1000.0 + 0.01 * s, 4),
+                      battery_level_pct=round(80.0 - 0.002 * s, 4)))  # fmt: skip
+        assert len(h.out["stats"]) == 10
+        assert h.metric("fleetstream_processing_model_errors_total", pointer="current") >= 1
+    finally:
+        h.close()
 
 
 def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:
