@@ -140,7 +140,13 @@ class _SummaryLog:
 _MAX_CARS_LOGGED = 10
 
 
-_FUTURE = "future_ts"
+_FUTURE, _NO_KEY = "future_ts", "no_key"
+
+
+def _no_key(value: bytes) -> dict[str, Any]:
+    """The quarantine form of a message without a key (the key names the car)."""
+    detail = "no_key: the message has no key; processing keys every car's state by it"
+    return {"_invalid": _NO_KEY, "_detail": detail, "_raw": value}
 
 
 def _future(value: bytes, record: dict[str, Any], timestamp: int, now_ms: int) -> dict[str, Any]:
@@ -199,9 +205,13 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     late_log = _SummaryLog(
         "late record(s), counted in fleetstream_processing_late", logging.INFO, cfg.log_every_s
     )
-    future_log = _SummaryLog(
-        "record(s) ahead of the wall clock quarantined", logging.WARNING, cfg.log_every_s
-    )
+    # Reasons a single source can send steadily: summarised rather than logged each.
+    summaries = {
+        _FUTURE: _SummaryLog(
+            "record(s) ahead of the wall clock quarantined", logging.WARNING, cfg.log_every_s
+        ),
+        _NO_KEY: _SummaryLog("key-less record(s) quarantined", logging.WARNING, cfg.log_every_s),
+    }
     max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
@@ -212,9 +222,9 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     def quarantined(record: dict[str, Any], key: Any = None) -> list[tuple[str, Any]]:
         reason = record["_invalid"].split(":")[0]
         metrics.quarantined.labels(reason=reason).inc()
-        if reason == _FUTURE:
-            # A car whose clock runs ahead sends many: summarised.
-            future_log.add(_car(key), record["_detail"])
+        summary = summaries.get(reason)
+        if summary is not None:
+            summary.add(_car(key), record["_detail"])
         else:
             _log.warning("quarantining an invalid record: %s", record["_detail"])
         return [(_QUARANTINE, record)]
@@ -223,6 +233,10 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
         records_in.inc()
+        if not key:
+            # Quix's windows skip key-less messages: such a car would never get stats
+            # while its samples piled up in one shared state.
+            return quarantined(_no_key(value), key)
         where = _partition()
         clock = partition_clock.get(where, 0)
         start = timestamp - timestamp % window_ms

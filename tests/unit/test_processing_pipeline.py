@@ -455,6 +455,27 @@ def test_a_model_that_raises_while_scoring_falls_back_to_the_rules(
         h.close()
 
 
+@pytest.mark.parametrize("key", [None, b""])
+def test_a_message_without_a_key_is_quarantined_before_it_touches_state(
+    harness: Harness, key: bytes | None
+) -> None:
+    # Quix's windows skip key-less messages: their samples piled up and never got stats.
+    for s in range(140):
+        raw = orjson.dumps(ev(s))
+        ctx = MessageContext(harness.topic.name, 0, harness.offset, len(raw))
+        harness.offset += 1
+        results = harness.sdf.test(raw, key=key, timestamp=T0 + s * 1000, ctx=ctx)
+        assert [(name, value) for (name, value), *_ in results] == [("quarantine", raw)]
+        [(_value, _key, _ts, headers)] = results
+        assert dict(headers)["reason"] == b"no_key"
+    quarantined = "fleetstream_processing_quarantined_total"
+    assert harness.metric(quarantined, reason="no_key") == 140
+    # Nothing was kept for the key-less car: a keyed car's windows are its own.
+    for s in range(140):
+        harness.send(ev(s))
+    assert [w["samples"] for w in harness.out["stats"]] == [60, 60]
+
+
 def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:
     for s in range(70):
         harness.send(ev(s), key="key-1")  # a rule may key by something else than vehicle_id
