@@ -106,6 +106,48 @@ def test_invalid_values_are_refused_with_the_contract_reason() -> None:
     assert STATS.schema.field("window_start").nullable is False
 
 
+_GOOD_STATS: dict[str, Any] = {
+    "vehicle_id": "car-1", "powertrain": "ev", "window_start": 1_767_225_600_000,
+    "window_end": 1_767_225_660_000, "samples": 60, "distance_km": 1.0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"window_start": "1767225600000"}, "wrong_type:window_start"),
+        ({"samples": "60"}, "wrong_type:samples"),
+        ({"samples": 60.5}, "wrong_type:samples"),
+        ({"distance_km": "1.0"}, "wrong_type:distance_km"),
+        ({"distance_km": True}, "wrong_type:distance_km"),
+        ({"vehicle_id": 7}, "wrong_type:vehicle_id"),
+        ({"window_end": None}, "null:window_end"),
+        ({"powertrain": "../x"}, "bad_value:powertrain"),
+        ({"window_start": 10**15}, "wrong_type"),  # a year past 9999: no date folder
+    ],
+)
+def test_stats_of_the_wrong_type_are_refused_per_row_and_never_reach_the_buffer(
+    tmp_path: Path, change: dict[str, Any], reason: str
+) -> None:
+    # They used to raise at flush, for the whole buffer, again after every restart.
+    archive = ParquetArchive(tmp_path, STATS)
+    archive.add(stats_row(orjson.dumps(_GOOD_STATS)))
+    with pytest.raises(ContractError) as refused:
+        archive.add(stats_row(orjson.dumps({**_GOOD_STATS, **change})))
+    assert refused.value.reason == reason
+    [written] = archive.flush()
+    assert pq.read_table(written).num_rows == 1
+
+
+def test_stats_with_only_the_key_fields_are_archived(tmp_path: Path) -> None:
+    archive = ParquetArchive(tmp_path, STATS)
+    keys = ("vehicle_id", "powertrain", "window_start", "window_end")
+    archive.add(stats_row(orjson.dumps({k: _GOOD_STATS[k] for k in keys})))
+    archive.add(stats_row(orjson.dumps({**_GOOD_STATS, "samples": 61, "unknown": "x"})))
+    [written] = archive.flush()
+    assert pq.read_table(written).column("samples").to_pylist() == [None, 61]
+
+
 def test_load_dedupes_repeated_records_across_files(tmp_path: Path) -> None:
     records = _records(hours=3)
     for chunk in (records, records[: len(records) // 2]):  # a restart rewrote half
