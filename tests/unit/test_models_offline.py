@@ -24,7 +24,7 @@ from models.archive import (
     stats_row,
     telemetry_row,
 )
-from models.dataset import iter_records, load_telemetry
+from models.dataset import dedupe, iter_records, load_telemetry
 from models.errors import DataError
 from models.feedback import feedback_labels
 from models.metrics import ArchiveMetrics
@@ -146,6 +146,22 @@ def test_stats_with_only_the_key_fields_are_archived(tmp_path: Path) -> None:
     archive.add(stats_row(orjson.dumps({**_GOOD_STATS, "samples": 61, "unknown": "x"})))
     [written] = archive.flush()
     assert pq.read_table(written).column("samples").to_pylist() == [None, 61]
+
+
+def test_dedupe_keeps_a_second_run_whose_seq_restarted_at_zero() -> None:
+    # Two simulator runs a day apart: seq restarts at 0 in each. Deduping on
+    # (vehicle_id, seq) kept only the first run.
+    rows = [
+        {"vehicle_id": "car-000", "seq": s, "ts": 1_767_225_600_000 + run * DAY_MS + s * 1000}
+        for run in (0, 1)
+        for s in range(5)
+    ]
+    duplicate = dict(rows[2])  # a genuine at-least-once duplicate
+    no_seq = [{"vehicle_id": "car-001", "seq": None, "ts": 1_767_225_600_000}] * 2
+    out = dedupe(pa.Table.from_pylist([*rows, duplicate, *no_seq]))
+    assert out.num_rows == len(rows) + 1
+    kept = [r["ts"] for r in out.to_pylist() if r["vehicle_id"] == "car-000"]
+    assert kept == [r["ts"] for r in rows]  # both runs, ordered by ts
 
 
 def test_load_dedupes_repeated_records_across_files(tmp_path: Path) -> None:
