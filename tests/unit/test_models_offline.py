@@ -31,7 +31,7 @@ from models.metrics import ArchiveMetrics
 from models.registry import load
 from models.replay import replay_records, window_alerts, window_feature_rows
 from models.training import Scores, best_threshold, label_windows, split_by_time
-from processing.detectors import detect, detect_window
+from processing.detectors import HighConsumption, detect, detect_window
 from processing.evaluate import evaluate
 from simulator import Fleet, FleetConfig
 from simulator import iter_records as simulate
@@ -348,16 +348,34 @@ def _verdict(alert_id: str, verdict: str, ts: int, alert_ts: int, **extra: Any) 
 
 def test_feedback_labels_take_the_latest_verdict_per_alert() -> None:
     records = [
-        _verdict("a-raised", "acknowledged", ts=10, alert_ts=600_000),
-        _verdict("a-raised", "false_positive", ts=20, alert_ts=600_000),  # changed mind
-        _verdict("b-raised", "false_positive", ts=30, alert_ts=900_000),
-        _verdict("b-raised", "acknowledged", ts=40, alert_ts=900_000),
+        # An alert's ts is its window's end - 1.
+        _verdict("a-raised", "acknowledged", ts=10, alert_ts=599_999),
+        _verdict("a-raised", "false_positive", ts=20, alert_ts=599_999),  # changed mind
+        _verdict("b-raised", "false_positive", ts=30, alert_ts=899_999),
+        _verdict("b-raised", "acknowledged", ts=40, alert_ts=899_999),
         {**_verdict("c-raised", "acknowledged", ts=50, alert_ts=1), "kind": "overheat"},
     ]
     confirmed, rejected = feedback_labels(records, window_ms=60_000)
     assert confirmed[["start_ts", "end_ts"]].values.tolist() == [[720_000, 900_000]]
     assert rejected[["start_ts", "end_ts"]].values.tolist() == [[420_000, 600_000]]
     assert set(confirmed["kind"]) == {"high_consumption"}
+
+
+def test_feedback_labels_cover_exactly_the_streak_windows_that_raised_the_alert() -> None:
+    # Eight consecutive windows; the detector raised on the third high one in a row,
+    # window 5, so the alert's ts is that window's end - 1. The label covered four.
+    window_ms, t0 = 60_000, 1_767_225_600_000
+    frame = pd.DataFrame(
+        {
+            "vehicle_id": ["car-1"] * 8,
+            "window_start": [t0 + i * window_ms for i in range(8)],
+            "window_end": [t0 + (i + 1) * window_ms for i in range(8)],
+        }
+    )
+    feedback = [_verdict("e-raised", "acknowledged", ts=1, alert_ts=t0 + 6 * window_ms - 1)]
+    confirmed, _ = feedback_labels(feedback, window_ms)
+    assert HighConsumption.STREAK == 3
+    assert frame.index[label_windows(frame, confirmed)].tolist() == [3, 4, 5]
 
 
 def test_malformed_feedback_is_a_clear_error() -> None:
