@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict, get_type_hints
 
 from processing.sessions import SessionRecord
 from processing.stats import WindowStats
@@ -35,6 +35,44 @@ RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
 )
 # Feedback that arrives before its alert (another topic, another order) waits here.
 _MAX_PENDING_FEEDBACK: Final = 10_000
+
+
+def _field_types(shape: type) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Per field of a TypedDict of JSON values: the Python types it accepts, and if null."""
+    accepted = {int: (int,), float: (int, float), str: (str,)}
+    out: dict[str, tuple[tuple[type, ...], bool]] = {}
+    for name, hint in get_type_hints(shape).items():
+        args = getattr(hint, "__args__", (hint,))
+        base = next(a for a in args if a is not type(None))
+        out[name] = (accepted[base], type(None) in args)
+    return out
+
+
+_STATS_FIELDS: Final = _field_types(WindowStats)
+_SESSION_FIELDS: Final = _field_types(SessionRecord)
+
+
+def check_shape(
+    record: Mapping[str, Any], fields: Mapping[str, tuple[tuple[type, ...], bool]], what: str
+) -> None:
+    """Check that a record has every field with a JSON type its TypedDict allows.
+
+    A stored record of the wrong shape made every later page render raise (the KPIs and
+    charts read its fields), so it is refused when read.
+
+    Raises:
+        KeyError: A field is missing.
+        TypeError: A field has the wrong type (``true`` is not a number).
+    """
+    for name, (types, nullable) in fields.items():
+        value = record[name]
+        if value is None:
+            if nullable:
+                continue
+        elif isinstance(value, types) and not isinstance(value, bool):
+            continue
+        msg = f"{what} field {name!r} is {value!r}, not {'/'.join(t.__name__ for t in types)}"
+        raise TypeError(msg)
 
 
 class CarSample(TypedDict):
@@ -241,6 +279,7 @@ class FleetView:
         car.samples.append(sample)
 
     def _stats(self, record: Mapping[str, Any]) -> None:
+        check_shape(record, _STATS_FIELDS, "stats")
         stats: WindowStats = dict(record)  # type: ignore[assignment]
         car = self._car(str(stats["vehicle_id"]))
         car.powertrain = str(stats["powertrain"])
@@ -255,6 +294,7 @@ class FleetView:
         car.stats.append(stats)
 
     def _session(self, record: Mapping[str, Any]) -> None:
+        check_shape(record, _SESSION_FIELDS, "session")
         session: SessionRecord = dict(record)  # type: ignore[assignment]
         car = self._car(str(session["vehicle_id"]))
         car.powertrain = str(session["powertrain"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -223,6 +223,24 @@ def process() -> None:
     raise typer.Exit(processing.main())
 
 
+def _kafka_config(bootstrap: str) -> dict[str, Any]:
+    """The shared Kafka client config (FLEETSTREAM_KAFKA_*) with ``--bootstrap`` applied.
+
+    Raises:
+        typer.Exit: The Kafka settings are invalid (code 2).
+    """
+    from pydantic import ValidationError
+
+    from telemetry.settings import KafkaConnectionSettings
+
+    try:
+        settings = KafkaConnectionSettings()
+    except ValidationError as exc:
+        typer.echo(f"error: invalid Kafka settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return settings.kafka_client_config(**{"bootstrap.servers": bootstrap})
+
+
 @app.command("evaluate")
 def evaluate(
     labels: Path = typer.Option(
@@ -244,6 +262,7 @@ def evaluate(
     """Event-level precision, recall, F1 and detection delay of alerts against labels."""
     import orjson
 
+    from models.errors import DataError
     from processing.evaluate import evaluate as score
     from processing.evaluate import format_scores, read_json_topic
 
@@ -256,7 +275,11 @@ def evaluate(
             orjson.loads(line) for line in alerts.read_bytes().splitlines() if line.strip()
         ]
     else:
-        alert_rows = read_json_topic(bootstrap, alerts_topic or "")
+        try:
+            alert_rows = read_json_topic(_kafka_config(bootstrap), alerts_topic or "")
+        except DataError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     typer.echo(format_scores(score(label_rows, alert_rows, window_ms=window_s * 1000)))
 
 
@@ -371,7 +394,7 @@ def train(
         if feedback is not None:
             verdicts, source = load_feedback(feedback), str(feedback)
         elif feedback_topic is not None:
-            verdicts = read_json_topic(bootstrap, feedback_topic)
+            verdicts = read_json_topic(_kafka_config(bootstrap), feedback_topic)
             source = f"kafka://{bootstrap}/{feedback_topic}"
         if verdicts is not None:
             typer.echo(f"feedback: {len(verdicts)} records from {source}")

@@ -34,6 +34,7 @@ from processing.stats import WindowStats
 from telemetry.contract import (
     ALL_FIELDS,
     NUMBER_FIELDS,
+    POWERTRAINS,
     TEXT_FIELDS,
     ContractError,
     Problem,
@@ -74,6 +75,9 @@ def _stats_schema() -> pa.Schema:
     return pa.schema(fields)
 
 
+STATS_SCHEMA: Final = _stats_schema()
+
+
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """How one topic's records become Parquet rows."""
@@ -108,11 +112,48 @@ def stats_row(value: bytes) -> dict[str, Any]:
     if type(row) is not dict or not row.keys() >= _STATS_KEYS:
         detail = "not a vehicle-stats record"
         raise ContractError(Problem.NOT_OBJECT, None, detail)
+    # Checked per row: one wrong type used to fail the whole buffer at flush, crashing the
+    # archiver again after every restart (its offsets were never committed).
+    for column in STATS_SCHEMA:
+        _check_stats_value(column, row.get(column.name))
+    if row["powertrain"] not in POWERTRAINS:
+        detail = f"powertrain {row['powertrain']!r} is not one of {', '.join(POWERTRAINS)}"
+        raise ContractError(Problem.BAD_VALUE, "powertrain", detail)
+    try:
+        _day(row["window_start"])
+        pa.RecordBatch.from_pylist([row], schema=STATS_SCHEMA)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError) as exc:
+        detail = f"does not fit the stats table: {exc}"
+        raise ContractError(Problem.WRONG_TYPE, None, detail) from exc
     return row
 
 
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _check_stats_value(column: pa.Field, value: Any) -> None:
+    """Raise ContractError unless ``value`` fits ``column`` of the stats table."""
+    name = column.name
+    if value is None:
+        if column.nullable:
+            return
+        raise ContractError(Problem.NULL, name, "must not be null")
+    kind = column.type
+    if pa.types.is_string(kind):
+        ok = isinstance(value, str)
+    elif isinstance(value, bool):
+        ok = False  # JSON true is no number
+    elif pa.types.is_integer(kind):
+        ok = isinstance(value, int) and value in _INT64
+    else:
+        ok = isinstance(value, int | float)
+    if not ok:
+        detail = f"{value!r} is not a {kind} value"
+        raise ContractError(Problem.WRONG_TYPE, name, detail)
+
+
 TELEMETRY: Final = TableSpec("telemetry", _telemetry_schema(), "ts", telemetry_row)
-STATS: Final = TableSpec("stats", _stats_schema(), "window_start", stats_row)
+STATS: Final = TableSpec("stats", STATS_SCHEMA, "window_start", stats_row)
 TABLES: Final = {"telemetry": TELEMETRY, "stats": STATS}
 
 

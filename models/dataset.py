@@ -1,8 +1,8 @@
 """Read archived (Parquet) or simulated (JSON lines) telemetry and labels for offline work.
 
 The archive is at-least-once, so :func:`load_telemetry` drops repeated
-``(vehicle_id, seq)`` pairs (``(vehicle_id, ts)`` for records without a ``seq``), keeping
-the first, and orders the rows by event time.
+``(vehicle_id, seq, ts)`` records (``(vehicle_id, ts)`` for records without a ``seq``),
+keeping the first, and orders the rows by event time.
 """
 
 from __future__ import annotations
@@ -75,11 +75,19 @@ def load_telemetry(path_or_glob: str) -> pa.Table:
 
 
 def dedupe(table: pa.Table) -> pa.Table:
-    """Keep the first row per (vehicle_id, seq) — (vehicle_id, ts) when seq is null — by ts."""
+    """Keep the first row per (vehicle_id, seq, ts), then order by ts.
+
+    At-least-once duplicates are the same record, so they agree on all three. ``seq``
+    alone is not enough: a device or simulator run that restarts ``seq`` at 0 reuses
+    every number, and deduping on ``(vehicle_id, seq)`` silently dropped all its later
+    data. Records without a ``seq`` are deduped on ``(vehicle_id, ts)``.
+    """
     keys = pd.DataFrame(
         {
             "vehicle_id": table.column("vehicle_id").to_pandas(),
-            "ident": pc.coalesce(table.column("seq"), pc.negate(table.column("ts"))).to_pandas(),
+            # Nulls as -1 (seq is never negative): pandas would make the column float.
+            "seq": pc.fill_null(table.column("seq").cast(pa.int64()), -1).to_pandas(),
+            "ts": table.column("ts").to_pandas(),
         }
     )
     keep = (~keys.duplicated()).to_numpy().nonzero()[0]

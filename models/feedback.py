@@ -2,7 +2,8 @@
 
 An acknowledged ``high_consumption`` alert confirms the windows that raised it; a false
 positive says they were normal. Those windows are the ``STREAK`` windows that end at the
-alert's time (the detector raises on the last of them).
+alert's time (the detector raises on the last of them): the label is the half-open span
+``[alert_ts + 1 - STREAK * window, alert_ts + 1)``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def feedback_labels(
                 raise DataError(msg)
             if record["kind"] != HighConsumption.kind:
                 continue
-            end = int(record["alert_ts"])
+            # The alert's ts is its window's end - 1: the label is the half-open span
+            # [start, end) of exactly the STREAK windows ending there (end - STREAK
+            # windows from alert_ts itself reached into a fourth window).
+            end = int(record["alert_ts"]) + 1
             label = {
                 "vehicle_id": str(record["vehicle_id"]),
                 "kind": HighConsumption.kind,

@@ -200,6 +200,9 @@ def load(folder: Path) -> LoadedModel:
     except Exception as exc:  # any deserialisation failure means corrupt
         msg = f"model artifact {folder} is corrupt: {exc}"
         raise ModelError(msg) from exc
+    if not isinstance(metadata, dict):
+        msg = f"model artifact {folder} has metadata that is not a JSON object"
+        raise ModelError(msg)
     for key in ("features", "threshold", "score"):
         if key not in metadata:
             msg = f"model artifact {folder} lacks metadata '{key}'"
@@ -213,6 +216,24 @@ def _check_compatible(folder: Path, metadata: dict[str, Any], estimator: Any) ->
     # Imported here: the processing package imports this module while it initialises.
     from processing.stats import WINDOW_FEATURES  # noqa: PLC0415
 
+    # Checked here, not at scoring: a threshold of null passed promote and then raised in
+    # every window the pipeline scored, stopping the app again after each restart.
+    bad = f"model artifact {folder} is incompatible"
+    features, threshold = metadata["features"], metadata["threshold"]
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(name, str) for name in features)
+    ):
+        msg = f"{bad}: features {features!r} is not a non-empty list of names"
+        raise ModelError(msg)
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+    ):
+        msg = f"{bad}: threshold {threshold!r} is not a finite number"
+        raise ModelError(msg)
     unknown = sorted(set(metadata["features"]) - set(WINDOW_FEATURES))
     if unknown or not metadata["features"]:
         msg = (
@@ -221,7 +242,8 @@ def _check_compatible(folder: Path, metadata: dict[str, Any], estimator: Any) ->
         )
         raise ModelError(msg)
     method = metadata["score"]
-    needs = {"neg_score_samples": "score_samples", "proba": "predict_proba"}.get(method)
+    methods = {"neg_score_samples": "score_samples", "proba": "predict_proba"}
+    needs = methods.get(method) if isinstance(method, str) else None
     if needs is None or not hasattr(estimator, needs):
         msg = f"model artifact {folder} is incompatible: score method {method!r} is not usable"
         raise ModelError(msg)

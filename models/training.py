@@ -55,14 +55,18 @@ def split_by_time(window_end: pd.Series, train: float = 0.6, validation: float =
 
 
 def label_windows(frame: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
-    """True for windows overlapping a ``high_consumption`` label of the same car."""
+    """True for windows overlapping a ``high_consumption`` label of the same car.
+
+    Windows and labels are half-open, ``[start, end)``: a window that starts where a
+    label ends does not overlap it.
+    """
     episodes = labels[labels["kind"] == KIND][["vehicle_id", "start_ts", "end_ts"]]
     if episodes.empty or frame.empty:
         return np.zeros(len(frame), dtype=bool)
     indexed = frame[["vehicle_id", "window_start", "window_end"]].reset_index(names="row")
     pairs = indexed.merge(episodes, on="vehicle_id")
     hit = pairs[
-        (pairs["start_ts"] < pairs["window_end"]) & (pairs["end_ts"] >= pairs["window_start"])
+        (pairs["start_ts"] < pairs["window_end"]) & (pairs["end_ts"] > pairs["window_start"])
     ]
     out = np.zeros(len(frame), dtype=bool)
     out[hit["row"].unique()] = True

@@ -124,6 +124,7 @@ def build_app(
             stats_spread_ms=round(settings.processing_stats_spread_s * 1000),
             metrics=metrics,
             model_dir=settings.processing_model_dir,
+            max_future_ms=round(settings.processing_max_future_s * 1000),
         ),
     )
     pipeline.stats.to_topic(outputs["stats"])

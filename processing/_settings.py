@@ -59,6 +59,13 @@ class ProcessingSettings(KafkaConnectionSettings):
     # A Kafka transaction operation can block without end when the broker restarts in
     # the middle of it; after this long a stop exits hard instead of hanging.
     processing_stop_timeout_s: float = Field(default=30.0, gt=0)
+    processing_max_future_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A record whose ts (or message timestamp) is further ahead of the "
+        "wall clock is quarantined (reason future_ts): it would move the partition's "
+        "clock and make every other car's records late.",
+    )
     processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_model_dir: Path | None = Field(
         default=None, description="Model registry folder; its promoted version scores windows."

@@ -72,43 +72,80 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class SensorGlitch:
-    """Impossible speed, odometer going backwards, or a GPS jump no car can drive."""
+    """Impossible speed, odometer going backwards, or a GPS jump no car can drive.
+
+    Odometer and position are judged against the last sample that passed (``good``). A
+    glitch small enough to pass (a +0.5 km odometer blip on a parked car is within the
+    forward tolerance) would become ``good`` and every real reading after it would look
+    implausible, forever; so readings that agree with each other, but not with ``good``,
+    for ``REANCHOR_MS`` replace it: then ``good`` was the glitch.
+    """
 
     kind = "sensor_glitch"
     MAX_SPEED_KMH: Final = 300.0
     ODOMETER_BACK_KM: Final = 0.01
     CLEAR_AFTER_MS: Final = 10_000
+    # Longer than the glitches the simulator makes (1-8 s): those stay rejected.
+    REANCHOR_MS: Final = 30_000
+
+    def _implausible(self, reasons: dict[str, Any], ref: list[Any], sample: list[Any]) -> None:
+        """Add the reasons why ``sample`` cannot follow ``ref`` (both [ts, odometer, lat, lon])."""
+        ts, odo, lat, lon = sample
+        hours = max((ts - ref[0]) / 3_600_000.0, 1 / 3600.0)
+        if odo is not None and ref[1] is not None:
+            if odo < ref[1] - self.ODOMETER_BACK_KM:
+                reasons["odometer_back_km"] = round(ref[1] - odo, 4)
+            elif odo - ref[1] > self.MAX_SPEED_KMH * hours + 1.0:
+                reasons["odometer_jump_km"] = round(odo - ref[1], 4)
+        glat, glon = ref[2], ref[3]
+        if lat is not None and lon is not None and glat is not None and glon is not None:
+            limit = self.MAX_SPEED_KMH * hours + 0.5
+            # R*(|dlat|+|dlon|) bounds the great-circle distance from above (meridian
+            # then parallel is a path between the points): most records skip the trig.
+            bound = _KM_PER_DEG * (abs(lat - glat) + abs(lon - glon))
+            if bound >= limit * _BOUND_MARGIN:
+                jump = _haversine_km(glat, glon, lat, lon)
+                if jump > limit:
+                    reasons["gps_jump_km"] = round(jump, 3)
 
     def check(self, m: dict[str, Any], r: dict[str, Any]) -> Verdict:
         """Judge one record against the last plausible one."""
-        ts, speed, odo, lat, lon = r["ts"], r["speed_kmh"], r["odometer_km"], r["lat"], r["lon"]
+        ts, speed = r["ts"], r["speed_kmh"]
+        sample = [ts, r["odometer_km"], r["lat"], r["lon"]]
         reasons: dict[str, Any] = {}
-        if speed is not None and speed > self.MAX_SPEED_KMH:
-            reasons["speed_kmh"] = speed
         good = m.get("good")  # last sample that passed: [ts, odometer, lat, lon]
         if good is not None:
-            hours = max((ts - good[0]) / 3_600_000.0, 1 / 3600.0)
-            if odo is not None and good[1] is not None:
-                if odo < good[1] - self.ODOMETER_BACK_KM:
-                    reasons["odometer_back_km"] = round(good[1] - odo, 4)
-                elif odo - good[1] > self.MAX_SPEED_KMH * hours + 1.0:
-                    reasons["odometer_jump_km"] = round(odo - good[1], 4)
-            glat, glon = good[2], good[3]
-            if lat is not None and lon is not None and glat is not None and glon is not None:
-                limit = self.MAX_SPEED_KMH * hours + 0.5
-                # R*(|dlat|+|dlon|) bounds the great-circle distance from above (meridian
-                # then parallel is a path between the points): most records skip the trig.
-                bound = _KM_PER_DEG * (abs(lat - glat) + abs(lon - glon))
-                if bound >= limit * _BOUND_MARGIN:
-                    jump = _haversine_km(glat, glon, lat, lon)
-                    if jump > limit:
-                        reasons["gps_jump_km"] = round(jump, 3)
+            self._implausible(reasons, good, sample)
+            if reasons:
+                reasons = self._reanchor(m, reasons, sample)
+            else:
+                m.pop("rival", None)
+        if speed is not None and speed > self.MAX_SPEED_KMH:
+            reasons = {"speed_kmh": speed, **reasons}
         if reasons:
             m["last_bad"] = ts
             parts = ", ".join(f"{k}={v}" for k, v in reasons.items())
             return Verdict(True, reasons, f"implausible sensor values ({parts})", normal=False)
-        m["good"] = [ts, odo, lat, lon]
+        m["good"] = sample
         return _CALM[ts - m.get("last_bad", -(10**15)) >= self.CLEAR_AFTER_MS]
+
+    def _reanchor(
+        self, m: dict[str, Any], reasons: dict[str, Any], sample: list[Any]
+    ) -> dict[str, Any]:
+        """Track the rejected readings; returns no reasons once they have outlasted ``good``."""
+        # rival: [since, ts, odometer, lat, lon]: the latest reading rejected against good,
+        # and since when rejected readings have agreed with each other.
+        ts = sample[0]
+        rival = m.get("rival")
+        disagree: dict[str, Any] = {}
+        if rival is not None:
+            self._implausible(disagree, rival[1:], sample)
+        since = rival[0] if rival is not None and not disagree else ts
+        if ts - since >= self.REANCHOR_MS:
+            del m["rival"]
+            return {}  # the caller makes this reading good
+        m["rival"] = [since, *sample]
+        return reasons
 
 
 class TireLeak:

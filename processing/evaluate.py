@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from models.errors import DataError
 from processing.detectors import KINDS
 
 
@@ -120,26 +121,115 @@ def format_scores(scores: Mapping[str, KindScore]) -> str:
     return "\n".join(lines)
 
 
-def read_json_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Read every JSON record currently in a topic (committed records only, fresh group)."""
+def read_json_topic(
+    kafka_config: Mapping[str, Any], topic: str, timeout_s: float = 60.0
+) -> list[dict[str, Any]]:
+    """Read every committed JSON record a topic holds now, partition by partition.
+
+    The end offsets of every partition are taken first; each partition is then read from
+    its beginning (``read_committed``, no consumer group join) until it reaches its end
+    offset. Stopping after a few idle seconds instead could stop before the partitions
+    were even assigned and train without the feedback, silently.
+
+    Args:
+        kafka_config: librdkafka settings (bootstrap, security), e.g.
+            ``KafkaConnectionSettings().kafka_client_config()``.
+        topic: The topic to read.
+        timeout_s: Longest time for the metadata, the end offsets and the whole read.
+
+    Returns:
+        The records, in order per partition.
+
+    Raises:
+        DataError: The topic does not exist, Kafka reports an error, a record is not a
+            JSON object, or the read does not finish within ``timeout_s``.
+    """
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_config,
             "group.id": f"fleetstream-evaluate-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
             "isolation.level": "read_committed",
         }
     )
-    consumer.subscribe([topic])
-    out: list[dict[str, Any]] = []
     try:
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is None:
-                    out.append(orjson.loads(message.value()))
-                    last = time.monotonic()
+        ends = _end_offsets(consumer, topic, timeout_s)
+        out: list[dict[str, Any]] = []
+        if ends:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+            _read_until(consumer, topic, ends, out, time.monotonic() + timeout_s)
+    except KafkaException as exc:
+        msg = f"cannot read Kafka topic {topic!r}: {exc}"
+        raise DataError(msg) from exc
     finally:
         consumer.close()
     return out
+
+
+def _end_offsets(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
+    """Partition -> end offset now, for the partitions that hold records."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        problem = "it does not exist" if meta is None else meta.error.str()
+        msg = f"cannot read Kafka topic {topic!r}: {problem}"
+        raise DataError(msg)
+    ends: dict[int, int] = {}
+    for partition in sorted(meta.partitions):
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s
+        )
+        if high > low:
+            ends[partition] = high
+    return ends
+
+
+def _read_until(
+    consumer: Consumer,
+    topic: str,
+    ends: dict[int, int],
+    out: list[dict[str, Any]],
+    deadline: float,
+) -> None:
+    """Append records to ``out`` until every partition in ``ends`` has reached its end."""
+    while ends:
+        if time.monotonic() > deadline:
+            msg = (
+                f"reading Kafka topic {topic!r} timed out with partitions {sorted(ends)} "
+                f"short of their end offsets"
+            )
+            raise DataError(msg)
+        for message in consumer.consume(1000, 0.5):
+            partition, offset = message.partition(), message.offset()
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                msg = f"reading Kafka topic {topic!r}: {error.str()}"
+                raise DataError(msg)
+            end = ends.get(partition or 0)
+            if end is None or offset is None:
+                continue  # a partition already read to its end
+            if error is None and offset < end:  # later records came after the read began
+                where = f"{topic!r} partition {partition} offset {offset}"
+                out.append(_json_object(message.value(), where))
+            # A partition-EOF event's offset is the next one (with read_committed, after the
+            # last committed record: transaction markers take offsets too).
+            if (offset + 1 if error is None else offset) >= end:
+                del ends[partition or 0]
+
+
+def _json_object(value: bytes | None, where: str) -> dict[str, Any]:
+    """A record's value as a JSON object.
+
+    Raises:
+        DataError: The value is not a JSON object.
+    """
+    try:
+        record = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        msg = f"Kafka topic {where}: not JSON ({exc})"
+        raise DataError(msg) from exc
+    if not isinstance(record, dict):
+        msg = f"Kafka topic {where}: not a JSON object"
+        raise DataError(msg)
+    return record

@@ -52,6 +52,12 @@ class ProcessingMetrics:
             "Promoted model versions refused (corrupt, untrusted or incompatible)",
             registry=r,
         )
+        self.model_errors = Counter(
+            "fleetstream_processing_model_errors",
+            "Windows a loaded model failed to score (they got the rules only)",
+            ["pointer"],
+            registry=r,
+        )
         self.window_latency = Histogram(
             "fleetstream_processing_window_close_latency_seconds",
             "Wall clock at window close minus window end",

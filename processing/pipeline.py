@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from processing.windows import (
     unpack,
 )
 from telemetry import contract
+from telemetry.alerts import AlertRecord
 
 _log = logging.getLogger("processing")
 
@@ -49,6 +52,12 @@ class PipelineConfig:
     stats_spread_ms: int = 10_000
     metrics: ProcessingMetrics = field(default_factory=ProcessingMetrics)
     model_dir: Path | None = None
+    # A record whose time is further ahead of the wall clock than this is quarantined
+    # (future_ts): it would move the partition clock and make every other car late.
+    max_future_ms: int = 300_000
+    wall_clock: Callable[[], float] = time.time
+    # Late and future records are logged at most once per this many seconds each.
+    log_every_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,72 @@ def _partition() -> tuple[str, int]:
 def _car(key: Any) -> str:
     """The car a message key names."""
     return key.decode() if isinstance(key, bytes) else str(key)
+
+
+class _SummaryLog:
+    """At most one log line per interval for a kind of record, with their count.
+
+    Each record is also counted in a metric; a log line per record let one car with a
+    bad clock flood the log.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        level: int,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what = what
+        self._level = level
+        self._every_s = every_s
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._count = 0
+        self._cars: set[str] = set()
+
+    def add(self, vid: str, detail: str, records: int = 1) -> None:
+        """Note records of one car; logs the ones noted since the last line when due."""
+        self._count += records
+        if len(self._cars) < _MAX_CARS_LOGGED:
+            self._cars.add(vid)
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._every_s:
+            return
+        more = ", ..." if len(self._cars) >= _MAX_CARS_LOGGED else ""
+        _log.log(
+            self._level,
+            "%d %s since the last report (cars %s%s); latest: %s",
+            self._count,
+            self._what,
+            ", ".join(sorted(self._cars)),
+            more,
+            detail,
+        )
+        self._logged_at = now
+        self._count = 0
+        self._cars.clear()
+
+
+_MAX_CARS_LOGGED = 10
+
+
+_FUTURE, _NO_KEY = "future_ts", "no_key"
+
+
+def _no_key(value: bytes) -> dict[str, Any]:
+    """The quarantine form of a message without a key (the key names the car)."""
+    detail = "no_key: the message has no key; processing keys every car's state by it"
+    return {"_invalid": _NO_KEY, "_detail": detail, "_raw": value}
+
+
+def _future(value: bytes, record: dict[str, Any], timestamp: int, now_ms: int) -> dict[str, Any]:
+    """The quarantine form of a record whose time is ahead of the wall clock."""
+    detail = (
+        f"future_ts: ts {record['ts']} (message timestamp {timestamp}) is "
+        f"{(max(record['ts'], timestamp) - now_ms) / 1000:.0f} s ahead of the wall clock"
+    )
+    return {"_invalid": _FUTURE, "_detail": detail, "_raw": value}
 
 
 def _quarantine_record(value: dict[str, Any]) -> bytes:
@@ -127,30 +202,53 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     records_in = metrics.records_in
     # The car's state as this process last wrote it, so most records skip decoding it.
     cars = DecodedCache()
+    late_log = _SummaryLog(
+        "late record(s), counted in fleetstream_processing_late", logging.INFO, cfg.log_every_s
+    )
+    # Reasons a single source can send steadily: summarised rather than logged each.
+    summaries = {
+        _FUTURE: _SummaryLog(
+            "record(s) ahead of the wall clock quarantined", logging.WARNING, cfg.log_every_s
+        ),
+        _NO_KEY: _SummaryLog("key-less record(s) quarantined", logging.WARNING, cfg.log_every_s),
+    }
+    max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
         vid = _car(key)
         metrics.late.labels(vehicle_id=vid).inc(records)
-        _log.info(
-            "%d late record(s) for %s at %d; counted in fleetstream_processing_late",
-            records,
-            vid,
-            timestamp,
-        )
+        late_log.add(vid, f"{vid} at {timestamp}", records)
+
+    def quarantined(record: dict[str, Any], key: Any = None) -> list[tuple[str, Any]]:
+        reason = record["_invalid"].split(":")[0]
+        metrics.quarantined.labels(reason=reason).inc()
+        summary = summaries.get(reason)
+        if summary is not None:
+            summary.add(_car(key), record["_detail"])
+        else:
+            _log.warning("quarantining an invalid record: %s", record["_detail"])
+        return [(_QUARANTINE, record)]
 
     def per_record(
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
         records_in.inc()
+        if not key:
+            # Quix's windows skip key-less messages: such a car would never get stats
+            # while its samples piled up in one shared state.
+            return quarantined(_no_key(value), key)
         where = _partition()
         clock = partition_clock.get(where, 0)
         start = timestamp - timestamp % window_ms
         late = start + window_ms + grace_ms <= clock
         record = parse(value)
         if "_invalid" in record:
-            metrics.quarantined.labels(reason=record["_invalid"].split(":")[0]).inc()
-            _log.warning("quarantining an invalid record: %s", record["_detail"])
-            return [(_QUARANTINE, record)]
+            return quarantined(record)
+        # The contract accepts any ts up to 2100, but a car whose clock runs ahead would
+        # move the partition clock (and its own detector clock) into the future.
+        now_ms = int(wall_clock() * 1000)
+        if max(timestamp, record["ts"]) > now_ms + max_future_ms:
+            return quarantined(_future(value, record, timestamp, now_ms), key)
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
             partition_clock[where] = timestamp
@@ -187,6 +285,26 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     models = ModelWatcher(cfg.model_dir, metrics)
     shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
 
+    def score_window(
+        watcher: ModelWatcher, memory: dict[str, Any], stats: dict[str, Any], *, fallback: bool
+    ) -> list[AlertRecord] | None:
+        """``detect_window`` with the watcher's model; a model that raises never stops the app.
+
+        A window the model cannot score gets the rules only (``fallback``) or nothing (the
+        shadow), from the memory as it was before the failed attempt.
+        """
+        model = watcher.current()
+        if model is None:
+            return detect_window(memory, stats) if fallback else None
+        before = copy.deepcopy(memory)
+        try:
+            return detect_window(memory, stats, model)
+        except Exception as exc:  # noqa: BLE001 - any scoring failure: see the docstring
+            watcher.scoring_failed(model, exc)
+            memory.clear()
+            memory.update(before)
+            return detect_window(memory, stats) if fallback else None
+
     def emit(
         vid: str, due: list[tuple[int, str, bytes]], state: State[str, Any]
     ) -> list[tuple[str, Any]]:
@@ -199,17 +317,15 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             metrics.window_latency.observe(max(0.0, time.time() - end / 1000.0))
             out.append((_STATS, stats))
             memory: dict[str, Any] = state.get("window_detectors") or {}
-            out += [
-                (_WINDOW_ALERT, (a, start)) for a in detect_window(memory, stats, models.current())
-            ]
+            alerts = score_window(models, memory, stats, fallback=True)
+            out += [(_WINDOW_ALERT, (a, start)) for a in alerts or []]
             state.set("window_detectors", memory)
-            candidate = shadow.current()
-            if candidate is not None:
+            if shadow.current() is not None:
                 # The candidate keeps its own baseline and episodes, so it never changes
                 # what the active model raises.
                 shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
-                shadow_out = detect_window(shadow_memory, stats, candidate)
-                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out]
+                shadow_out = score_window(shadow, shadow_memory, stats, fallback=False)
+                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out or []]
                 state.set("shadow_detectors", shadow_memory)
         return out
 

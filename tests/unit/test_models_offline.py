@@ -24,14 +24,14 @@ from models.archive import (
     stats_row,
     telemetry_row,
 )
-from models.dataset import iter_records, load_telemetry
+from models.dataset import dedupe, iter_records, load_telemetry
 from models.errors import DataError
 from models.feedback import feedback_labels
 from models.metrics import ArchiveMetrics
 from models.registry import load
 from models.replay import replay_records, window_alerts, window_feature_rows
 from models.training import Scores, best_threshold, label_windows, split_by_time
-from processing.detectors import detect, detect_window
+from processing.detectors import HighConsumption, detect, detect_window
 from processing.evaluate import evaluate
 from simulator import Fleet, FleetConfig
 from simulator import iter_records as simulate
@@ -104,6 +104,64 @@ def test_invalid_values_are_refused_with_the_contract_reason() -> None:
     with pytest.raises(ContractError):
         stats_row(b'{"vehicle_id": "a"}')
     assert STATS.schema.field("window_start").nullable is False
+
+
+_GOOD_STATS: dict[str, Any] = {
+    "vehicle_id": "car-1", "powertrain": "ev", "window_start": 1_767_225_600_000,
+    "window_end": 1_767_225_660_000, "samples": 60, "distance_km": 1.0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"window_start": "1767225600000"}, "wrong_type:window_start"),
+        ({"samples": "60"}, "wrong_type:samples"),
+        ({"samples": 60.5}, "wrong_type:samples"),
+        ({"distance_km": "1.0"}, "wrong_type:distance_km"),
+        ({"distance_km": True}, "wrong_type:distance_km"),
+        ({"vehicle_id": 7}, "wrong_type:vehicle_id"),
+        ({"window_end": None}, "null:window_end"),
+        ({"powertrain": "../x"}, "bad_value:powertrain"),
+        ({"window_start": 10**15}, "wrong_type"),  # a year past 9999: no date folder
+    ],
+)
+def test_stats_of_the_wrong_type_are_refused_per_row_and_never_reach_the_buffer(
+    tmp_path: Path, change: dict[str, Any], reason: str
+) -> None:
+    # They used to raise at flush, for the whole buffer, again after every restart.
+    archive = ParquetArchive(tmp_path, STATS)
+    archive.add(stats_row(orjson.dumps(_GOOD_STATS)))
+    with pytest.raises(ContractError) as refused:
+        archive.add(stats_row(orjson.dumps({**_GOOD_STATS, **change})))
+    assert refused.value.reason == reason
+    [written] = archive.flush()
+    assert pq.read_table(written).num_rows == 1
+
+
+def test_stats_with_only_the_key_fields_are_archived(tmp_path: Path) -> None:
+    archive = ParquetArchive(tmp_path, STATS)
+    keys = ("vehicle_id", "powertrain", "window_start", "window_end")
+    archive.add(stats_row(orjson.dumps({k: _GOOD_STATS[k] for k in keys})))
+    archive.add(stats_row(orjson.dumps({**_GOOD_STATS, "samples": 61, "unknown": "x"})))
+    [written] = archive.flush()
+    assert pq.read_table(written).column("samples").to_pylist() == [None, 61]
+
+
+def test_dedupe_keeps_a_second_run_whose_seq_restarted_at_zero() -> None:
+    # Two simulator runs a day apart: seq restarts at 0 in each. Deduping on
+    # (vehicle_id, seq) kept only the first run.
+    rows = [
+        {"vehicle_id": "car-000", "seq": s, "ts": 1_767_225_600_000 + run * DAY_MS + s * 1000}
+        for run in (0, 1)
+        for s in range(5)
+    ]
+    duplicate = dict(rows[2])  # a genuine at-least-once duplicate
+    no_seq = [{"vehicle_id": "car-001", "seq": None, "ts": 1_767_225_600_000}] * 2
+    out = dedupe(pa.Table.from_pylist([*rows, duplicate, *no_seq]))
+    assert out.num_rows == len(rows) + 1
+    kept = [r["ts"] for r in out.to_pylist() if r["vehicle_id"] == "car-000"]
+    assert kept == [r["ts"] for r in rows]  # both runs, ordered by ts
 
 
 def test_load_dedupes_repeated_records_across_files(tmp_path: Path) -> None:
@@ -290,16 +348,34 @@ def _verdict(alert_id: str, verdict: str, ts: int, alert_ts: int, **extra: Any) 
 
 def test_feedback_labels_take_the_latest_verdict_per_alert() -> None:
     records = [
-        _verdict("a-raised", "acknowledged", ts=10, alert_ts=600_000),
-        _verdict("a-raised", "false_positive", ts=20, alert_ts=600_000),  # changed mind
-        _verdict("b-raised", "false_positive", ts=30, alert_ts=900_000),
-        _verdict("b-raised", "acknowledged", ts=40, alert_ts=900_000),
+        # An alert's ts is its window's end - 1.
+        _verdict("a-raised", "acknowledged", ts=10, alert_ts=599_999),
+        _verdict("a-raised", "false_positive", ts=20, alert_ts=599_999),  # changed mind
+        _verdict("b-raised", "false_positive", ts=30, alert_ts=899_999),
+        _verdict("b-raised", "acknowledged", ts=40, alert_ts=899_999),
         {**_verdict("c-raised", "acknowledged", ts=50, alert_ts=1), "kind": "overheat"},
     ]
     confirmed, rejected = feedback_labels(records, window_ms=60_000)
     assert confirmed[["start_ts", "end_ts"]].values.tolist() == [[720_000, 900_000]]
     assert rejected[["start_ts", "end_ts"]].values.tolist() == [[420_000, 600_000]]
     assert set(confirmed["kind"]) == {"high_consumption"}
+
+
+def test_feedback_labels_cover_exactly_the_streak_windows_that_raised_the_alert() -> None:
+    # Eight consecutive windows; the detector raised on the third high one in a row,
+    # window 5, so the alert's ts is that window's end - 1. The label covered four.
+    window_ms, t0 = 60_000, 1_767_225_600_000
+    frame = pd.DataFrame(
+        {
+            "vehicle_id": ["car-1"] * 8,
+            "window_start": [t0 + i * window_ms for i in range(8)],
+            "window_end": [t0 + (i + 1) * window_ms for i in range(8)],
+        }
+    )
+    feedback = [_verdict("e-raised", "acknowledged", ts=1, alert_ts=t0 + 6 * window_ms - 1)]
+    confirmed, _ = feedback_labels(feedback, window_ms)
+    assert HighConsumption.STREAK == 3
+    assert frame.index[label_windows(frame, confirmed)].tolist() == [3, 4, 5]
 
 
 def test_malformed_feedback_is_a_clear_error() -> None:

@@ -16,6 +16,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from models.errors import ModelError
 from models.registry import (
+    METADATA_FILE,
     MODEL_FILE,
     SHADOW,
     current_version,
@@ -114,6 +115,44 @@ def test_incompatible_artifact_is_refused(
     folder = save(_forest(), metadata, tmp_path, version="v1")
     with pytest.raises(ModelError, match=match):
         load(folder)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({**META, "threshold": None}, "threshold None is not a finite number"),
+        ({**META, "threshold": "0.6"}, "threshold '0.6'"),
+        ({**META, "threshold": True}, "threshold True"),
+        ({**META, "threshold": [0.6]}, "threshold"),
+        ({**META, "features": "consumption_ratio"}, "not a non-empty list of names"),
+        ({**META, "features": []}, "not a non-empty list of names"),
+        ({**META, "features": [1, 2]}, "not a non-empty list of names"),
+        ({**META, "features": {"consumption_ratio": 1}}, "not a non-empty list of names"),
+        ({**META, "score": ["neg_score_samples"]}, "score method"),
+    ],
+)
+def test_metadata_the_pipeline_cannot_score_with_is_refused_at_load_and_promote(
+    tmp_path: Path, metadata: dict[str, object], match: str
+) -> None:
+    # A null threshold passed load and promote, then raised in every scored window.
+    save(_forest(), metadata, tmp_path, version="v1")
+    with pytest.raises(ModelError, match=match):
+        load(tmp_path / "v1")
+    with pytest.raises(ModelError):
+        promote(tmp_path, "v1")
+    assert current_version(tmp_path) is None
+
+
+def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    folder = save(_forest(), META, tmp_path, version="v1")
+    (folder / METADATA_FILE).write_bytes(b'["features", "threshold", "score"]')
+    with pytest.raises(ModelError, match="not a JSON object"):
+        load(folder)
+
+
+def test_an_integer_threshold_is_a_number(tmp_path: Path) -> None:
+    save(_forest(), {**META, "threshold": 1}, tmp_path, version="v1")
+    assert load(tmp_path / "v1").threshold == 1.0
 
 
 def test_boosted_trees_are_trusted_and_score_as_probabilities(tmp_path: Path) -> None:

@@ -120,6 +120,55 @@ def test_sensor_glitch_check_keeps_the_last_good_sample() -> None:
     assert memory["good"][1] == 1000.0
 
 
+def test_a_small_forward_odometer_glitch_clears_and_leaves_the_other_detectors_working() -> None:
+    # +0.5 km on a parked car is within the forward tolerance, so it became the trusted
+    # sample: every real reading after it went "backwards" and the episode never ended.
+    def make(s: int) -> dict[str, Any]:
+        return ev(s, odometer_km=1000.5 if s == 100 else 1000.0,
+                  battery_temp_c=20.0 if s < 2000 else 45.0)  # fmt: skip
+
+    _, events = run(seconds(4000, make))
+    glitch = [e for e in events if e[1] == "sensor_glitch"]
+    assert [e[2] for e in glitch] == ["raised", "cleared"]
+    # The real readings outlast the glitch after REANCHOR_MS: normal 10 s later, cleared
+    # after the 60 s hold.
+    reanchor_s = SensorGlitch.REANCHOR_MS // 1000
+    assert glitch[1][0] == pytest.approx(101 + reanchor_s + 69, abs=1)
+    assert (2000.0, "overheat", "raised") in events
+
+
+def test_readings_that_agree_with_each_other_replace_a_glitched_good_sample() -> None:
+    glitch = SensorGlitch()
+    memory: dict[str, Any] = {}
+    assert not glitch.check(memory, ev(0, odometer_km=1000.5)).anomalous  # the glitch
+    reanchor_s = SensorGlitch.REANCHOR_MS // 1000
+    verdicts = [glitch.check(memory, ev(s)) for s in range(1, reanchor_s + 3)]
+    assert all(v.anomalous for v in verdicts[:reanchor_s])
+    assert not any(v.anomalous for v in verdicts[reanchor_s:])
+    assert memory["good"][1] == 1000.0
+
+
+def test_a_short_glitch_is_never_trusted_however_consistent() -> None:
+    # The simulator's glitches last 1-8 s with a constant offset: all stay rejected.
+    glitch = SensorGlitch()
+    memory: dict[str, Any] = {}
+    glitch.check(memory, ev(0))
+    for s in range(1, 9):
+        assert glitch.check(memory, ev(s, odometer_km=900.0, lat=48.9)).anomalous
+    assert memory["good"][1:3] == [1000.0, 48.1]
+    assert not glitch.check(memory, ev(9)).anomalous
+
+
+def test_readings_that_disagree_with_each_other_are_never_trusted() -> None:
+    glitch = SensorGlitch()
+    memory: dict[str, Any] = {}
+    glitch.check(memory, ev(0))
+    for s in range(1, 120):
+        odometer = 900.0 if s % 2 else 800.0  # jumping between two wrong values
+        assert glitch.check(memory, ev(s, odometer_km=odometer)).anomalous
+    assert memory["good"][1] == 1000.0
+
+
 def test_a_glitched_sample_does_not_reach_the_other_detectors() -> None:
     def make(s: int) -> dict[str, Any]:
         if s == 1800:  # impossible speed and a battery 60 °C hotter, in the same sample

@@ -9,18 +9,23 @@ Messages are then pushed one at a time with ``StreamingDataFrame.test()``.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 from quixstreams.models.messagecontext import MessageContext
 from quixstreams.models.topics import Topic
+from sklearn.ensemble import IsolationForest
 
+from models.registry import LoadedModel, promote, save
 from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline, parse
@@ -37,6 +42,8 @@ pytestmark = pytest.mark.unit
 T0 = 1_767_225_600_000  # a multiple of the window
 WINDOW_MS = 60_000
 GRACE_MS = 10_000
+MAX_FUTURE_MS = 300_000
+DAY_MS = 86_400_000
 BRANCHES = ("stats", "sessions", "alerts", "window_alerts", "quarantine")
 
 
@@ -98,7 +105,13 @@ def test_encode_is_compact_json() -> None:
 class Harness:
     """``define_pipeline`` on a broker-less Application; ``send`` runs one message through."""
 
-    def __init__(self, state_dir: Path, stats_spread_ms: int = 0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        stats_spread_ms: int = 0,
+        wall_clock: Callable[[], float] = time.time,
+        model_dir: Path | None = None,
+    ) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
             broker_address="127.0.0.1:1",  # never contacted: no topic is created or consumed
@@ -119,6 +132,9 @@ class Harness:
             grace_ms=GRACE_MS,
             metrics=self.metrics,
             stats_spread_ms=stats_spread_ms,
+            max_future_ms=MAX_FUTURE_MS,
+            wall_clock=wall_clock,
+            model_dir=model_dir,
         )
         pipeline = define_pipeline(self.sdf, config)
         for name in BRANCHES:
@@ -353,6 +369,111 @@ def test_an_invalid_record_does_not_move_the_clock(harness: Harness) -> None:
     assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 0
     [window] = harness.send(ev(70, vehicle_id="car-2"), key="car-2")["stats"]
     assert window["samples"] == 4
+
+
+def test_a_record_from_the_future_is_quarantined_and_does_not_make_others_late(
+    harness: Harness,
+) -> None:
+    ahead = make_ev(int(time.time() * 1000) + DAY_MS, vehicle_id="car-3")  # clock a day ahead
+    for s in range(200):
+        harness.send(ev(s), key="car-1")
+        harness.send(ev(s, vehicle_id="car-2"), key="car-2")
+        if s == 100:
+            assert dict(harness.send(ahead, key="car-3")) == {"quarantine": [orjson.dumps(ahead)]}
+    windows = sorted((w["vehicle_id"], w["window_start"] - T0) for w in harness.out["stats"])
+    assert windows == [(car, i * WINDOW_MS) for car in ("car-1", "car-2") for i in range(3)]
+    assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 0
+    quarantined = "fleetstream_processing_quarantined_total"
+    assert harness.metric(quarantined, reason="future_ts") == 1
+
+
+def test_the_future_is_judged_by_the_wall_clock_with_a_tolerance(tmp_path: Path) -> None:
+    now = [T0 / 1000]  # the wall clock stands at T0
+    h = Harness(tmp_path / "state", wall_clock=lambda: now[0])
+    try:
+        assert "quarantine" not in h.send(ev(MAX_FUTURE_MS // 1000))  # just within
+        emitted = h.send(ev(MAX_FUTURE_MS // 1000 + 1))
+        assert list(emitted) == ["quarantine"]
+        now[0] += 1.0  # a second later it is within the tolerance
+        assert "quarantine" not in h.send(ev(MAX_FUTURE_MS // 1000 + 1))
+    finally:
+        h.close()
+
+
+def test_quarantined_future_records_carry_their_reason_headers(harness: Harness) -> None:
+    record = make_ev(int(time.time() * 1000) + DAY_MS)
+    raw = orjson.dumps(record)
+    ctx = MessageContext(harness.topic.name, 0, harness.offset, len(raw))
+    harness.offset += 1
+    [(result, _key, _ts, headers)] = [
+        out for out in harness.sdf.test(raw, key=b"car-1", timestamp=record["ts"], ctx=ctx)
+        if out[0][0] == "quarantine"
+    ]  # fmt: skip
+    assert result == ("quarantine", raw)
+    assert dict(headers)["reason"] == b"future_ts"
+    assert dict(headers)["detail"].startswith(b"future_ts: ts ")
+
+
+def test_late_records_are_logged_in_summary_not_one_line_each(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    for s in range(140):
+        harness.send(ev(s))
+    with caplog.at_level(logging.INFO, logger="processing"):
+        for i in range(50):
+            harness.send(ev(5, seq=10_000 + i))  # late: its window closed long ago
+    assert harness.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 50
+    late_lines = [r for r in caplog.records if "late record" in r.getMessage()]
+    assert len(late_lines) == 1
+
+
+def test_a_model_that_raises_while_scoring_falls_back_to_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "registry"
+    rng = np.random.default_rng(0)
+    forest = IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
+    features = ["consumption_ratio", "avg_speed_kmh"]
+    meta = {"features": features, "threshold": 0.6, "score": "neg_score_samples"}
+    save(forest, meta, registry, version="v1")
+    promote(registry, "v1")
+
+    def broken(_self: LoadedModel, _row: Any) -> float:
+        msg = "scoring failed"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(LoadedModel, "score_one", broken)
+    h = Harness(tmp_path / "state", model_dir=registry)
+    try:
+        for s in range(10 * 60 + 15):  # ten driving windows: the model is asked from the 7th
+            h.send(ev(s, state="driving", speed_kmh=36.0, power_kw=12.0,
+                      odometer_km=round(1000.0 + 0.01 * s, 4),
+                      battery_level_pct=round(80.0 - 0.002 * s, 4)))  # fmt: skip
+        assert len(h.out["stats"]) == 10
+        assert h.metric("fleetstream_processing_model_errors_total", pointer="current") >= 1
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("key", [None, b""])
+def test_a_message_without_a_key_is_quarantined_before_it_touches_state(
+    harness: Harness, key: bytes | None
+) -> None:
+    # Quix's windows skip key-less messages: their samples piled up and never got stats.
+    for s in range(140):
+        raw = orjson.dumps(ev(s))
+        ctx = MessageContext(harness.topic.name, 0, harness.offset, len(raw))
+        harness.offset += 1
+        results = harness.sdf.test(raw, key=key, timestamp=T0 + s * 1000, ctx=ctx)
+        assert [(name, value) for (name, value), *_ in results] == [("quarantine", raw)]
+        [(_value, _key, _ts, headers)] = results
+        assert dict(headers)["reason"] == b"no_key"
+    quarantined = "fleetstream_processing_quarantined_total"
+    assert harness.metric(quarantined, reason="no_key") == 140
+    # Nothing was kept for the key-less car: a keyed car's windows are its own.
+    for s in range(140):
+        harness.send(ev(s))
+    assert [w["samples"] for w in harness.out["stats"]] == [60, 60]
 
 
 def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from dashboard.view import FleetView
 
 from ..records import make_ev
-from .fleet_data import T0, Recording, _alert, _stats, filled_view
+from .fleet_data import T0, Recording, _alert, _drive, _stats, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,7 @@ def test_replayed_records_do_not_duplicate() -> None:
     window = _stats("car-1", "ev", T0, 1.0, 5.0, samples=60, missing=0)
     view.ingest("stats", window)
     view.ingest("stats", {**window, "samples": 59})
-    session: dict[str, Any] = {"session_id": "s1", "vehicle_id": "car-1", "powertrain": "ev"}
+    session = _drive("car-1", T0)
     view.ingest("sessions", session)
     view.ingest("sessions", session)
     view.ingest("telemetry", make_ev(T0 + 1000))
@@ -89,6 +89,56 @@ def test_replayed_records_do_not_duplicate() -> None:
     assert [s["samples"] for s in car.stats] == [59]  # the replay replaced its first copy
     assert len(car.sessions) == 1
     assert [s["ts"] for s in car.samples] == [T0 + 1000]
+
+
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [
+        ("stats", {"window_end": None}),
+        ("stats", {"window_end": str(T0 + 60_000)}),
+        ("stats", {"samples": "60"}),
+        ("stats", {"distance_km": "1.0"}),
+        ("stats", {"distance_km": True}),
+        ("stats", {"vehicle_id": 7}),
+        ("sessions", {"duration_s": "900"}),
+        ("sessions", {"start_ts": None}),
+        ("sessions", {"kind": None}),
+    ],
+)
+def test_stats_and_sessions_of_the_wrong_shape_are_refused(
+    kind: Literal["stats", "sessions"], change: dict[str, Any]
+) -> None:
+    # Stored, they made every later page render raise (KPIs, charts, snapshot).
+    view = FleetView()
+    good = (
+        _stats("car-1", "ev", T0, 1.0, 5.0, samples=60, missing=0)
+        if kind == "stats"
+        else _drive("car-1", T0)
+    )
+    view.ingest(kind, good)
+    with pytest.raises(TypeError):
+        view.ingest(kind, {**good, **change})
+    car = view.car("car-1")
+    assert car is not None
+    assert len(car.stats if kind == "stats" else car.sessions) == 1
+
+
+@pytest.mark.parametrize("missing", ["window_end", "samples", "avg_outside_temp_c"])
+def test_stats_missing_a_field_are_refused(missing: str) -> None:
+    view = FleetView()
+    window = _stats("car-1", "ev", T0, 1.0, 5.0, samples=60, missing=0)
+    with pytest.raises(KeyError):
+        view.ingest("stats", {k: v for k, v in window.items() if k != missing})
+    assert view.car("car-1") is None
+
+
+@pytest.mark.parametrize("missing", ["kind", "duration_s"])
+def test_sessions_missing_a_field_are_refused(missing: str) -> None:
+    view = FleetView()
+    session = _drive("car-1", T0)
+    with pytest.raises(KeyError):
+        view.ingest("sessions", {k: v for k, v in session.items() if k != missing})
+    assert view.car("car-1") is None
 
 
 def test_malformed_records_raise_for_the_feed_to_count() -> None:

@@ -1,0 +1,101 @@
+"""ModelWatcher: a refused version is tried again; a model that fails to score stops nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from models.registry import CURRENT, LoadedModel, save
+from processing.metrics import ProcessingMetrics
+from processing.models import ModelWatcher
+
+pytestmark = pytest.mark.unit
+
+META = {
+    "features": ["consumption_ratio", "avg_speed_kmh"],
+    "threshold": 0.6,
+    "score": "neg_score_samples",
+}
+
+
+def _forest() -> IsolationForest:
+    rng = np.random.default_rng(0)
+    return IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
+
+
+def _point(root: Path, version: str) -> None:
+    # Written by hand, as a deployment that copies the pointer before the folder would.
+    (root / CURRENT).write_text(version + "\n", "utf-8")
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_version_refused_before_its_folder_arrived_is_loaded_when_it_does(
+    tmp_path: Path,
+) -> None:
+    staging = tmp_path / "staging"
+    root = tmp_path / "registry"
+    root.mkdir()
+    save(_forest(), META, staging, version="v1")
+    _point(root, "v1")  # the pointer arrives first
+    clock = Clock()
+    metrics = ProcessingMetrics()
+    watcher = ModelWatcher(root, metrics, every_s=5.0, clock=clock)
+    assert watcher.current() is None
+    assert metrics.registry.get_sample_value("fleetstream_processing_models_refused_total") == 1
+    shutil.copytree(staging / "v1", root / "v1")  # then the folder
+    clock.now += 5.0
+    model = watcher.current()
+    assert model is not None
+    assert model.version == "v1"
+
+
+def test_a_refused_version_is_tried_again_after_the_retry_interval(tmp_path: Path) -> None:
+    folder = save(_forest(), {**META, "threshold": None}, tmp_path, version="v1")
+    _point(tmp_path, "v1")
+    clock = Clock()
+    metrics = ProcessingMetrics()
+    watcher = ModelWatcher(tmp_path, metrics, every_s=5.0, retry_s=60.0, clock=clock)
+    assert watcher.current() is None
+    # Fixed in place without changing the folder's times or sizes as we observe them.
+    metadata = (folder / "metadata.json").read_bytes().replace(b"null", b"0.7")
+    stat = (folder / "metadata.json").stat()
+    (folder / "metadata.json").write_bytes(metadata.ljust(stat.st_size))
+    os.utime(folder / "metadata.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    clock.now += 10.0
+    assert watcher.current() is None  # not yet: same signature, within retry_s
+    refused = "fleetstream_processing_models_refused_total"
+    assert metrics.registry.get_sample_value(refused) == 1
+    clock.now += 60.0
+    model = watcher.current()
+    assert model is not None
+    assert model.threshold == 0.7
+
+
+def test_a_model_that_fails_to_score_is_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    save(_forest(), META, tmp_path, version="v1")
+    _point(tmp_path, "v1")
+    metrics = ProcessingMetrics()
+    watcher = ModelWatcher(tmp_path, metrics)
+    model = watcher.current()
+    assert isinstance(model, LoadedModel)
+    for _ in range(3):
+        watcher.scoring_failed(model, ValueError("boom"))
+    errors = "fleetstream_processing_model_errors_total"
+    assert metrics.registry.get_sample_value(errors, {"pointer": "current"}) == 3
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
