@@ -190,8 +190,14 @@ class KafkaSink:
             if box:  # cancelled on the way
                 threading.Thread(target=box.clear, name="destroy-producer", daemon=True).start()
 
-    def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> None:
-        """Queue one record; ``on_delivery`` runs from :meth:`poll`."""
+    def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> KafkaError | None:
+        """Queue one record; ``on_delivery`` runs from :meth:`poll`.
+
+        Returns:
+            None once queued; Kafka's error when the client refused the record outright
+            (too large, invalid topic, ...): then ``on_delivery`` never runs for it and the
+            caller decides what becomes of it (quarantine).
+        """
         while True:
             try:
                 self.producer.produce(
@@ -205,8 +211,13 @@ class KafkaSink:
             except BufferError:
                 # Only reachable if Receive Maximum x rules exceeds the local queue: wait.
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError):
+                    return err
+                return KafkaError(KafkaError._INVALID_ARG, str(exc))  # noqa: SLF001
             else:
-                return
+                return None
 
     def poll(self) -> int:
         """Serve delivery callbacks; returns how many ran."""

@@ -122,6 +122,12 @@ class IngestMetrics:
         self.failed = Counter(
             "fleetstream_ingest_failed", "Kafka delivery failures (retried)", ["reason"], registry=r
         )
+        self.quarantine_failed = Counter(
+            "fleetstream_ingest_quarantine_failed",
+            "Quarantine records Kafka refused (retried with backoff; the message stays unacked)",
+            ["rule", "reason"],
+            registry=r,
+        )
         self.acked = Counter(
             "fleetstream_ingest_acked", "MQTT PUBACKs sent after Kafka confirmed", registry=r
         )

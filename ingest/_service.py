@@ -58,6 +58,11 @@ async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
         raise
 
 
+def _quarantine_backoff_s(attempt: int) -> float:
+    """Wait before producing a refused quarantine record again: 1 s, doubling, at most 60 s."""
+    return float(min(2 ** min(attempt, 6), 60))
+
+
 def _reason_value(rc: object) -> int:
     value = getattr(rc, "value", rc)
     return value if isinstance(value, int) else -1
@@ -357,7 +362,28 @@ class IngestService:
         mid: int,
         properties: Properties | None,
     ) -> None:
-        """Handle one PUBLISH as it is read from the socket (asyncio loop thread)."""
+        """Handle one PUBLISH as it is read from the socket (asyncio loop thread).
+
+        Never raises: an exception here would end the MQTT connection, and the broker
+        would send the same message again after every reconnect.
+        """
+        try:
+            self._handle_publish(topic, payload, qos, dup, mid, properties)
+        except Exception:  # noqa: BLE001 - logged; see above
+            # Before any rule took it (those quarantine their own failures): with no
+            # PUBACK the broker redelivers it on the next session.
+            self.metrics.quarantine_failed.labels(rule="", reason="internal").inc()
+            _log.exception("handling a message on %s failed; it stays unacknowledged", topic)
+
+    def _handle_publish(  # noqa: PLR0917 - see _on_publish
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        dup: bool,
+        mid: int,
+        properties: Properties | None,
+    ) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
         received_ms = time.time_ns() // 1_000_000
@@ -374,15 +400,64 @@ class IngestService:
             getattr(properties, "UserProperty", ()) if properties is not None else ()
         )
         inbound = Inbound(topic, payload, qos, dup, received_ms, user_props)
-        work = [(rule, route(rule, inbound)) for rule in rules]
+        try:
+            work = [(rule, route(rule, inbound)) for rule in rules]
+        except Exception:  # noqa: BLE001 - one message must never end the connection
+            work = [(rule, self._route_or_quarantine(rule, inbound)) for rule in rules]
         entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
             self._received[rule.name] += 1
-            self._produce(rule, inbound, out, entry)
+            try:
+                self._produce(rule, inbound, out, entry)
+            except Exception as exc:  # noqa: BLE001 - as above: quarantined instead
+                self._internal_error(rule, inbound, out, entry, exc)
+
+    def _route_or_quarantine(self, rule: MqttToKafkaRule, inbound: Inbound) -> Outbound:
+        """``route``, with a bug in it quarantining the message (reason ``internal``)."""
+        try:
+            return route(rule, inbound)
+        except Exception as exc:  # noqa: BLE001 - logged, and the message quarantined
+            _log.exception("routing a message on %s by rule %s failed", inbound.topic, rule.name)
+            return quarantine(rule, inbound, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _internal_error(
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        exc: Exception,
+    ) -> None:
+        """Last resort for a record whose production raised: quarantine it, or retry later."""
+        _log.error(
+            "producing a record of %s for rule %s failed",
+            inbound.topic,
+            rule.name,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        if out.reason != "internal":
+            replacement = quarantine(
+                rule, inbound, "internal", f"{type(exc).__name__}: {exc}", out.key
+            )
+            try:
+                self._produce(rule, inbound, replacement, entry)
+            except Exception:  # noqa: BLE001 - logged; retried below
+                _log.exception("quarantining a record of %s failed too", inbound.topic)
+            else:
+                return
+            out = replacement
+        # Never acknowledged before Kafka confirmed it: tried again, ever more slowly.
+        self.metrics.quarantine_failed.labels(rule=rule.name, reason="internal").inc()
+        self._retry_later(rule, inbound, out, entry, 0)
 
     # -------------------------------------------------------------------- Kafka
     def _produce(
-        self, rule: MqttToKafkaRule, inbound: Inbound, out: Outbound, entry: Pending | None
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        attempt: int = 0,
     ) -> None:
         epoch = self.sink.epoch
 
@@ -408,9 +483,13 @@ class IngestService:
                 # A QoS 0 record the replaced producer never wrote: nobody else holds it.
                 self._produce(rule, inbound, out, entry)
                 return
-            self._delivery_failed(rule, inbound, out, entry, err)
+            self._delivery_failed(rule, inbound, out, entry, err, attempt=attempt)
 
-        self.sink.produce(out, on_delivery)
+        refused = self.sink.produce(out, on_delivery)
+        if refused is not None:
+            # The client refused it outright (too large, invalid topic, ...): the same
+            # handling as a permanent rejection in a delivery report.
+            self._delivery_failed(rule, inbound, out, entry, refused, attempt=attempt)
 
     def _delivery_failed(
         self,
@@ -419,6 +498,8 @@ class IngestService:
         out: Outbound,
         entry: Pending | None,
         err: KafkaError,
+        *,
+        attempt: int = 0,
     ) -> None:
         self.metrics.failed.labels(reason=err.name()).inc()
         now = time.monotonic()
@@ -438,18 +519,54 @@ class IngestService:
             replacement = quarantine(rule, inbound, f"kafka:{err.name()}", err.str(), out.key)
             self._produce(rule, inbound, replacement, entry)
             return
+        if out.quarantined:
+            # Even the quarantine record was refused: loud, counted, and retried ever
+            # more slowly (never acknowledged before Kafka confirmed it).
+            self.metrics.quarantine_failed.labels(rule=rule.name, reason=err.name()).inc()
+            _log.error(
+                "Kafka refused the quarantine record (reason %s) of a message on %s for %s "
+                "(attempt %d): %s; the message stays unacknowledged, retrying in %.0f s",
+                out.reason,
+                inbound.topic,
+                out.topic,
+                attempt + 1,
+                err.str(),
+                _quarantine_backoff_s(attempt),
+            )
+            self._retry_later(rule, inbound, out, entry, attempt)
+            return
         # Still retry; never acknowledge what Kafka has not confirmed.
         asyncio.get_running_loop().call_later(
-            1.0, self._retry, self.sink.epoch, rule, inbound, out, entry
+            1.0, self._retry, self.sink.epoch, rule, inbound, out, entry, 0
         )
 
-    def _retry(
+    def _retry_later(
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        attempt: int,
+    ) -> None:
+        asyncio.get_running_loop().call_later(
+            _quarantine_backoff_s(attempt),
+            self._retry,
+            self.sink.epoch,
+            rule,
+            inbound,
+            out,
+            entry,
+            attempt + 1,
+        )
+
+    def _retry(  # noqa: PLR0917 - call_later passes positional arguments only
         self,
         epoch: int,
         rule: MqttToKafkaRule,
         inbound: Inbound,
         out: Outbound,
         entry: Pending | None,
+        attempt: int,
     ) -> None:
         if entry is not None and (
             entry.generation != self.acker.generation or epoch != self.sink.epoch
@@ -458,7 +575,10 @@ class IngestService:
             # produced all of the entry's records again: a third copy could release the
             # PUBACK before the other records are confirmed.
             return
-        self._produce(rule, inbound, out, entry)
+        try:
+            self._produce(rule, inbound, out, entry, attempt)
+        except Exception as exc:  # noqa: BLE001 - a timer callback: nobody else would see it
+            self._internal_error(rule, inbound, out, entry, exc)
 
     def _recover_producer(self, why: str) -> None:
         # Only the list holds the old producer, so that its destruction (which joins
@@ -658,7 +778,9 @@ class IngestService:
                 )
 
         epoch = self.sink.epoch
-        self.sink.produce(out, on_delivery)
+        refused = self.sink.produce(out, on_delivery)
+        if refused is not None:
+            return refused
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(done), 5.0)
