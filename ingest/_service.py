@@ -23,6 +23,7 @@ from ingest._acks import OrderedAcker, Pending
 from ingest._kafka import KafkaSink, ensure_topics, kafka_problem
 from ingest._metrics import IngestMetrics, serve_http
 from ingest._paho import (
+    UndecodableProperties,
     guard_write_registration,
     send_acks,
     take_over_acks_and_delivery,
@@ -396,20 +397,32 @@ class IngestService:
             if qos:
                 self.acker.add(mid, qos, 0)
             return
-        user_props: Sequence[tuple[str, str]] = (
-            getattr(properties, "UserProperty", ()) if properties is not None else ()
-        )
+        user_props: Sequence[tuple[str, str]] = ()
+        if properties is not None:
+            if type(properties) is UndecodableProperties:
+                inbound = Inbound(topic, payload, qos, dup, received_ms)
+                detail = f"MQTT 5 properties cannot be decoded: {properties.error}"
+                work = [(r, quarantine(r, inbound, "bad_properties", detail)) for r in rules]
+                self._take(mid, qos, inbound, work)
+                return
+            user_props = getattr(properties, "UserProperty", ())
         inbound = Inbound(topic, payload, qos, dup, received_ms, user_props)
         try:
             work = [(rule, route(rule, inbound)) for rule in rules]
         except Exception:  # noqa: BLE001 - one message must never end the connection
             work = [(rule, self._route_or_quarantine(rule, inbound)) for rule in rules]
+        self._take(mid, qos, inbound, work)
+
+    def _take(
+        self, mid: int, qos: int, inbound: Inbound, work: list[tuple[MqttToKafkaRule, Outbound]]
+    ) -> None:
+        """Produce a message's records; its PUBACK waits for all of them."""
         entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
             self._received[rule.name] += 1
             try:
                 self._produce(rule, inbound, out, entry)
-            except Exception as exc:  # noqa: BLE001 - as above: quarantined instead
+            except Exception as exc:  # noqa: BLE001 - quarantined instead (see _on_publish)
                 self._internal_error(rule, inbound, out, entry, exc)
 
     def _route_or_quarantine(self, rule: MqttToKafkaRule, inbound: Inbound) -> Outbound:

@@ -12,6 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import ingest._service as service_module
+from ingest._paho import UndecodableProperties
 from ingest._routing import Outbound
 from ingest._rules import parse_rules
 from ingest._service import IngestService
@@ -155,3 +156,19 @@ def test_an_exception_while_producing_quarantines_the_message_as_internal(
     (out,) = asyncio.run(scenario())
     assert out.reason == "internal"
     assert out.key == b"dev-1"
+
+
+def test_a_message_whose_properties_cannot_be_decoded_is_quarantined(make_service: Any) -> None:
+    async def scenario() -> list[tuple[Outbound, KafkaError | None]]:
+        service = make_service()
+        seen = _spy(service)
+        props = UndecodableProperties("MalformedPacket: Invalid UTF-8 string")
+        service._on_publish("raw/dev-1", b"payload", 1, False, 7, props)
+        assert len(service.acker) == 1
+        return seen
+
+    ((out, err),) = asyncio.run(scenario())
+    assert err is None
+    assert out.reason == "bad_properties"
+    assert out.value == b"payload"
+    assert b"Invalid UTF-8" in dict(out.headers)["detail"]
