@@ -176,6 +176,18 @@ class IngestMetrics:
         self.commands = Counter(
             "fleetstream_ingest_commands", "Kafka records published to MQTT", ["rule"], registry=r
         )
+        self.commands_commit_failed = Counter(
+            "fleetstream_ingest_commands_commit_failed",
+            "Offset commits of published commands that failed (the commands may come again)",
+            ["rule"],
+            registry=r,
+        )
+        self.command_loop_crashes = Counter(
+            "fleetstream_ingest_command_loop_crashes",
+            "Kafka -> MQTT command loops that crashed (restarted with backoff)",
+            ["rule"],
+            registry=r,
+        )
         self.commands_quarantined = Counter(
             "fleetstream_ingest_commands_quarantined",
             "Kafka commands that could not be published",

@@ -15,7 +15,14 @@ from typing import Any, Final, TypeVar
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -40,6 +47,10 @@ _T = TypeVar("_T")
 # unsupported shared subscriptions (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8A, 0x9E).
 _FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
 _TOPIC_CACHE_MAX: Final = 100_000
+# A crashed command loop is restarted after 1 s, doubling up to 60 s while it keeps crashing.
+_COMMAND_RESTART_MIN_S = 1.0
+_COMMAND_RESTART_MAX_S: Final = 60.0
+_MQTT_TOPIC_MAX_BYTES: Final = 65_535
 
 
 async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
@@ -62,6 +73,15 @@ async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
 def _quarantine_backoff_s(attempt: int) -> float:
     """Wait before producing a refused quarantine record again: 1 s, doubling, at most 60 s."""
     return float(min(2 ** min(attempt, 6), 60))
+
+
+def _key_problem(key: str) -> str | None:
+    """Why a command's key cannot be part of an MQTT topic name, or None."""
+    if "/" in key or "+" in key or "#" in key:
+        return "the key contains '/', '+' or '#'"
+    if "\x00" in key:
+        return "the key contains U+0000"
+    return None
 
 
 def _reason_value(rc: object) -> int:
@@ -100,6 +120,8 @@ class IngestService:
         self._kafka_answering_since: float | None = None
         self._closing = False
         self._confirmed_in_poll = False
+        # Command rules whose loop crashed and has not made progress since: rule -> error.
+        self._commands_down: dict[str, str] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -138,7 +160,7 @@ class IngestService:
             asyncio.create_task(self._poll_loop(), name="kafka-poll"),
             asyncio.create_task(self._probe_loop(), name="kafka-probe"),
             *(
-                asyncio.create_task(self._command_loop(rule), name=f"commands-{rule.name}")
+                asyncio.create_task(self._run_commands(rule), name=f"commands-{rule.name}")
                 for rule in self.rules.kafka_to_mqtt
             ),
         ]
@@ -178,10 +200,13 @@ class IngestService:
             "oldest_unacked_s": round(oldest, 3),
             "acked": self.acker.acked,
         }
+        if self._commands_down:
+            detail["command_loops_down"] = dict(self._commands_down)
         ok = (
             self._connected.is_set()
             and oldest < self.settings.ingest_stall_s
             and not self.sink.fatal
+            and not self._commands_down
         )
         detail["status"] = "ok" if ok else "degraded"
         return ok, detail
@@ -727,6 +752,32 @@ class IngestService:
         )
 
     # ------------------------------------------------------------- Kafka -> MQTT
+    async def _run_commands(self, rule: KafkaToMqttRule) -> None:
+        """Keep a command rule's loop running: a crash is logged, counted and restarted.
+
+        Until the restarted loop makes progress, /healthz reports the rule as down.
+        """
+        delay = _COMMAND_RESTART_MIN_S
+        while True:
+            try:
+                await self._command_loop(rule)
+            except Exception as exc:  # noqa: BLE001 - logged, counted, restarted
+                if rule.name not in self._commands_down:
+                    delay = _COMMAND_RESTART_MIN_S  # it had recovered since the last crash
+                self._commands_down[rule.name] = f"{type(exc).__name__}: {exc}"
+                self.metrics.command_loop_crashes.labels(rule=rule.name).inc()
+                _log.exception(
+                    "the Kafka -> MQTT command loop of %s crashed; restarting in %.0f s",
+                    rule.name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _COMMAND_RESTART_MAX_S)
+
+    def _commands_progressing(self, rule: KafkaToMqttRule) -> None:
+        if self._commands_down.pop(rule.name, None) is not None:
+            _log.info("the command loop of %s works again", rule.name)
+
     async def _command_loop(self, rule: KafkaToMqttRule) -> None:
         # A consumer subscribed to a missing topic only notices it at the next metadata
         # refresh (minutes): subscribe once our topics exist.
@@ -752,6 +803,7 @@ class IngestService:
                     if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                         _log.warning("command consumer %s: %s", rule.name, m.error())
                 if not records:
+                    self._commands_progressing(rule)
                     continue
                 while True:
                     await self._connected.wait()
@@ -774,9 +826,23 @@ class IngestService:
                     tp = (m.topic(), m.partition())
                     offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
                 commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                await _finish_in_thread(
-                    functools.partial(consumer.commit, offsets=commit, asynchronous=False)
-                )
+                try:
+                    await _finish_in_thread(
+                        functools.partial(consumer.commit, offsets=commit, asynchronous=False)
+                    )
+                except KafkaException as exc:
+                    # E.g. after a rebalance, or max.poll.interval.ms passed while MQTT was
+                    # down: the records come again (at-least-once), so keep going.
+                    self.metrics.commands_commit_failed.labels(rule=rule.name).inc()
+                    _log.warning(
+                        "committing the offsets of %d commands of %s failed (%s); they may "
+                        "be published again",
+                        len(records),
+                        rule.name,
+                        exc,
+                    )
+                else:
+                    self._commands_progressing(rule)
         finally:
             await asyncio.to_thread(consumer.close)
 
@@ -806,12 +872,25 @@ class IngestService:
         self, client: aiomqtt.Client, rule: KafkaToMqttRule, m: Message
     ) -> None:
         key = m.key()
-        values = {"key": key.decode("utf-8", errors="replace") if key else "", "topic": m.topic()}
-        topic = rule.mqtt.render([], values)
-        if topic is None or "/" in values["key"] or "+" in values["key"] or "#" in values["key"]:
-            reason = "no_key" if topic is None else "bad_key"
+        try:
+            text = key.decode("utf-8") if key else ""
+        except UnicodeDecodeError:
+            text = ""
+            problem: str | None = "the key is not valid UTF-8"
+        else:
+            problem = _key_problem(text)
+        topic = rule.mqtt.render([], {"key": text, "topic": m.topic()})
+        if problem is None and topic is not None and len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+            problem = f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+        if topic is None or problem is not None:
+            reason = "bad_key" if problem is not None else "no_key"
+            detail = problem or "the record has no key"
             self.metrics.commands_quarantined.labels(rule=rule.name, reason=reason).inc()
-            headers = [("reason", reason.encode()), ("rule", rule.name.encode())]
+            headers = [
+                ("reason", reason.encode()),
+                ("detail", detail.encode()),
+                ("rule", rule.name.encode()),
+            ]
             out = Outbound(
                 f"{rule.kafka}.quarantine",
                 key,
