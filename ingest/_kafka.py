@@ -22,6 +22,29 @@ _log = logging.getLogger(__name__)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 _DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}  # noqa: SLF001
+# Delivery-report errors that pass: retried, never quarantined. librdkafka sets the
+# retriable flag on few delivery reports, so ``err.retriable()`` alone is not enough.
+_TRANSIENT_CODES = {
+    *_DOWN_CODES,
+    KafkaError._PURGE_QUEUE,  # noqa: SLF001
+    KafkaError._PURGE_INFLIGHT,  # noqa: SLF001
+    KafkaError._MSG_TIMED_OUT,  # noqa: SLF001
+    KafkaError._TIMED_OUT,  # noqa: SLF001
+    KafkaError._RETRY,  # noqa: SLF001
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.KAFKA_STORAGE_ERROR,
+}
+
+
+def is_transient(err: KafkaError) -> bool:
+    """Whether producing the record again can succeed (else it goes to quarantine)."""
+    return bool(err.retriable()) or err.code() in _TRANSIENT_CODES
 
 
 def producer_config(settings: IngestSettings) -> dict[str, Any]:

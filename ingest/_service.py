@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest._acks import OrderedAcker, Pending
-from ingest._kafka import KafkaSink, ensure_topics, kafka_problem
+from ingest._kafka import KafkaSink, ensure_topics, is_transient, kafka_problem
 from ingest._metrics import IngestMetrics, serve_http
 from ingest._paho import (
     UndecodableProperties,
@@ -551,7 +551,7 @@ class IngestService:
                 # QoS 0: nobody else holds it; by then the poll loop has a new producer.
                 asyncio.get_running_loop().call_later(0.5, self._produce, rule, inbound, out, None)
             return  # _recover_producer produces every unconfirmed record again
-        if not out.quarantined and not err.retriable():
+        if not out.quarantined and not is_transient(err):
             # A permanent rejection (too large, not authorised, ...) must not stall the
             # stream: the message goes to quarantine with Kafka's reason, then is acked.
             replacement = quarantine(rule, inbound, f"kafka:{err.name()}", err.str(), out.key)
@@ -900,8 +900,17 @@ class IngestService:
                 rule.name,
             )
             # Until Kafka confirms: the offset is committed only after this returns.
+            attempt = 0
             while (err := await self._produce_and_wait(out)) is not None:
-                _log.warning("quarantining a command of %s failed (%s); retrying", rule.name, err)
-                await asyncio.sleep(1.0)
+                delay = _quarantine_backoff_s(attempt)
+                self.metrics.quarantine_failed.labels(rule=rule.name, reason=err.name()).inc()
+                _log.error(
+                    "quarantining a command of %s failed (%s); retrying in %.0f s",
+                    rule.name,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
             return
         await client.publish(topic, m.value(), qos=rule.qos, timeout=30)

@@ -13,7 +13,7 @@ from paho.mqtt.properties import Properties
 
 import ingest._service as service_module
 from ingest._paho import UndecodableProperties
-from ingest._routing import Outbound
+from ingest._routing import Inbound, Outbound, route
 from ingest._rules import parse_rules
 from ingest._service import IngestService
 from ingest._settings import IngestSettings
@@ -172,3 +172,32 @@ def test_a_message_whose_properties_cannot_be_decoded_is_quarantined(make_servic
     assert out.reason == "bad_properties"
     assert out.value == b"payload"
     assert b"Invalid UTF-8" in dict(out.headers)["detail"]
+
+
+@pytest.mark.parametrize(
+    ("code", "quarantined"),
+    [
+        (KafkaError.NOT_ENOUGH_REPLICAS, False),
+        (KafkaError._MSG_TIMED_OUT, False),
+        (KafkaError.REQUEST_TIMED_OUT, False),
+        (KafkaError.MSG_SIZE_TOO_LARGE, True),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, True),
+    ],
+    ids=["not-enough-replicas", "msg-timed-out", "request-timed-out", "too-large", "denied"],
+)
+def test_a_transient_delivery_error_is_retried_a_permanent_one_quarantined(
+    make_service: Any, code: int, quarantined: bool
+) -> None:
+    async def scenario() -> list[tuple[Outbound, KafkaError | None]]:
+        service = make_service()
+        rule = service.rules.mqtt_to_kafka[0]
+        inbound = Inbound("raw/dev-1", b"payload", 0, False, 1)
+        out = route(rule, inbound)
+        seen = _spy(service)
+        service._delivery_failed(rule, inbound, out, None, KafkaError(code))
+        await asyncio.sleep(1.2)  # a retry comes after 1 s
+        return seen
+
+    reasons = [out.reason for out, _ in asyncio.run(scenario())]
+    name = KafkaError(code).name()
+    assert reasons == ([f"kafka:{name}"] if quarantined else [None])
