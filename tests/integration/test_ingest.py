@@ -15,6 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.harness import (
     IngestProcess,
@@ -345,3 +347,71 @@ def test_kafka_problem_asks_a_fresh_client(brokers: infra.InfraSettings, unique_
     problem = kafka_problem(nobody, {f"{unique_name}-t"}, timeout_s=1.0)
     assert problem is not None
     assert problem.startswith("no metadata")
+
+
+def test_poison_messages_are_quarantined_without_losing_the_connection(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    """Each of these once ended ingest's MQTT connection, and came back after every reconnect."""
+    rules = tmp_path / "poison.toml"
+    rules.write_text(
+        f"""
+[[mqtt_to_kafka]]
+name = "telemetry"
+mqtt = "{prefix}/+/telemetry"
+topic = "{prefix}-telemetry"
+key = "{{vehicle_id}}"
+timestamp = "sent:s"
+quarantine_topic = "{prefix}-q"
+
+[[mqtt_to_kafka]]
+name = "routed"
+mqtt = "{prefix}/+/routed"
+topic = "{prefix}-r-{{1}}"
+key = "{{vehicle_id}}"
+quarantine_topic = "{prefix}-q"
+""",
+        "utf-8",
+    )
+    (topic, payload, _), *_ = telemetry_messages(prefix, vehicles=1, seconds=1)
+
+    def with_sent(sent: bytes) -> bytes:
+        return payload[:-1] + b',"sent":' + sent + b"}"
+
+    def props(*pairs: tuple[str, str]) -> Properties:
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        p.UserProperty = list(pairs)
+        return p
+
+    sends = [
+        (topic, with_sent(b"1700000000"), None),
+        (topic, with_sent(b"1e308"), None),  # OverflowError in route()
+        (topic, with_sent(b"1700000001"), props(("a", "x" * 40_000), ("b", "y" * 40_000))),
+        (topic, with_sent(b"1700000002"), props(("k", "\ufeffv"))),  # paho rejects it
+        (f"{prefix}/{'c' * 600}/routed", with_sent(b"1700000003"), None),  # _INVALID_ARG
+        (topic, with_sent(b"1700000004"), None),
+    ]
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        sender = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-pub", protocol=mqtt.MQTTv5
+        )
+        sender.connect(brokers.host, brokers.mqtt_port)
+        sender.loop_start()
+        for t, p, pr in sends:
+            sender.publish(t, p, qos=1, properties=pr).wait_for_publish(10)
+        good = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=2)
+        bad = read_topic(brokers.kafka_bootstrap, f"{prefix}-q", expect=4)
+        deadline = time.monotonic() + 20
+        while ingest.metrics()["fleetstream_ingest_acked_total"] < len(sends):
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.2)
+        metrics = ingest.metrics()
+        sender.loop_stop()
+        sender.disconnect()
+    assert sorted(r.timestamp for r in good) == [1_700_000_000_000, 1_700_000_004_000]
+    reasons = sorted(r.headers["reason"].decode() for r in bad)
+    assert reasons == ["bad_properties", "bad_timestamp", "bad_topic", "oversize"], ingest.log()
+    assert all(r.value.startswith(payload[:-1]) for r in bad)
+    assert metrics["fleetstream_ingest_mqtt_reconnects_total"] == 1, ingest.log()
+    assert ingest.crashes() == 0
