@@ -36,7 +36,7 @@ from ingest._paho import (
     take_over_acks_and_delivery,
     watch_session_present,
 )
-from ingest._routing import Inbound, Outbound, quarantine, route
+from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
 from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError
@@ -646,8 +646,13 @@ class IngestService:
         stall = self.settings.ingest_stall_s
         last_tick = 0.0
         while True:
-            with self.acker.batched():
-                served = self.sink.poll()
+            try:
+                with self.acker.batched():
+                    served = self.sink.poll()
+            except Exception:  # noqa: BLE001 - a bug in a callback must not end the loop
+                # The other reports wait in the producer for the next poll.
+                _log.exception("a Kafka delivery callback failed")
+                served = 1
             if self._confirmed_in_poll:
                 self._confirmed_in_poll = False
                 self.sink.confirmed()
@@ -891,10 +896,14 @@ class IngestService:
                 ("detail", detail.encode()),
                 ("rule", rule.name.encode()),
             ]
+            value = m.value() or b""
+            if len(value) > QUARANTINE_MAX_BYTES:  # as for MQTT messages: under Kafka's limit
+                headers.append(("truncated_from_bytes", str(len(value)).encode()))
+                value = value[:QUARANTINE_MAX_BYTES]
             out = Outbound(
                 f"{rule.kafka}.quarantine",
                 key,
-                m.value() or b"",
+                value,
                 headers,
                 m.timestamp()[1],
                 rule.name,

@@ -201,3 +201,22 @@ def test_a_key_that_makes_no_mqtt_topic_is_quarantined_as_bad_key(
 
 def test_a_key_with_a_byte_order_mark_is_published() -> None:
     assert service_module._key_problem("car\ufeff1") is None
+
+
+def test_a_quarantined_command_too_large_for_kafka_is_truncated_and_marked(
+    service: IngestService,
+) -> None:
+    quarantined: list[Outbound] = []
+
+    async def produce_and_wait(out: Outbound) -> None:
+        quarantined.append(out)
+
+    class Huge(FakeMessage):
+        def value(self) -> bytes:
+            return b"v" * 1_000_000
+
+    service._produce_and_wait = produce_and_wait  # type: ignore[method-assign]
+    asyncio.run(service._publish_command(FakeClient(), RULE, Huge(b"a/b")))  # type: ignore[arg-type]
+    (out,) = quarantined
+    assert len(out.value) == 512 * 1024
+    assert dict(out.headers)["truncated_from_bytes"] == b"1000000"

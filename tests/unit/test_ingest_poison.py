@@ -201,3 +201,32 @@ def test_a_transient_delivery_error_is_retried_a_permanent_one_quarantined(
     reasons = [out.reason for out, _ in asyncio.run(scenario())]
     name = KafkaError(code).name()
     assert reasons == ([f"kafka:{name}"] if quarantined else [None])
+
+
+def test_an_exception_in_a_delivery_callback_does_not_end_the_poll_loop(
+    make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> tuple[bool, int]:
+        service = make_service()
+        polls = 0
+
+        def poll() -> int:
+            nonlocal polls
+            polls += 1
+            if polls == 1:
+                msg = "a bug in on_delivery"
+                raise RuntimeError(msg)
+            return 0
+
+        service.sink.poll = poll
+        task = asyncio.create_task(service._poll_loop())
+        await asyncio.sleep(0.2)
+        alive = not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return alive, polls
+
+    alive, polls = asyncio.run(scenario())
+    assert alive
+    assert polls > 1
+    assert "a Kafka delivery callback failed" in caplog.text
