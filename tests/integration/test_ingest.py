@@ -190,6 +190,60 @@ def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
     ]
 
 
+def test_commands_whose_key_makes_no_mqtt_topic_are_quarantined_and_the_loop_goes_on(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    """A U+0000 key went on the wire; a 70,000-byte key raised and ended the loop silently."""
+    received: list[mqtt.MQTTMessage] = []
+    got = threading.Event()
+    subscribed = threading.Event()
+    car = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
+    )
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        received.append(m)
+        got.set()
+
+    car.on_message = on_message
+    car.on_subscribe = lambda *_a: subscribed.set()
+    car.connect(brokers.host, brokers.mqtt_port)
+    car.loop_start()
+    car.subscribe(f"{prefix}/#", qos=1)
+    assert subscribed.wait(10)
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
+        deadline = time.monotonic() + 30
+        while f"{prefix}-commands" not in producer.list_topics(timeout=5).topics:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # One partition for all three, so the good one comes after the bad ones.
+        for key in (b"car\x00x", b"k" * 70_000, b"car-7"):
+            producer.produce(f"{prefix}-commands", key=key, value=b"lock", partition=0)
+        assert producer.flush(10) == 0
+        assert got.wait(30), ingest.log()
+        bad = read_topic(brokers.kafka_bootstrap, f"{prefix}-commands.quarantine", expect=2)
+        deadline = time.monotonic() + 20
+        while (
+            committed_offsets(
+                brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4
+            )
+            < 3
+        ):
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.5)
+        health = ingest.health()
+    car.disconnect()
+    car.loop_stop()
+    assert [(m.topic, m.payload) for m in received] == [(f"{prefix}/car-7/commands", b"lock")]
+    assert sorted(r.key or b"" for r in bad) == [b"car\x00x", b"k" * 70_000]
+    assert {r.headers["reason"] for r in bad} == {b"bad_key"}
+    assert health is not None
+    assert health["status"] == "ok"
+    assert ingest.crashes() == 0
+
+
 def test_two_ingest_processes_share_one_subscription(
     brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
 ) -> None:
