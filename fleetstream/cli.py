@@ -196,14 +196,19 @@ def ingest(
     ),
 ) -> None:
     """Bridge MQTT to Kafka (PUBACK after Kafka confirmed) and Kafka commands to MQTT."""
+    from pydantic import ValidationError
+
     import ingest as ingest_service
 
     if check:
         try:
-            ruleset = ingest_service.load_rules(rules)
-        except ingest_service.RulesError as exc:
+            # The same file the service would load: --rules, else the setting.
+            path = rules or ingest_service.IngestSettings().ingest_rules_file
+            ruleset = ingest_service.load_rules(path)
+        except (ingest_service.RulesError, ValidationError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        typer.echo(f"rules: {ruleset.source}")
         for r in ruleset.mqtt_to_kafka:
             typer.echo(
                 f"mqtt->kafka {r.name}: {r.subscription} [{r.adapter}] -> {r.topic.text} "

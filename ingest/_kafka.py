@@ -22,6 +22,29 @@ _log = logging.getLogger(__name__)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 _DOWN_CODES = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}  # noqa: SLF001
+# Delivery-report errors that pass: retried, never quarantined. librdkafka sets the
+# retriable flag on few delivery reports, so ``err.retriable()`` alone is not enough.
+_TRANSIENT_CODES = {
+    *_DOWN_CODES,
+    KafkaError._PURGE_QUEUE,  # noqa: SLF001
+    KafkaError._PURGE_INFLIGHT,  # noqa: SLF001
+    KafkaError._MSG_TIMED_OUT,  # noqa: SLF001
+    KafkaError._TIMED_OUT,  # noqa: SLF001
+    KafkaError._RETRY,  # noqa: SLF001
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.KAFKA_STORAGE_ERROR,
+}
+
+
+def is_transient(err: KafkaError) -> bool:
+    """Whether producing the record again can succeed (else it goes to quarantine)."""
+    return bool(err.retriable()) or err.code() in _TRANSIENT_CODES
 
 
 def producer_config(settings: IngestSettings) -> dict[str, Any]:
@@ -190,8 +213,14 @@ class KafkaSink:
             if box:  # cancelled on the way
                 threading.Thread(target=box.clear, name="destroy-producer", daemon=True).start()
 
-    def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> None:
-        """Queue one record; ``on_delivery`` runs from :meth:`poll`."""
+    def produce(self, out: Outbound, on_delivery: DeliveryCallback) -> KafkaError | None:
+        """Queue one record; ``on_delivery`` runs from :meth:`poll`.
+
+        Returns:
+            None once queued; Kafka's error when the client refused the record outright
+            (too large, invalid topic, ...): then ``on_delivery`` never runs for it and the
+            caller decides what becomes of it (quarantine).
+        """
         while True:
             try:
                 self.producer.produce(
@@ -205,8 +234,13 @@ class KafkaSink:
             except BufferError:
                 # Only reachable if Receive Maximum x rules exceeds the local queue: wait.
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError):
+                    return err
+                return KafkaError(KafkaError._INVALID_ARG, str(exc))  # noqa: SLF001
             else:
-                return
+                return None
 
     def poll(self) -> int:
         """Serve delivery callbacks; returns how many ran."""

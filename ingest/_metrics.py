@@ -6,6 +6,7 @@ import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -122,6 +123,12 @@ class IngestMetrics:
         self.failed = Counter(
             "fleetstream_ingest_failed", "Kafka delivery failures (retried)", ["reason"], registry=r
         )
+        self.quarantine_failed = Counter(
+            "fleetstream_ingest_quarantine_failed",
+            "Quarantine records Kafka refused (retried with backoff; the message stays unacked)",
+            ["rule", "reason"],
+            registry=r,
+        )
         self.acked = Counter(
             "fleetstream_ingest_acked", "MQTT PUBACKs sent after Kafka confirmed", registry=r
         )
@@ -170,6 +177,18 @@ class IngestMetrics:
         self.commands = Counter(
             "fleetstream_ingest_commands", "Kafka records published to MQTT", ["rule"], registry=r
         )
+        self.commands_commit_failed = Counter(
+            "fleetstream_ingest_commands_commit_failed",
+            "Offset commits of published commands that failed (the commands may come again)",
+            ["rule"],
+            registry=r,
+        )
+        self.command_loop_crashes = Counter(
+            "fleetstream_ingest_command_loop_crashes",
+            "Kafka -> MQTT command loops that crashed (restarted with backoff)",
+            ["rule"],
+            registry=r,
+        )
         self.commands_quarantined = Counter(
             "fleetstream_ingest_commands_quarantined",
             "Kafka commands that could not be published",
@@ -178,15 +197,42 @@ class IngestMetrics:
         )
 
 
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection: one slow or idle client cannot hold up /healthz."""
+
+    daemon_threads = True  # never joined: a hung client must not delay the exit
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10.0  # socket timeout per connection, set by serve_http
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError) as exc:
+            # An idle or vanished client (port scan, half-open scrape): nothing to report.
+            _log.debug("HTTP client %s dropped: %s", self.client_address, exc)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         _log.debug(format, *args)
 
 
 def serve_http(
-    metrics: IngestMetrics, health: Callable[[], tuple[bool, dict[str, Any]]], host: str, port: int
+    metrics: IngestMetrics,
+    health: Callable[[], tuple[bool, dict[str, Any]]],
+    host: str,
+    port: int,
+    request_timeout_s: float = 10.0,
 ) -> WSGIServer:
-    """Serve /metrics and /healthz from a daemon thread; returns the server (``shutdown()`` it)."""
+    """Serve /metrics and /healthz from daemon threads; returns the server (``shutdown()`` it).
+
+    Args:
+        metrics: What /metrics exposes.
+        health: Called for each /healthz: (healthy, details).
+        host: Address to listen on.
+        port: Port to listen on (0: any free one, see ``server_address``).
+        request_timeout_s: A connection that sends nothing for this long is closed.
+    """
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -199,7 +245,8 @@ def serve_http(
             return [orjson.dumps(detail)]
         return metrics_app(environ, start_response)  # type: ignore[no-any-return]
 
-    server = make_server(host, port, app, handler_class=_QuietHandler)
+    handler = type("_Handler", (_QuietHandler,), {"timeout": request_timeout_s})
+    server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=handler)
     thread = threading.Thread(target=server.serve_forever, name="ingest-http", daemon=True)
     thread.start()
     return server

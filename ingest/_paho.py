@@ -233,14 +233,21 @@ def _decode_publish(
         if data[at] == 0:  # the usual case: no properties
             at += 1
         else:
+            try:
+                block = decode_length(data, at)
+            except MalformedLength:
+                return None
+            if block is None or block[1] + block[0] > end:
+                return None
+            block_end = block[1] + block[0]
             properties = _SharedTableProperties(PacketTypes.PUBLISH)
             try:
-                _, used = properties.unpack(data[at:end])  # type: ignore[no-untyped-call]
-            except (MalformedPacket, IndexError, struct.error, UnicodeDecodeError):
-                return None
-            at += used
-            if at > end:
-                return None
+                properties.unpack(data[at:block_end])  # type: ignore[no-untyped-call]
+            except (MalformedPacket, IndexError, struct.error, UnicodeDecodeError) as exc:
+                # The packet's framing is intact: the message is delivered (for quarantine)
+                # instead of ending the connection, which would bring it back forever.
+                properties = UndecodableProperties(f"{type(exc).__name__}: {exc}")
+            at = block_end
     return topic, mid, properties, at
 
 
@@ -261,6 +268,23 @@ class _SharedTableProperties(Properties):
         """Remove the properties set on this object (paho probes all 27 names)."""
         for name in [n for n in self.__dict__ if n not in self._tables[self.packetType]]:
             delattr(self, name)
+
+
+class UndecodableProperties(_SharedTableProperties):
+    """Stands for the MQTT 5 properties of a PUBLISH that paho cannot decode.
+
+    paho rejects some a broker forwards (e.g. a user property starting with U+FEFF, or
+    holding U+0000). The message itself is intact and is delivered with this instead.
+
+    Attributes:
+        error: What paho said.
+    """
+
+    error: str
+
+    def __init__(self, error: str) -> None:
+        super().__init__(PacketTypes.PUBLISH)
+        self.__dict__["error"] = error  # paho's __setattr__ admits property names only
 
 
 def send_acks(client: aiomqtt.Client, batch: list[tuple[int, int]]) -> None:

@@ -6,6 +6,7 @@ unit-tested without brokers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple, cast
 
@@ -16,6 +17,13 @@ from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, encode, encode_
 # Quarantine keeps the raw bytes, but a Kafka record must stay under the broker's
 # message.max.bytes (1 MiB by default): larger payloads are cut and marked.
 QUARANTINE_MAX_BYTES: Final = 512 * 1024
+# MQTT 5 allows user properties up to the packet limit (256 MiB); copied into headers, a
+# few of them made a record Kafka's client refused outright. Names and values together.
+USER_PROPERTIES_MAX_BYTES: Final = 64 * 1024
+# Kafka's rule for topic names; a rendered one that breaks it is refused by the client.
+_KAFKA_TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# A record timestamp is an int64 of milliseconds.
+_TIMESTAMP_LIMIT: Final = 2**63
 
 Headers = list[tuple[str, bytes]]
 
@@ -95,6 +103,9 @@ def quarantine(
         ("mqtt_qos", str(msg.qos).encode()),
         ("received_at", str(msg.received_ms).encode()),
     ]
+    if msg.user_properties:
+        # Not copied: they may be what made the record too large for Kafka.
+        headers.append(("user_properties_dropped", str(len(msg.user_properties)).encode()))
     if len(value) > QUARANTINE_MAX_BYTES:
         headers.append(("truncated_from_bytes", str(len(value)).encode()))
         value = value[:QUARANTINE_MAX_BYTES]
@@ -122,13 +133,35 @@ def route(rule: MqttToKafkaRule, msg: Inbound) -> Outbound:
     if topic is None:
         detail = f"topic template {rule.topic.text!r} has no value"
         return quarantine(rule, msg, "no_topic", detail, key.encode())
+    if not rule.topic.static and (not _KAFKA_TOPIC.fullmatch(topic) or topic in {".", ".."}):
+        detail = (
+            f"topic template {rule.topic.text!r} gave {topic[:200]!r} ({len(topic)} chars), "
+            "not a Kafka topic name ([A-Za-z0-9._-], at most 249 chars)"
+        )
+        return quarantine(rule, msg, "bad_topic", detail, key.encode())
     timestamp = msg.received_ms
     if rule.timestamp.field is not None:
         raw_ts = None if record is None else record.get(rule.timestamp.field)
         if type(raw_ts) not in (int, float):
             detail = f"timestamp field {rule.timestamp.field!r} is missing or not a number"
             return quarantine(rule, msg, "no_timestamp", detail, key.encode())
-        timestamp = int(raw_ts * rule.timestamp.scale_to_ms)  # type: ignore[operator]
+        scaled = raw_ts * rule.timestamp.scale_to_ms  # type: ignore[operator]
+        # Also false for NaN and infinity (1e308 s in ms).
+        if not -_TIMESTAMP_LIMIT <= scaled < _TIMESTAMP_LIMIT:
+            detail = (
+                f"timestamp field {rule.timestamp.field!r} = {raw_ts!r} is not a time in "
+                "the int64 millisecond range"
+            )
+            return quarantine(rule, msg, "bad_timestamp", detail, key.encode())
+        timestamp = int(scaled)
+    if msg.user_properties and "user_properties" in rule.headers:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in msg.user_properties)
+        if size > USER_PROPERTIES_MAX_BYTES:
+            detail = (
+                f"{len(msg.user_properties)} MQTT user properties of {size} bytes exceed the "
+                f"{USER_PROPERTIES_MAX_BYTES}-byte limit for Kafka headers"
+            )
+            return quarantine(rule, msg, "oversize", detail, key.encode())
     if rule.value is ValueMode.NORMALIZED and record is not None:
         if rule.adapter in DECODING_ADAPTERS:
             value = encode_decoded(record, msg.payload)

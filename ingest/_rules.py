@@ -24,6 +24,12 @@ DEFAULT_RULES: Final = "rules.toml"
 HEADER_CHOICES: Final = ("mqtt_topic", "qos", "received_at", "user_properties", "rule", "dup")
 _TIME_UNITS: Final = {"ms": 1, "s": 1000, "us": 0.001}
 _TOPIC_OK: Final = re.compile(r"[A-Za-z0-9._-]+")
+_NO_QOS_2: Final = (
+    "qos = 2 is not supported for MQTT -> Kafka: paho answers a QoS 2 PUBLISH with PUBREC "
+    "as soon as it reads it, before Kafka has the message, and a PUBREL after a reconnect "
+    "gets no PUBCOMP, so messages would be lost; use qos = 1, which is at-least-once here "
+    "(the PUBACK is sent only after Kafka confirmed the message)"
+)
 
 
 class ValueMode(StrEnum):
@@ -288,11 +294,14 @@ def _parse_m2k(t: _Table) -> MqttToKafkaRule:
     share_group = t.get("share_group", str, None)
     if share_group is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", share_group):
         raise t.fail("share_group", "share_group must be [A-Za-z0-9_-]+")
+    qos = t.get("qos", int, 1, choices=(0, 1, 2))
+    if qos == 2:
+        raise t.fail("qos", _NO_QOS_2)
     return MqttToKafkaRule(
         name=t.get("name", str, f"rule-{t.index + 1}"),
         mqtt=mqtt_filter,
         share_group=share_group,
-        qos=t.get("qos", int, 1, choices=(0, 1, 2)),
+        qos=qos,
         adapter=adapter,
         topic=topic,
         key=templates["key"],

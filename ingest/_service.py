@@ -15,20 +15,28 @@ from typing import Any, Final, TypeVar
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest._acks import OrderedAcker, Pending
-from ingest._kafka import KafkaSink, ensure_topics, kafka_problem
+from ingest._kafka import KafkaSink, ensure_topics, is_transient, kafka_problem
 from ingest._metrics import IngestMetrics, serve_http
 from ingest._paho import (
+    UndecodableProperties,
     guard_write_registration,
     send_acks,
     take_over_acks_and_delivery,
     watch_session_present,
 )
-from ingest._routing import Inbound, Outbound, quarantine, route
+from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
 from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError
@@ -39,6 +47,10 @@ _T = TypeVar("_T")
 # unsupported shared subscriptions (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8A, 0x9E).
 _FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
 _TOPIC_CACHE_MAX: Final = 100_000
+# A crashed command loop is restarted after 1 s, doubling up to 60 s while it keeps crashing.
+_COMMAND_RESTART_MIN_S = 1.0
+_COMMAND_RESTART_MAX_S: Final = 60.0
+_MQTT_TOPIC_MAX_BYTES: Final = 65_535
 
 
 async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
@@ -56,6 +68,20 @@ async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
         raise
+
+
+def _quarantine_backoff_s(attempt: int) -> float:
+    """Wait before producing a refused quarantine record again: 1 s, doubling, at most 60 s."""
+    return float(min(2 ** min(attempt, 6), 60))
+
+
+def _key_problem(key: str) -> str | None:
+    """Why a command's key cannot be part of an MQTT topic name, or None."""
+    if "/" in key or "+" in key or "#" in key:
+        return "the key contains '/', '+' or '#'"
+    if "\x00" in key:
+        return "the key contains U+0000"
+    return None
 
 
 def _reason_value(rc: object) -> int:
@@ -94,6 +120,8 @@ class IngestService:
         self._kafka_answering_since: float | None = None
         self._closing = False
         self._confirmed_in_poll = False
+        # Command rules whose loop crashed and has not made progress since: rule -> error.
+        self._commands_down: dict[str, str] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -132,7 +160,7 @@ class IngestService:
             asyncio.create_task(self._poll_loop(), name="kafka-poll"),
             asyncio.create_task(self._probe_loop(), name="kafka-probe"),
             *(
-                asyncio.create_task(self._command_loop(rule), name=f"commands-{rule.name}")
+                asyncio.create_task(self._run_commands(rule), name=f"commands-{rule.name}")
                 for rule in self.rules.kafka_to_mqtt
             ),
         ]
@@ -172,10 +200,13 @@ class IngestService:
             "oldest_unacked_s": round(oldest, 3),
             "acked": self.acker.acked,
         }
+        if self._commands_down:
+            detail["command_loops_down"] = dict(self._commands_down)
         ok = (
             self._connected.is_set()
             and oldest < self.settings.ingest_stall_s
             and not self.sink.fatal
+            and not self._commands_down
         )
         detail["status"] = "ok" if ok else "degraded"
         return ok, detail
@@ -357,7 +388,28 @@ class IngestService:
         mid: int,
         properties: Properties | None,
     ) -> None:
-        """Handle one PUBLISH as it is read from the socket (asyncio loop thread)."""
+        """Handle one PUBLISH as it is read from the socket (asyncio loop thread).
+
+        Never raises: an exception here would end the MQTT connection, and the broker
+        would send the same message again after every reconnect.
+        """
+        try:
+            self._handle_publish(topic, payload, qos, dup, mid, properties)
+        except Exception:  # noqa: BLE001 - logged; see above
+            # Before any rule took it (those quarantine their own failures): with no
+            # PUBACK the broker redelivers it on the next session.
+            self.metrics.quarantine_failed.labels(rule="", reason="internal").inc()
+            _log.exception("handling a message on %s failed; it stays unacknowledged", topic)
+
+    def _handle_publish(  # noqa: PLR0917 - see _on_publish
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        dup: bool,
+        mid: int,
+        properties: Properties | None,
+    ) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
         received_ms = time.time_ns() // 1_000_000
@@ -370,19 +422,80 @@ class IngestService:
             if qos:
                 self.acker.add(mid, qos, 0)
             return
-        user_props: Sequence[tuple[str, str]] = (
-            getattr(properties, "UserProperty", ()) if properties is not None else ()
-        )
+        user_props: Sequence[tuple[str, str]] = ()
+        if properties is not None:
+            if type(properties) is UndecodableProperties:
+                inbound = Inbound(topic, payload, qos, dup, received_ms)
+                detail = f"MQTT 5 properties cannot be decoded: {properties.error}"
+                work = [(r, quarantine(r, inbound, "bad_properties", detail)) for r in rules]
+                self._take(mid, qos, inbound, work)
+                return
+            user_props = getattr(properties, "UserProperty", ())
         inbound = Inbound(topic, payload, qos, dup, received_ms, user_props)
-        work = [(rule, route(rule, inbound)) for rule in rules]
+        try:
+            work = [(rule, route(rule, inbound)) for rule in rules]
+        except Exception:  # noqa: BLE001 - one message must never end the connection
+            work = [(rule, self._route_or_quarantine(rule, inbound)) for rule in rules]
+        self._take(mid, qos, inbound, work)
+
+    def _take(
+        self, mid: int, qos: int, inbound: Inbound, work: list[tuple[MqttToKafkaRule, Outbound]]
+    ) -> None:
+        """Produce a message's records; its PUBACK waits for all of them."""
         entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
             self._received[rule.name] += 1
-            self._produce(rule, inbound, out, entry)
+            try:
+                self._produce(rule, inbound, out, entry)
+            except Exception as exc:  # noqa: BLE001 - quarantined instead (see _on_publish)
+                self._internal_error(rule, inbound, out, entry, exc)
+
+    def _route_or_quarantine(self, rule: MqttToKafkaRule, inbound: Inbound) -> Outbound:
+        """``route``, with a bug in it quarantining the message (reason ``internal``)."""
+        try:
+            return route(rule, inbound)
+        except Exception as exc:  # noqa: BLE001 - logged, and the message quarantined
+            _log.exception("routing a message on %s by rule %s failed", inbound.topic, rule.name)
+            return quarantine(rule, inbound, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _internal_error(
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        exc: Exception,
+    ) -> None:
+        """Last resort for a record whose production raised: quarantine it, or retry later."""
+        _log.error(
+            "producing a record of %s for rule %s failed",
+            inbound.topic,
+            rule.name,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        if out.reason != "internal":
+            replacement = quarantine(
+                rule, inbound, "internal", f"{type(exc).__name__}: {exc}", out.key
+            )
+            try:
+                self._produce(rule, inbound, replacement, entry)
+            except Exception:  # noqa: BLE001 - logged; retried below
+                _log.exception("quarantining a record of %s failed too", inbound.topic)
+            else:
+                return
+            out = replacement
+        # Never acknowledged before Kafka confirmed it: tried again, ever more slowly.
+        self.metrics.quarantine_failed.labels(rule=rule.name, reason="internal").inc()
+        self._retry_later(rule, inbound, out, entry, 0)
 
     # -------------------------------------------------------------------- Kafka
     def _produce(
-        self, rule: MqttToKafkaRule, inbound: Inbound, out: Outbound, entry: Pending | None
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        attempt: int = 0,
     ) -> None:
         epoch = self.sink.epoch
 
@@ -408,9 +521,13 @@ class IngestService:
                 # A QoS 0 record the replaced producer never wrote: nobody else holds it.
                 self._produce(rule, inbound, out, entry)
                 return
-            self._delivery_failed(rule, inbound, out, entry, err)
+            self._delivery_failed(rule, inbound, out, entry, err, attempt=attempt)
 
-        self.sink.produce(out, on_delivery)
+        refused = self.sink.produce(out, on_delivery)
+        if refused is not None:
+            # The client refused it outright (too large, invalid topic, ...): the same
+            # handling as a permanent rejection in a delivery report.
+            self._delivery_failed(rule, inbound, out, entry, refused, attempt=attempt)
 
     def _delivery_failed(
         self,
@@ -419,6 +536,8 @@ class IngestService:
         out: Outbound,
         entry: Pending | None,
         err: KafkaError,
+        *,
+        attempt: int = 0,
     ) -> None:
         self.metrics.failed.labels(reason=err.name()).inc()
         now = time.monotonic()
@@ -432,24 +551,60 @@ class IngestService:
                 # QoS 0: nobody else holds it; by then the poll loop has a new producer.
                 asyncio.get_running_loop().call_later(0.5, self._produce, rule, inbound, out, None)
             return  # _recover_producer produces every unconfirmed record again
-        if not out.quarantined and not err.retriable():
+        if not out.quarantined and not is_transient(err):
             # A permanent rejection (too large, not authorised, ...) must not stall the
             # stream: the message goes to quarantine with Kafka's reason, then is acked.
             replacement = quarantine(rule, inbound, f"kafka:{err.name()}", err.str(), out.key)
             self._produce(rule, inbound, replacement, entry)
             return
+        if out.quarantined:
+            # Even the quarantine record was refused: loud, counted, and retried ever
+            # more slowly (never acknowledged before Kafka confirmed it).
+            self.metrics.quarantine_failed.labels(rule=rule.name, reason=err.name()).inc()
+            _log.error(
+                "Kafka refused the quarantine record (reason %s) of a message on %s for %s "
+                "(attempt %d): %s; the message stays unacknowledged, retrying in %.0f s",
+                out.reason,
+                inbound.topic,
+                out.topic,
+                attempt + 1,
+                err.str(),
+                _quarantine_backoff_s(attempt),
+            )
+            self._retry_later(rule, inbound, out, entry, attempt)
+            return
         # Still retry; never acknowledge what Kafka has not confirmed.
         asyncio.get_running_loop().call_later(
-            1.0, self._retry, self.sink.epoch, rule, inbound, out, entry
+            1.0, self._retry, self.sink.epoch, rule, inbound, out, entry, 0
         )
 
-    def _retry(
+    def _retry_later(
+        self,
+        rule: MqttToKafkaRule,
+        inbound: Inbound,
+        out: Outbound,
+        entry: Pending | None,
+        attempt: int,
+    ) -> None:
+        asyncio.get_running_loop().call_later(
+            _quarantine_backoff_s(attempt),
+            self._retry,
+            self.sink.epoch,
+            rule,
+            inbound,
+            out,
+            entry,
+            attempt + 1,
+        )
+
+    def _retry(  # noqa: PLR0917 - call_later passes positional arguments only
         self,
         epoch: int,
         rule: MqttToKafkaRule,
         inbound: Inbound,
         out: Outbound,
         entry: Pending | None,
+        attempt: int,
     ) -> None:
         if entry is not None and (
             entry.generation != self.acker.generation or epoch != self.sink.epoch
@@ -458,7 +613,10 @@ class IngestService:
             # produced all of the entry's records again: a third copy could release the
             # PUBACK before the other records are confirmed.
             return
-        self._produce(rule, inbound, out, entry)
+        try:
+            self._produce(rule, inbound, out, entry, attempt)
+        except Exception as exc:  # noqa: BLE001 - a timer callback: nobody else would see it
+            self._internal_error(rule, inbound, out, entry, exc)
 
     def _recover_producer(self, why: str) -> None:
         # Only the list holds the old producer, so that its destruction (which joins
@@ -488,8 +646,13 @@ class IngestService:
         stall = self.settings.ingest_stall_s
         last_tick = 0.0
         while True:
-            with self.acker.batched():
-                served = self.sink.poll()
+            try:
+                with self.acker.batched():
+                    served = self.sink.poll()
+            except Exception:  # noqa: BLE001 - a bug in a callback must not end the loop
+                # The other reports wait in the producer for the next poll.
+                _log.exception("a Kafka delivery callback failed")
+                served = 1
             if self._confirmed_in_poll:
                 self._confirmed_in_poll = False
                 self.sink.confirmed()
@@ -594,6 +757,32 @@ class IngestService:
         )
 
     # ------------------------------------------------------------- Kafka -> MQTT
+    async def _run_commands(self, rule: KafkaToMqttRule) -> None:
+        """Keep a command rule's loop running: a crash is logged, counted and restarted.
+
+        Until the restarted loop makes progress, /healthz reports the rule as down.
+        """
+        delay = _COMMAND_RESTART_MIN_S
+        while True:
+            try:
+                await self._command_loop(rule)
+            except Exception as exc:  # noqa: BLE001 - logged, counted, restarted
+                if rule.name not in self._commands_down:
+                    delay = _COMMAND_RESTART_MIN_S  # it had recovered since the last crash
+                self._commands_down[rule.name] = f"{type(exc).__name__}: {exc}"
+                self.metrics.command_loop_crashes.labels(rule=rule.name).inc()
+                _log.exception(
+                    "the Kafka -> MQTT command loop of %s crashed; restarting in %.0f s",
+                    rule.name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _COMMAND_RESTART_MAX_S)
+
+    def _commands_progressing(self, rule: KafkaToMqttRule) -> None:
+        if self._commands_down.pop(rule.name, None) is not None:
+            _log.info("the command loop of %s works again", rule.name)
+
     async def _command_loop(self, rule: KafkaToMqttRule) -> None:
         # A consumer subscribed to a missing topic only notices it at the next metadata
         # refresh (minutes): subscribe once our topics exist.
@@ -619,6 +808,7 @@ class IngestService:
                     if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                         _log.warning("command consumer %s: %s", rule.name, m.error())
                 if not records:
+                    self._commands_progressing(rule)
                     continue
                 while True:
                     await self._connected.wait()
@@ -641,9 +831,23 @@ class IngestService:
                     tp = (m.topic(), m.partition())
                     offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
                 commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                await _finish_in_thread(
-                    functools.partial(consumer.commit, offsets=commit, asynchronous=False)
-                )
+                try:
+                    await _finish_in_thread(
+                        functools.partial(consumer.commit, offsets=commit, asynchronous=False)
+                    )
+                except KafkaException as exc:
+                    # E.g. after a rebalance, or max.poll.interval.ms passed while MQTT was
+                    # down: the records come again (at-least-once), so keep going.
+                    self.metrics.commands_commit_failed.labels(rule=rule.name).inc()
+                    _log.warning(
+                        "committing the offsets of %d commands of %s failed (%s); they may "
+                        "be published again",
+                        len(records),
+                        rule.name,
+                        exc,
+                    )
+                else:
+                    self._commands_progressing(rule)
         finally:
             await asyncio.to_thread(consumer.close)
 
@@ -658,7 +862,9 @@ class IngestService:
                 )
 
         epoch = self.sink.epoch
-        self.sink.produce(out, on_delivery)
+        refused = self.sink.produce(out, on_delivery)
+        if refused is not None:
+            return refused
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(done), 5.0)
@@ -671,23 +877,49 @@ class IngestService:
         self, client: aiomqtt.Client, rule: KafkaToMqttRule, m: Message
     ) -> None:
         key = m.key()
-        values = {"key": key.decode("utf-8", errors="replace") if key else "", "topic": m.topic()}
-        topic = rule.mqtt.render([], values)
-        if topic is None or "/" in values["key"] or "+" in values["key"] or "#" in values["key"]:
-            reason = "no_key" if topic is None else "bad_key"
+        try:
+            text = key.decode("utf-8") if key else ""
+        except UnicodeDecodeError:
+            text = ""
+            problem: str | None = "the key is not valid UTF-8"
+        else:
+            problem = _key_problem(text)
+        topic = rule.mqtt.render([], {"key": text, "topic": m.topic()})
+        if problem is None and topic is not None and len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+            problem = f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+        if topic is None or problem is not None:
+            reason = "bad_key" if problem is not None else "no_key"
+            detail = problem or "the record has no key"
             self.metrics.commands_quarantined.labels(rule=rule.name, reason=reason).inc()
-            headers = [("reason", reason.encode()), ("rule", rule.name.encode())]
+            headers = [
+                ("reason", reason.encode()),
+                ("detail", detail.encode()),
+                ("rule", rule.name.encode()),
+            ]
+            value = m.value() or b""
+            if len(value) > QUARANTINE_MAX_BYTES:  # as for MQTT messages: under Kafka's limit
+                headers.append(("truncated_from_bytes", str(len(value)).encode()))
+                value = value[:QUARANTINE_MAX_BYTES]
             out = Outbound(
                 f"{rule.kafka}.quarantine",
                 key,
-                m.value() or b"",
+                value,
                 headers,
                 m.timestamp()[1],
                 rule.name,
             )
             # Until Kafka confirms: the offset is committed only after this returns.
+            attempt = 0
             while (err := await self._produce_and_wait(out)) is not None:
-                _log.warning("quarantining a command of %s failed (%s); retrying", rule.name, err)
-                await asyncio.sleep(1.0)
+                delay = _quarantine_backoff_s(attempt)
+                self.metrics.quarantine_failed.labels(rule=rule.name, reason=err.name()).inc()
+                _log.error(
+                    "quarantining a command of %s failed (%s); retrying in %.0f s",
+                    rule.name,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
             return
         await client.publish(topic, m.value(), qos=rule.qos, timeout=30)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FLEETSTREAM_"
@@ -19,9 +19,11 @@ ENV_PREFIX = "FLEETSTREAM_"
 class KafkaConnectionSettings(BaseSettings):
     """How to reach Kafka.
 
-    ``kafka_config`` is passed through to librdkafka unchanged (security settings such as
+    ``kafka_config`` is passed through to librdkafka (security settings such as
     ``security.protocol``, ``sasl.mechanism``, ``sasl.username``, ``ssl.ca.location``), e.g.
-    ``FLEETSTREAM_KAFKA_CONFIG='{"security.protocol": "SASL_SSL"}'``.
+    ``FLEETSTREAM_KAFKA_CONFIG='{"security.protocol": "SASL_SSL", "socket.timeout.ms":
+    30000, "enable.ssl.certificate.verification": false}'``: values may be JSON strings,
+    numbers or booleans and reach librdkafka as its strings (``30000``, ``false``).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
@@ -31,6 +33,26 @@ class KafkaConnectionSettings(BaseSettings):
     kafka_password: SecretStr | None = Field(
         default=None, description="sasl.password, kept out of logs and reprs"
     )
+
+    @field_validator("kafka_config", mode="before")
+    @classmethod
+    def _librdkafka_strings(cls, value: Any) -> Any:
+        """JSON strings, numbers and booleans as the strings librdkafka parses."""
+        if not isinstance(value, dict):
+            return value  # pydantic reports what is wrong
+        out: dict[Any, str] = {}
+        for name, item in value.items():
+            if isinstance(item, bool):
+                out[name] = "true" if item else "false"
+            elif isinstance(item, str | int | float):
+                out[name] = str(item)
+            else:
+                msg = (
+                    f"{name!r}: librdkafka settings are strings, numbers or booleans, "
+                    f"got {type(item).__name__}"
+                )
+                raise ValueError(msg)  # noqa: TRY004 - pydantic turns it into its error
+        return out
 
     def kafka_client_config(self, **overrides: Any) -> dict[str, Any]:
         """Client configuration for librdkafka: bootstrap + pass-through settings + overrides."""

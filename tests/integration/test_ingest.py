@@ -15,6 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.harness import (
     IngestProcess,
@@ -188,6 +190,60 @@ def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
     ]
 
 
+def test_commands_whose_key_makes_no_mqtt_topic_are_quarantined_and_the_loop_goes_on(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    """A U+0000 key went on the wire; a 70,000-byte key raised and ended the loop silently."""
+    received: list[mqtt.MQTTMessage] = []
+    got = threading.Event()
+    subscribed = threading.Event()
+    car = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
+    )
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        received.append(m)
+        got.set()
+
+    car.on_message = on_message
+    car.on_subscribe = lambda *_a: subscribed.set()
+    car.connect(brokers.host, brokers.mqtt_port)
+    car.loop_start()
+    car.subscribe(f"{prefix}/#", qos=1)
+    assert subscribed.wait(10)
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
+        deadline = time.monotonic() + 30
+        while f"{prefix}-commands" not in producer.list_topics(timeout=5).topics:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # One partition for all three, so the good one comes after the bad ones.
+        for key in (b"car\x00x", b"k" * 70_000, b"car-7"):
+            producer.produce(f"{prefix}-commands", key=key, value=b"lock", partition=0)
+        assert producer.flush(10) == 0
+        assert got.wait(30), ingest.log()
+        bad = read_topic(brokers.kafka_bootstrap, f"{prefix}-commands.quarantine", expect=2)
+        deadline = time.monotonic() + 20
+        while (
+            committed_offsets(
+                brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4
+            )
+            < 3
+        ):
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.5)
+        health = ingest.health()
+    car.disconnect()
+    car.loop_stop()
+    assert [(m.topic, m.payload) for m in received] == [(f"{prefix}/car-7/commands", b"lock")]
+    assert sorted(r.key or b"" for r in bad) == [b"car\x00x", b"k" * 70_000]
+    assert {r.headers["reason"] for r in bad} == {b"bad_key"}
+    assert health is not None
+    assert health["status"] == "ok"
+    assert ingest.crashes() == 0
+
+
 def test_two_ingest_processes_share_one_subscription(
     brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
 ) -> None:
@@ -345,3 +401,71 @@ def test_kafka_problem_asks_a_fresh_client(brokers: infra.InfraSettings, unique_
     problem = kafka_problem(nobody, {f"{unique_name}-t"}, timeout_s=1.0)
     assert problem is not None
     assert problem.startswith("no metadata")
+
+
+def test_poison_messages_are_quarantined_without_losing_the_connection(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    """Each of these once ended ingest's MQTT connection, and came back after every reconnect."""
+    rules = tmp_path / "poison.toml"
+    rules.write_text(
+        f"""
+[[mqtt_to_kafka]]
+name = "telemetry"
+mqtt = "{prefix}/+/telemetry"
+topic = "{prefix}-telemetry"
+key = "{{vehicle_id}}"
+timestamp = "sent:s"
+quarantine_topic = "{prefix}-q"
+
+[[mqtt_to_kafka]]
+name = "routed"
+mqtt = "{prefix}/+/routed"
+topic = "{prefix}-r-{{1}}"
+key = "{{vehicle_id}}"
+quarantine_topic = "{prefix}-q"
+""",
+        "utf-8",
+    )
+    (topic, payload, _), *_ = telemetry_messages(prefix, vehicles=1, seconds=1)
+
+    def with_sent(sent: bytes) -> bytes:
+        return payload[:-1] + b',"sent":' + sent + b"}"
+
+    def props(*pairs: tuple[str, str]) -> Properties:
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        p.UserProperty = list(pairs)
+        return p
+
+    sends = [
+        (topic, with_sent(b"1700000000"), None),
+        (topic, with_sent(b"1e308"), None),  # OverflowError in route()
+        (topic, with_sent(b"1700000001"), props(("a", "x" * 40_000), ("b", "y" * 40_000))),
+        (topic, with_sent(b"1700000002"), props(("k", "\ufeffv"))),  # paho rejects it
+        (f"{prefix}/{'c' * 600}/routed", with_sent(b"1700000003"), None),  # _INVALID_ARG
+        (topic, with_sent(b"1700000004"), None),
+    ]
+    ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
+    with running(ingest.start()):
+        sender = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-pub", protocol=mqtt.MQTTv5
+        )
+        sender.connect(brokers.host, brokers.mqtt_port)
+        sender.loop_start()
+        for t, p, pr in sends:
+            sender.publish(t, p, qos=1, properties=pr).wait_for_publish(10)
+        good = read_topic(brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=2)
+        bad = read_topic(brokers.kafka_bootstrap, f"{prefix}-q", expect=4)
+        deadline = time.monotonic() + 20
+        while ingest.metrics()["fleetstream_ingest_acked_total"] < len(sends):
+            assert time.monotonic() < deadline, ingest.log()
+            time.sleep(0.2)
+        metrics = ingest.metrics()
+        sender.loop_stop()
+        sender.disconnect()
+    assert sorted(r.timestamp for r in good) == [1_700_000_000_000, 1_700_000_004_000]
+    reasons = sorted(r.headers["reason"].decode() for r in bad)
+    assert reasons == ["bad_properties", "bad_timestamp", "bad_topic", "oversize"], ingest.log()
+    assert all(r.value.startswith(payload[:-1]) for r in bad)
+    assert metrics["fleetstream_ingest_mqtt_reconnects_total"] == 1, ingest.log()
+    assert ingest.crashes() == 0

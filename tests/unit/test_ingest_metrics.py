@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import time
+import urllib.request
+
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from ingest._metrics import LATENCY_BUCKETS, IngestMetrics
+from ingest._metrics import LATENCY_BUCKETS, IngestMetrics, serve_http
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +50,28 @@ def test_rule_counts_match_prometheus_client() -> None:
         theirs.labels(rule=rule).inc(times)
     name = "fleetstream_ingest_received"
     assert _lines(ours.registry, name) == _lines(registry, name)
+
+
+def test_an_idle_connection_neither_blocks_healthz_nor_stays_open_forever(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    server = serve_http(
+        IngestMetrics(), lambda: (True, {"status": "ok"}), "127.0.0.1", 0, request_timeout_s=0.5
+    )
+    port = server.server_address[1]
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        # Connects and sends nothing (a port scan, a half-open scrape, a load-balancer probe).
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            time.sleep(0.1)
+            started = time.monotonic()
+            with urllib.request.urlopen(url, timeout=2) as response:
+                assert response.status == 200
+                assert orjson.loads(response.read()) == {"status": "ok"}
+            assert time.monotonic() - started < 0.4  # not after the idle one timed out
+            idle.settimeout(3)
+            assert idle.recv(1) == b""  # the server closed it after its timeout
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest._paho import _ChunkReader
+from ingest._paho import UndecodableProperties, _ChunkReader
 from telemetry.mqttwire import encode_length
 
 pytestmark = pytest.mark.unit
@@ -138,5 +138,38 @@ def test_reader_reports_a_closed_socket_and_a_malformed_packet() -> None:
     reader = _ChunkReader(client, lambda *_: None)
     # Topic length 200 in a 4-byte packet.
     peer.sendall(b"\x32\x04\x00\xc8ab")
+    assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+    peer.close()
+
+
+@pytest.mark.parametrize("value", ["\ufeffabc", "a\x00b"])
+def test_a_publish_whose_properties_paho_rejects_is_delivered_not_a_protocol_error(
+    value: str,
+) -> None:
+    client, peer = _client()
+    seen: list[tuple[bytes, int, Properties | None]] = []
+    reader = _ChunkReader(
+        client, lambda _t, payload, _q, _d, mid, p: seen.append((payload, mid, p))
+    )
+    peer.sendall(
+        _publish("a", b"one", 1, 1, UserProperty=[("k", value)], ContentType="x")
+        + _publish("a", b"two", 1, 2, UserProperty=[("k", "v")])
+    )
+    assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    (one, mid1, props1), (two, mid2, props2) = seen
+    assert (one, mid1, two, mid2) == (b"one", 1, b"two", 2)
+    assert isinstance(props1, UndecodableProperties)
+    assert props1.error
+    assert not isinstance(props2, UndecodableProperties)
+    assert props2 is not None
+    assert getattr(props2, "UserProperty", None) == [("k", "v")]
+    peer.close()
+
+
+def test_properties_running_past_the_packet_are_still_a_protocol_error() -> None:
+    client, peer = _client()
+    reader = _ChunkReader(client, lambda *_: None)
+    # Topic "a", packet id 1, properties length 100 in a packet with 3 bytes left.
+    peer.sendall(b"\x32\x08\x00\x01a\x00\x01\x64\x01\x01")
     assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
     peer.close()

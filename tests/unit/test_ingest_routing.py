@@ -129,3 +129,55 @@ def test_oversize_quarantine_value_is_truncated_and_marked() -> None:
     assert out.reason == "oversize"
     assert len(out.value) == 512 * 1024
     assert dict(out.headers)["truncated_from_bytes"] == b"2000000"
+
+
+@pytest.mark.parametrize(
+    "segment",
+    ["c" * 600, "car 1", "car:1", "ü", ".."],
+    ids=["600-chars", "space", "colon", "non-ascii", "dot-dot"],
+)
+def test_a_templated_topic_that_is_no_kafka_topic_name_is_quarantined(segment: str) -> None:
+    rule = parse_rules(
+        '[[mqtt_to_kafka]]\nmqtt="fleet/+/telemetry"\ntopic="{1}"\nkey="{vehicle_id}"\n'
+        'quarantine_topic="q"\n'
+    ).mqtt_to_kafka[0]
+    out = route(rule, _inbound(orjson.dumps(RECORD), f"fleet/{segment}/telemetry"))
+    assert out.reason == "bad_topic"
+    assert out.topic == "q"
+    assert b"not a Kafka topic name" in dict(out.headers)["detail"]
+    ok = route(rule, _inbound(orjson.dumps(RECORD), f"fleet/{'c' * 249}/telemetry"))
+    assert (ok.reason, ok.topic) == (None, "c" * 249)
+
+
+@pytest.mark.parametrize(
+    ("sent", "unit"),
+    [("1e308", "s"), ("-1e308", "ms"), ("9223372036854775808", "ms"), ("10000000000000000", "s")],
+)
+def test_a_timestamp_beyond_int64_milliseconds_is_quarantined(sent: str, unit: str) -> None:
+    rule = parse_rules(
+        f'[[mqtt_to_kafka]]\nmqtt="fleet/+/telemetry"\ntopic="t"\nkey="{{vehicle_id}}"\n'
+        f'timestamp="sent:{unit}"\n'
+    ).mqtt_to_kafka[0]
+    payload = orjson.dumps(RECORD)[:-1] + b',"sent":' + sent.encode() + b"}"
+    out = route(rule, _inbound(payload))
+    assert out.reason == "bad_timestamp"
+    assert out.key == RECORD["vehicle_id"].encode()
+    fine = orjson.dumps(RECORD)[:-1] + b',"sent":1700000000}'
+    assert route(rule, _inbound(fine)).timestamp_ms == 1700000000 * (1000 if unit == "s" else 1)
+
+
+def test_user_properties_over_the_header_limit_are_quarantined() -> None:
+    big = [(f"k{i}", "x" * 65000) for i in range(2)]
+    msg = Inbound("fleet/veh-00000/telemetry", orjson.dumps(RECORD), 1, False, 1, big)
+    out = route(FLEET, msg)
+    assert out.reason == "oversize"
+    assert b"user properties" in dict(out.headers)["detail"]
+    assert not any(name.startswith("mqtt.") for name, _ in out.headers)
+    small = Inbound(msg.topic, msg.payload, 1, False, 1, [("k", "x" * 60000)])
+    assert route(FLEET, small).reason is None
+    # A rule that does not copy them into headers does not care.
+    rule = parse_rules(
+        '[[mqtt_to_kafka]]\nmqtt="fleet/+/telemetry"\ntopic="t"\nkey="{vehicle_id}"\n'
+        'headers=["mqtt_topic"]\n'
+    ).mqtt_to_kafka[0]
+    assert route(rule, msg).reason is None

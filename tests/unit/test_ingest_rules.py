@@ -73,6 +73,11 @@ def test_full_rule() -> None:
         ('[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\n', 1, "missing required key 'key'"),
         ('[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\nqos = 3\n', 5, "qos"),
         (
+            '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\n\nqos = 2\n',
+            6,
+            "qos = 2 is not supported for MQTT -> Kafka",
+        ),
+        (
             '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\ncolour = "red"\n',
             5,
             "unknown key",
@@ -139,3 +144,12 @@ def test_template_rendering() -> None:
     assert template.render(["eu"], {"vehicle_id": None}) is None
     assert template.render([""], {"vehicle_id": "c"}) is None
     assert Template.parse("static").static
+
+
+def test_qos_2_is_refused_for_mqtt_to_kafka_only_and_the_reason_says_why() -> None:
+    with pytest.raises(RulesError) as info:
+        parse_rules('[[mqtt_to_kafka]]\nmqtt="a/+"\ntopic="t"\nkey="{1}"\nqos=2\n')
+    assert "use qos = 1" in info.value.reason
+    assert "PUBACK is sent only after Kafka confirmed" in info.value.reason
+    commands = parse_rules('[[kafka_to_mqtt]]\nkafka="c"\nmqtt="m/{key}"\nqos=2\n')
+    assert commands.kafka_to_mqtt[0].qos == 2
