@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,11 +32,13 @@ def create_missing_topics(
         timeout_s: Limit for the metadata request and for each creation.
 
     Returns:
-        The topics this call created (one created meanwhile by someone else is not).
+        The topics this call created (one created meanwhile by someone else is not); the
+        broker lists each of them by the time this returns.
 
     Raises:
         KafkaException: Kafka could not be asked, or refused a creation.
-        TimeoutError: A creation was not confirmed within ``timeout_s``.
+        TimeoutError: A creation was not confirmed within ``timeout_s``, or the created
+            topics did not appear in the broker's metadata within ``timeout_s``.
     """
     admin = AdminClient(client_config)
     missing = sorted(set(topics) - set(admin.list_topics(timeout=timeout_s).topics))
@@ -57,4 +60,27 @@ def create_missing_topics(
                 raise
         else:
             created.append(topic)
+    _wait_visible(admin, created, timeout_s)
     return created
+
+
+def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Wait until the broker's metadata lists ``topics``.
+
+    KRaft confirms a creation once the controller committed it; the broker answering
+    metadata requests learns of it a moment later, and a client that lists or uses the
+    topic in between is told it does not exist (a CI run saw exactly that).
+
+    Raises:
+        TimeoutError: The topics were not listed within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = set(topics)
+    while pending:
+        pending -= set(admin.list_topics(timeout=timeout_s).topics)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            msg = f"created topics not listed by the broker after {timeout_s} s: {sorted(pending)}"
+            raise TimeoutError(msg)
+        time.sleep(0.05)

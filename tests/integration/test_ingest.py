@@ -52,6 +52,50 @@ def _ingest(
     return IngestProcess(brokers, tmp_path, name, rules, extra_env=env)
 
 
+class _Car:
+    """An MQTT 5 client subscribed to one filter, keeping what it receives."""
+
+    def __init__(self, brokers: infra.InfraSettings, client_id: str, topic_filter: str) -> None:
+        self.received: list[mqtt.MQTTMessage] = []
+        self.got = threading.Event()
+        subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_a: subscribed.set()
+        self._client.connect(brokers.host, brokers.mqtt_port)
+        self._client.loop_start()
+        self._client.subscribe(topic_filter, qos=1)
+        assert subscribed.wait(10)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        self.received.append(m)
+        self.got.set()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _command_producer(brokers: infra.InfraSettings, topic: str) -> Producer:
+    """A producer, once ingest has created the command topic."""
+    producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
+    deadline = time.monotonic() + 30
+    while topic not in producer.list_topics(timeout=5).topics:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return producer
+
+
+def _wait_committed(brokers: infra.InfraSettings, topic: str, at_least: int, why: str) -> None:
+    """Wait until ingest's command group committed ``at_least`` offsets of ``topic``."""
+    deadline = time.monotonic() + 20
+    while committed_offsets(brokers.kafka_bootstrap, topic, topic, 4) < at_least:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.5)
+
+
 def _mqttx_payload(car_id: str, ts: int, rng: random.Random) -> bytes:
     """A payload shaped like MQTTX CLI `simulate -sc tesla` (independent random draws)."""
     return orjson.dumps(
@@ -146,46 +190,18 @@ def test_ten_thousand_qos1_messages_arrive_exactly(
 def test_kafka_command_reaches_the_car_over_mqtt_and_offset_is_committed(
     brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
 ) -> None:
-    received: list[mqtt.MQTTMessage] = []
-    got = threading.Event()
-    subscribed = threading.Event()
-    car = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
-    )
-
-    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        received.append(m)
-        got.set()
-
-    car.on_message = on_message
-    car.on_subscribe = lambda *_a: subscribed.set()
-    car.connect(brokers.host, brokers.mqtt_port)
-    car.loop_start()
-    car.subscribe(f"{prefix}/car-7/commands", qos=1)
-    assert subscribed.wait(10)
+    car = _Car(brokers, f"{unique_name}-car", f"{prefix}/car-7/commands")
     ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
     with running(ingest.start()):
-        producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
-        deadline = time.monotonic() + 30
-        # The command topic exists once ingest created it.
-        while f"{prefix}-commands" not in producer.list_topics(timeout=5).topics:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        producer = _command_producer(brokers, f"{prefix}-commands")
         producer.produce(f"{prefix}-commands", key=b"car-7", value=b'{"command": "lock"}')
         assert producer.flush(10) == 0
-        assert got.wait(30), ingest.log()
-        deadline = time.monotonic() + 20
-        while (
-            committed_offsets(
-                brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4
-            )
-            < 1
-        ):
-            assert time.monotonic() < deadline, "offset was not committed after the PUBACK"
-            time.sleep(0.5)
-    car.disconnect()
-    car.loop_stop()
-    assert [(m.topic, m.payload, m.qos) for m in received] == [
+        assert car.got.wait(30), ingest.log()
+        _wait_committed(
+            brokers, f"{prefix}-commands", 1, "offset was not committed after the PUBACK"
+        )
+    car.close()
+    assert [(m.topic, m.payload, m.qos) for m in car.received] == [
         (f"{prefix}/car-7/commands", b'{"command": "lock"}', 1)
     ]
 
@@ -194,49 +210,20 @@ def test_commands_whose_key_makes_no_mqtt_topic_are_quarantined_and_the_loop_goe
     brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
 ) -> None:
     """A U+0000 key went on the wire; a 70,000-byte key raised and ended the loop silently."""
-    received: list[mqtt.MQTTMessage] = []
-    got = threading.Event()
-    subscribed = threading.Event()
-    car = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-car", protocol=mqtt.MQTTv5
-    )
-
-    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        received.append(m)
-        got.set()
-
-    car.on_message = on_message
-    car.on_subscribe = lambda *_a: subscribed.set()
-    car.connect(brokers.host, brokers.mqtt_port)
-    car.loop_start()
-    car.subscribe(f"{prefix}/#", qos=1)
-    assert subscribed.wait(10)
+    car = _Car(brokers, f"{unique_name}-car", f"{prefix}/#")
     ingest = _ingest(brokers, tmp_path, rules, f"{unique_name}-ingest")
     with running(ingest.start()):
-        producer = Producer({"bootstrap.servers": brokers.kafka_bootstrap})
-        deadline = time.monotonic() + 30
-        while f"{prefix}-commands" not in producer.list_topics(timeout=5).topics:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        producer = _command_producer(brokers, f"{prefix}-commands")
         # One partition for all three, so the good one comes after the bad ones.
         for key in (b"car\x00x", b"k" * 70_000, b"car-7"):
             producer.produce(f"{prefix}-commands", key=key, value=b"lock", partition=0)
         assert producer.flush(10) == 0
-        assert got.wait(30), ingest.log()
+        assert car.got.wait(30), ingest.log()
         bad = read_topic(brokers.kafka_bootstrap, f"{prefix}-commands.quarantine", expect=2)
-        deadline = time.monotonic() + 20
-        while (
-            committed_offsets(
-                brokers.kafka_bootstrap, f"{prefix}-commands", f"{prefix}-commands", 4
-            )
-            < 3
-        ):
-            assert time.monotonic() < deadline, ingest.log()
-            time.sleep(0.5)
+        _wait_committed(brokers, f"{prefix}-commands", 3, "the commands were not committed")
         health = ingest.health()
-    car.disconnect()
-    car.loop_stop()
-    assert [(m.topic, m.payload) for m in received] == [(f"{prefix}/car-7/commands", b"lock")]
+    car.close()
+    assert [(m.topic, m.payload) for m in car.received] == [(f"{prefix}/car-7/commands", b"lock")]
     assert sorted(r.key or b"" for r in bad) == [b"car\x00x", b"k" * 70_000]
     assert {r.headers["reason"] for r in bad} == {b"bad_key"}
     assert health is not None

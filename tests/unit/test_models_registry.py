@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
-from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
@@ -27,6 +27,7 @@ from models.registry import (
     save,
     unset,
 )
+from tests.unit.models_builders import META, forest
 
 pytestmark = pytest.mark.unit
 
@@ -38,20 +39,8 @@ class Sneaky:
         return x
 
 
-META = {
-    "features": ["consumption_ratio", "avg_speed_kmh"],
-    "threshold": 0.6,
-    "score": "neg_score_samples",
-}
-
-
-def _forest() -> IsolationForest:
-    rng = np.random.default_rng(0)
-    return IsolationForest(n_estimators=10, random_state=0).fit(rng.random((50, 2)))
-
-
 def test_save_promote_load_round_trip(tmp_path: Path) -> None:
-    folder = save(_forest(), META, tmp_path, version="v1")
+    folder = save(forest(), META, tmp_path, version="v1")
     assert list_versions(tmp_path) == ["v1"]
     assert load_current(tmp_path) is None
     promote(tmp_path, "v1")
@@ -69,9 +58,9 @@ def test_save_promote_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_artifact_with_untrusted_types_is_refused(tmp_path: Path) -> None:
-    folder = save(_forest(), META, tmp_path, version="v1")
+    folder = save(forest(), META, tmp_path, version="v1")
     # Replace the estimator by one carrying a type nobody vetted (it could run any code).
-    sio.dump(make_pipeline(FunctionTransformer(Sneaky()), _forest()), folder / MODEL_FILE)
+    sio.dump(make_pipeline(FunctionTransformer(Sneaky()), forest()), folder / MODEL_FILE)
     with pytest.raises(ModelError, match="untrusted types"):
         load(folder)
     with pytest.raises(ModelError):
@@ -80,14 +69,14 @@ def test_artifact_with_untrusted_types_is_refused(tmp_path: Path) -> None:
 
 
 def test_corrupt_artifact_is_refused(tmp_path: Path) -> None:
-    folder = save(_forest(), META, tmp_path, version="v1")
+    folder = save(forest(), META, tmp_path, version="v1")
     (folder / MODEL_FILE).write_bytes(b"not a zip file")
     with pytest.raises(ModelError, match=r"cannot read|corrupt"):
         load(folder)
 
 
 def test_truncated_zip_is_refused(tmp_path: Path) -> None:
-    folder = save(_forest(), META, tmp_path, version="v1")
+    folder = save(forest(), META, tmp_path, version="v1")
     with zipfile.ZipFile(folder / MODEL_FILE, "w") as broken:
         broken.writestr("schema.json", "{}")
     with pytest.raises(ModelError):
@@ -95,7 +84,7 @@ def test_truncated_zip_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_metadata_is_refused(tmp_path: Path) -> None:
-    folder = save(_forest(), {"features": ["a"]}, tmp_path, version="v1")
+    folder = save(forest(), {"features": ["a"]}, tmp_path, version="v1")
     with pytest.raises(ModelError, match="threshold"):
         load(folder)
 
@@ -112,7 +101,7 @@ def test_missing_metadata_is_refused(tmp_path: Path) -> None:
 def test_incompatible_artifact_is_refused(
     tmp_path: Path, metadata: dict[str, object], match: str
 ) -> None:
-    folder = save(_forest(), metadata, tmp_path, version="v1")
+    folder = save(forest(), metadata, tmp_path, version="v1")
     with pytest.raises(ModelError, match=match):
         load(folder)
 
@@ -135,7 +124,7 @@ def test_metadata_the_pipeline_cannot_score_with_is_refused_at_load_and_promote(
     tmp_path: Path, metadata: dict[str, object], match: str
 ) -> None:
     # A null threshold passed load and promote, then raised in every scored window.
-    save(_forest(), metadata, tmp_path, version="v1")
+    save(forest(), metadata, tmp_path, version="v1")
     with pytest.raises(ModelError, match=match):
         load(tmp_path / "v1")
     with pytest.raises(ModelError):
@@ -144,14 +133,14 @@ def test_metadata_the_pipeline_cannot_score_with_is_refused_at_load_and_promote(
 
 
 def test_metadata_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
-    folder = save(_forest(), META, tmp_path, version="v1")
+    folder = save(forest(), META, tmp_path, version="v1")
     (folder / METADATA_FILE).write_bytes(b'["features", "threshold", "score"]')
     with pytest.raises(ModelError, match="not a JSON object"):
         load(folder)
 
 
 def test_an_integer_threshold_is_a_number(tmp_path: Path) -> None:
-    save(_forest(), {**META, "threshold": 1}, tmp_path, version="v1")
+    save(forest(), {**META, "threshold": 1}, tmp_path, version="v1")
     assert load(tmp_path / "v1").threshold == 1.0
 
 
@@ -167,8 +156,8 @@ def test_boosted_trees_are_trusted_and_score_as_probabilities(tmp_path: Path) ->
 
 
 def test_shadow_pointer_is_separate_and_can_be_cleared(tmp_path: Path) -> None:
-    save(_forest(), META, tmp_path, version="v1")
-    save(_forest(), META, tmp_path, version="v2")
+    save(forest(), META, tmp_path, version="v1")
+    save(forest(), META, tmp_path, version="v2")
     promote(tmp_path, "v1")
     promote(tmp_path, "v2", SHADOW)
     assert (current_version(tmp_path), current_version(tmp_path, SHADOW)) == ("v1", "v2")

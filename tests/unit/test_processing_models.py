@@ -6,26 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sklearn.ensemble import IsolationForest
 
 from models.registry import CURRENT, LoadedModel, save
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
+from tests.unit.models_builders import META, forest
 
 pytestmark = pytest.mark.unit
-
-META = {
-    "features": ["consumption_ratio", "avg_speed_kmh"],
-    "threshold": 0.6,
-    "score": "neg_score_samples",
-}
-
-
-def _forest() -> IsolationForest:
-    rng = np.random.default_rng(0)
-    return IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
 
 
 def _point(root: Path, version: str) -> None:
@@ -49,7 +37,7 @@ def test_a_version_refused_before_its_folder_arrived_is_loaded_when_it_does(
     staging = tmp_path / "staging"
     root = tmp_path / "registry"
     root.mkdir()
-    save(_forest(), META, staging, version="v1")
+    save(forest(5), META, staging, version="v1")
     _point(root, "v1")  # the pointer arrives first
     clock = Clock()
     metrics = ProcessingMetrics()
@@ -64,7 +52,7 @@ def test_a_version_refused_before_its_folder_arrived_is_loaded_when_it_does(
 
 
 def test_a_refused_version_is_tried_again_after_the_retry_interval(tmp_path: Path) -> None:
-    folder = save(_forest(), {**META, "threshold": None}, tmp_path, version="v1")
+    folder = save(forest(5), {**META, "threshold": None}, tmp_path, version="v1")
     _point(tmp_path, "v1")
     clock = Clock()
     metrics = ProcessingMetrics()
@@ -88,7 +76,7 @@ def test_a_refused_version_is_tried_again_after_the_retry_interval(tmp_path: Pat
 def test_a_model_that_fails_to_score_is_counted_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    save(_forest(), META, tmp_path, version="v1")
+    save(forest(5), META, tmp_path, version="v1")
     _point(tmp_path, "v1")
     metrics = ProcessingMetrics()
     watcher = ModelWatcher(tmp_path, metrics)
