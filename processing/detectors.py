@@ -457,7 +457,6 @@ class HighConsumption:
             return Verdict.quiet()
         ratio = value / base
         features = self.features(m, stats)
-        m["last"] = [stats["window_end"], ratio]
         evidence: dict[str, Any] = {
             "consumption": round(value, 3),
             "baseline": round(base, 3),
@@ -469,6 +468,9 @@ class HighConsumption:
             high = score >= model.threshold and ratio > 1.0
         else:
             high = ratio > self.RAISE_RATIO and count >= self.WARMUP_WINDOWS
+        # Written only once the model scored: a model that raises leaves the memory as it
+        # was, and the window is judged again by the rules (processing.pipeline).
+        m["last"] = [stats["window_end"], ratio]
         if high:
             m["streak"] = m.get("streak", 0) + 1
         else:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -296,13 +295,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         model = watcher.current()
         if model is None:
             return detect_window(memory, stats) if fallback else None
-        before = copy.deepcopy(memory)
         try:
+            # The detector changes its memory only after the model scored.
             return detect_window(memory, stats, model)
         except Exception as exc:  # noqa: BLE001 - any scoring failure: see the docstring
             watcher.scoring_failed(model, exc)
-            memory.clear()
-            memory.update(before)
             return detect_window(memory, stats) if fallback else None
 
     def emit(
