@@ -177,6 +177,49 @@ class RuleSet:
     kafka_to_mqtt: tuple[KafkaToMqttRule, ...]
     source: str
 
+    def subscriptions(self) -> tuple[str, ...]:
+        """The distinct subscriptions of the MQTT -> Kafka rules, in rule order."""
+        return tuple(dict.fromkeys(r.subscription for r in self.mqtt_to_kafka))
+
+    def overlapping_subscriptions(self) -> list[tuple[str, str]]:
+        """Pairs of subscriptions some topic name matches both.
+
+        The broker sends a client one copy of a message per subscription it matches
+        (Mosquitto 2 does), so such rules need subscription identifiers to tell the
+        copies apart (see docs/ingest.md).
+        """
+        subs = self.subscriptions()
+        return [
+            (a, b)
+            for i, a in enumerate(subs)
+            for b in subs[i + 1 :]
+            if filters_overlap(_plain_filter(a), _plain_filter(b))
+        ]
+
+
+def _plain_filter(subscription: str) -> str:
+    """The topic filter of a subscription, without a ``$share/<group>/`` prefix."""
+    if subscription.startswith("$share/"):
+        return subscription.split("/", 2)[2]
+    return subscription
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both MQTT topic filters ``a`` and ``b``.
+
+    Errs towards True (e.g. ``+`` is taken to match ``$SYS`` too): a false overlap only
+    costs subscription identifiers, a missed one writes messages twice.
+    """
+    la, lb = a.split("/"), b.split("/")
+    for x, y in zip(la, lb, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if "+" not in (x, y) and x != y:
+            return False
+    # "a/#" also matches "a": a longer filter overlaps if all it adds is "#".
+    longer = la if len(la) > len(lb) else lb
+    return len(la) == len(lb) or longer[min(len(la), len(lb)) :] == ["#"]
+
 
 def _line_of(text: str, table: str, index: int, key: str | None) -> int | None:
     """1-based line of the index-th ``[[table]]`` (or of ``key`` inside it)."""

@@ -456,3 +456,53 @@ quarantine_topic = "{prefix}-q"
     assert all(r.value.startswith(payload[:-1]) for r in bad)
     assert metrics["fleetstream_ingest_mqtt_reconnects_total"] == 1, ingest.log()
     assert ingest.crashes() == 0
+
+
+def test_rules_with_overlapping_filters_write_each_message_once_per_rule(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    # Mosquitto sends one copy of a message per matching subscription of a client: two
+    # rules whose filters both match a topic made every rule write it twice.
+    rules = tmp_path / "overlap.toml"
+    rules.write_text(
+        f"""
+[[mqtt_to_kafka]]
+name = "telemetry"
+mqtt = "{prefix}/+/telemetry"
+adapter = "v1"
+topic = "{prefix}-telemetry"
+key = "{{vehicle_id}}"
+timestamp = "ts:ms"
+
+[[mqtt_to_kafka]]
+name = "everything"
+mqtt = "{prefix}/#"
+adapter = "v1"
+topic = "{prefix}-all"
+key = "{{vehicle_id}}"
+timestamp = "ts:ms"
+value = "raw"
+"""
+    )
+    messages = telemetry_messages(prefix, vehicles=20, seconds=25)
+    sent = {k for _, _, k in messages}
+    ingest = _ingest(brokers, tmp_path, rules, unique_name)
+    with running(ingest.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish(((t, p) for t, p, _ in messages), rate=2000)
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        rows = [
+            delivery_report(
+                f"overlap_{topic}",
+                sent,
+                read_topic(brokers.kafka_bootstrap, f"{prefix}-{topic}", len(messages), settle_s=3),
+            )
+            for topic in ("telemetry", "all")
+        ]
+        received = [
+            ingest.metrics()[f'fleetstream_ingest_received_total{{rule="{name}"}}']
+            for name in ("telemetry", "everything")
+        ]
+    assert [(r["lost"], r["duplicates"]) for r in rows] == [(0, 0), (0, 0)]
+    assert received == [len(messages), len(messages)]

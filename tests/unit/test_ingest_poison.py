@@ -27,13 +27,13 @@ RAW_RULES = '[[mqtt_to_kafka]]\nname="raw"\nmqtt="raw/+"\nadapter="raw"\ntopic="
 def make_service() -> Iterator[Any]:
     made: list[IngestService] = []
 
-    def make(kafka_config: dict[str, str] | None = None) -> IngestService:
+    def make(kafka_config: dict[str, str] | None = None, rules: str = RAW_RULES) -> IngestService:
         settings = IngestSettings(
             ingest_metrics_port=0,
             kafka_bootstrap_servers="127.0.0.1:1",  # never reached: refusals are local
             kafka_config={"log_level": "0", **(kafka_config or {})},
         )
-        service = IngestService(settings, parse_rules(RAW_RULES))
+        service = IngestService(settings, parse_rules(rules))
         made.append(service)
         return service
 
@@ -230,3 +230,35 @@ def test_an_exception_in_a_delivery_callback_does_not_end_the_poll_loop(
     assert alive
     assert polls > 1
     assert "a Kafka delivery callback failed" in caplog.text
+
+
+def test_with_overlapping_filters_each_copy_goes_to_the_rules_of_its_subscription(
+    make_service: Any,
+) -> None:
+    # Mosquitto sends one copy per matching subscription, named by its identifier.
+    everything = RAW_RULES.replace('name="raw"', 'name="all"').replace('"raw/+"', '"#"')
+    overlapping = RAW_RULES + everything
+
+    def copy(*ids: int) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if ids:
+            props.SubscriptionIdentifier = list(ids)
+        return props
+
+    async def scenario() -> list[list[str]]:
+        service = make_service(rules=overlapping)
+        seen = _spy(service)
+        rules_of = []
+        for mid, props in enumerate([copy(1), copy(2), copy(1, 2), copy(), copy(7)], 1):
+            seen.clear()
+            service._on_publish("raw/dev-1", b"{}", 1, False, mid, props)
+            rules_of.append(sorted(out.rule for out, _ in seen))
+        return rules_of
+
+    assert asyncio.run(scenario()) == [
+        ["raw"],
+        ["all"],
+        ["all", "raw"],
+        ["all", "raw"],  # no identifier: every matching rule (a duplicate, never a loss)
+        [],  # a subscription left by an earlier session: acknowledged, written by the others
+    ]

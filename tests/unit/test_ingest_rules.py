@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ingest import RulesError, load_rules, parse_rules
-from ingest._rules import Template, TimestampSpec, ValueMode
+from ingest._rules import Template, TimestampSpec, ValueMode, filters_overlap
 
 pytestmark = pytest.mark.unit
 
@@ -153,3 +153,36 @@ def test_qos_2_is_refused_for_mqtt_to_kafka_only_and_the_reason_says_why() -> No
     assert "PUBACK is sent only after Kafka confirmed" in info.value.reason
     commands = parse_rules('[[kafka_to_mqtt]]\nkafka="c"\nmqtt="m/{key}"\nqos=2\n')
     assert commands.kafka_to_mqtt[0].qos == 2
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("fleet/+/telemetry", "fleet/#", True),
+        ("fleet/+/telemetry", "fleet/car1/+", True),
+        ("fleet/+/telemetry", "fleet/+/commands", False),
+        ("fleet/#", "fleet", True),  # "#" also matches its parent level
+        ("fleet/+", "fleet", False),
+        ("fleet/a/b", "fleet/a", False),
+        ("#", "anything/at/all", True),
+        ("a/+/c", "+/b/+", True),
+        ("a/b", "a/b", True),
+        ("x/#", "y/#", False),
+    ],
+)
+def test_filters_overlap(a: str, b: str, overlap: bool) -> None:
+    assert filters_overlap(a, b) is overlap
+    assert filters_overlap(b, a) is overlap
+
+
+def test_overlapping_subscriptions_are_found_also_through_share_groups() -> None:
+    base = 'adapter = "v1"\ntopic = "t"\nkey = "{1}"\n'
+    rules = parse_rules(
+        f'[[mqtt_to_kafka]]\nname = "a"\nmqtt = "fleet/+/telemetry"\n{base}'
+        f'[[mqtt_to_kafka]]\nname = "b"\nmqtt = "fleet/+/telemetry"\n{base}'
+        f'[[mqtt_to_kafka]]\nname = "c"\nmqtt = "fleet/#"\nshare_group = "g"\n{base}'
+        f'[[mqtt_to_kafka]]\nname = "d"\nmqtt = "other/+"\n{base}'
+    )
+    assert rules.subscriptions() == ("fleet/+/telemetry", "$share/g/fleet/#", "other/+")
+    assert rules.overlapping_subscriptions() == [("fleet/+/telemetry", "$share/g/fleet/#")]
+    assert load_rules().overlapping_subscriptions() == []  # the packaged rules: none
