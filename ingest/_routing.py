@@ -146,11 +146,12 @@ def route(rule: MqttToKafkaRule, msg: Inbound) -> Outbound:
             detail = f"timestamp field {rule.timestamp.field!r} is missing or not a number"
             return quarantine(rule, msg, "no_timestamp", detail, key.encode())
         scaled = raw_ts * rule.timestamp.scale_to_ms  # type: ignore[operator]
-        # Also false for NaN and infinity (1e308 s in ms).
-        if not -_TIMESTAMP_LIMIT <= scaled < _TIMESTAMP_LIMIT:
+        # Also false for NaN and infinity (1e308 s in ms). Below 1 ms: librdkafka stamps
+        # a record of timestamp 0 with the current time, and Kafka refuses negative ones.
+        if not 1 <= scaled < _TIMESTAMP_LIMIT:
             detail = (
-                f"timestamp field {rule.timestamp.field!r} = {raw_ts!r} is not a time in "
-                "the int64 millisecond range"
+                f"timestamp field {rule.timestamp.field!r} = {raw_ts!r} is not a time "
+                "after 1970-01-01T00:00:00.001Z in the int64 millisecond range"
             )
             return quarantine(rule, msg, "bad_timestamp", detail, key.encode())
         timestamp = int(scaled)

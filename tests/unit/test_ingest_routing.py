@@ -151,9 +151,20 @@ def test_a_templated_topic_that_is_no_kafka_topic_name_is_quarantined(segment: s
 
 @pytest.mark.parametrize(
     ("sent", "unit"),
-    [("1e308", "s"), ("-1e308", "ms"), ("9223372036854775808", "ms"), ("10000000000000000", "s")],
+    [
+        ("1e308", "s"),
+        ("-1e308", "ms"),
+        ("9223372036854775808", "ms"),
+        ("10000000000000000", "s"),
+        # librdkafka would stamp 0 with the current time; Kafka refuses negative times.
+        ("0", "ms"),
+        ("0.0004", "s"),
+        ("-5", "s"),
+    ],
 )
-def test_a_timestamp_beyond_int64_milliseconds_is_quarantined(sent: str, unit: str) -> None:
+def test_a_timestamp_beyond_int64_milliseconds_or_before_1970_is_quarantined(
+    sent: str, unit: str
+) -> None:
     rule = parse_rules(
         f'[[mqtt_to_kafka]]\nmqtt="fleet/+/telemetry"\ntopic="t"\nkey="{{vehicle_id}}"\n'
         f'timestamp="sent:{unit}"\n'
