@@ -59,7 +59,10 @@ def producer_config(settings: IngestSettings) -> dict[str, Any]:
             "linger.ms": settings.kafka_linger_ms,
             "batch.num.messages": settings.kafka_batch_messages,
             "compression.type": settings.kafka_compression,
-            "queue.buffering.max.messages": max(100_000, 4 * settings.mqtt_receive_maximum),
+            # QoS 1 records are bounded by Receive Maximum; this leaves them room that
+            # QoS 0 records (capped by ingest_qos0_max_queued) can never take.
+            "queue.buffering.max.messages": settings.ingest_qos0_max_queued
+            + max(100_000, 4 * settings.mqtt_receive_maximum),
             "socket.keepalive.enable": True,
             "reconnect.backoff.ms": 100,
             "reconnect.backoff.max.ms": 5000,
@@ -232,7 +235,8 @@ class KafkaSink:
                     on_delivery=on_delivery,
                 )
             except BufferError:
-                # Only reachable if Receive Maximum x rules exceeds the local queue: wait.
+                # Only reachable if Receive Maximum x rules exceeds the room kept for QoS 1
+                # records, or their bytes exceed queue.buffering.max.kbytes: wait.
                 self.producer.poll(0.05)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
@@ -241,6 +245,10 @@ class KafkaSink:
                 return KafkaError(KafkaError._INVALID_ARG, str(exc))  # noqa: SLF001
             else:
                 return None
+
+    def queued(self) -> int:
+        """Records the producer holds: waiting to be sent, or sent and not yet confirmed."""
+        return len(self.producer)
 
     def poll(self) -> int:
         """Serve delivery callbacks; returns how many ran."""

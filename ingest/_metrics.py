@@ -132,6 +132,13 @@ class IngestMetrics:
         self.acked = Counter(
             "fleetstream_ingest_acked", "MQTT PUBACKs sent after Kafka confirmed", registry=r
         )
+        self.dropped = Counter(
+            "fleetstream_ingest_dropped",
+            "QoS 0 messages dropped because ingest_qos0_max_queued records already waited "
+            "for Kafka (Kafka down or slower than MQTT)",
+            ["rule"],
+            registry=r,
+        )
         self.unmatched = Counter(
             "fleetstream_ingest_unmatched", "Messages no rule matched (acked)", registry=r
         )

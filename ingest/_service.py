@@ -128,6 +128,10 @@ class IngestService:
         self._received = self.metrics.received.counts
         self._produced = self.metrics.produced.counts
         self._last_failure_log = 0.0
+        self._qos0_max = settings.ingest_qos0_max_queued
+        self._dropped_unlogged = 0
+        self._last_dropped_topic = ""
+        self._last_drop_log = float("-inf")  # the first drop is reported at once
         self._tasks: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
         self._kafka_answering_since: float | None = None
@@ -476,6 +480,9 @@ class IngestService:
         self, mid: int, qos: int, inbound: Inbound, work: list[tuple[MqttToKafkaRule, Outbound]]
     ) -> None:
         """Produce a message's records; its PUBACK waits for all of them."""
+        if not qos and self.sink.queued() >= self._qos0_max:
+            self._drop(inbound, work)
+            return
         entry = self.acker.add(mid, qos, len(work), work=(inbound, work)) if qos else None
         for rule, out in work:
             self._received[rule.name] += 1
@@ -483,6 +490,38 @@ class IngestService:
                 self._produce(rule, inbound, out, entry)
             except Exception as exc:  # noqa: BLE001 - quarantined instead (see _on_publish)
                 self._internal_error(rule, inbound, out, entry, exc)
+
+    def _drop(self, inbound: Inbound, work: list[tuple[MqttToKafkaRule, Outbound]]) -> None:
+        """Drop a QoS 0 message: the Kafka backlog is full (counted, logged every 5 s).
+
+        Waiting for room instead blocked the event loop for as long as Kafka was away:
+        no PINGREQ (the broker then ended the connection), no QoS 1 acknowledgements.
+        """
+        for rule, _out in work:
+            self._received[rule.name] += 1
+            self.metrics.dropped.labels(rule=rule.name).inc()
+        self._dropped_unlogged += 1
+        self._last_dropped_topic = inbound.topic
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        """Log the QoS 0 messages dropped since the last report, at most every 5 s."""
+        now = time.monotonic()
+        if not self._dropped_unlogged or now - self._last_drop_log < 5.0:
+            return
+        _log.error(
+            "dropped %d QoS 0 messages (the latest on %s): %d records wait for Kafka (%s), "
+            "FLEETSTREAM_INGEST_QOS0_MAX_QUEUED=%d; QoS 1 messages wait at the broker instead",
+            self._dropped_unlogged,
+            self._last_dropped_topic,
+            self.sink.queued(),
+            "which answers but has not confirmed them yet"
+            if self.sink.up
+            else f"unreachable: {self.sink.last_error or 'not confirming'}",
+            self._qos0_max,
+        )
+        self._last_drop_log = now
+        self._dropped_unlogged = 0
 
     def _route_or_quarantine(self, rule: MqttToKafkaRule, inbound: Inbound) -> Outbound:
         """``route``, with a bug in it quarantining the message (reason ``internal``)."""
@@ -695,6 +734,7 @@ class IngestService:
             now = time.monotonic()
             if now - last_tick >= 0.5:
                 last_tick = now
+                self._report_drops()
                 oldest = self.acker.oldest_age_s()
                 self.metrics.inflight.set(len(self.acker))
                 self.metrics.oldest_unacked.set(oldest)

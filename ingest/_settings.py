@@ -32,6 +32,14 @@ class IngestSettings(KafkaConnectionSettings, MqttConnectionSettings):
         "unacknowledged. Bounds ingest memory; the broker queues the rest.",
     )
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    ingest_qos0_max_queued: int = Field(
+        default=20_000,
+        ge=0,
+        description="QoS 0 messages that may wait for Kafka at most (Kafka down or slower "
+        "than MQTT); further QoS 0 messages are dropped and counted in "
+        "fleetstream_ingest_dropped_total. QoS 0 has no acknowledgement that could make the "
+        "broker hold them, and QoS 1 messages keep their own room in the queue.",
+    )
     ingest_rules_file: Path | None = Field(
         default=None, description="Rules file; default: the packaged one."
     )

@@ -506,3 +506,60 @@ value = "raw"
         ]
     assert [(r["lost"], r["duplicates"]) for r in rows] == [(0, 0), (0, 0)]
     assert received == [len(messages), len(messages)]
+
+
+def test_a_qos0_flood_kafka_has_not_confirmed_is_capped_and_counted_without_blocking(
+    brokers: infra.InfraSettings, tmp_path: Path, rules: Path, prefix: str, unique_name: str
+) -> None:
+    """QoS 0 beyond the backlog cap is dropped and counted; QoS 1 still gets through.
+
+    A 10 s ``linger.ms`` keeps records queued while Kafka answers, as an outage would.
+    Before the cap, a full queue made ingest wait for room inside the event loop: no
+    message read, no PINGREQ, no PUBACK, for as long as Kafka was away.
+    """
+    cap = 2000
+    messages = telemetry_messages(prefix, vehicles=50, seconds=126)
+    qos0, qos1 = messages[:6000], messages[6000:]
+    ingest = _ingest(
+        brokers,
+        tmp_path,
+        rules,
+        f"{unique_name}-ingest",
+        FLEETSTREAM_INGEST_QOS0_MAX_QUEUED=str(cap),
+        FLEETSTREAM_KAFKA_LINGER_MS="10000",
+        FLEETSTREAM_INGEST_PRODUCER_RESTART_S="120",
+    )
+    with running(ingest.start()):
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-q0")
+        sender.connect(brokers.host, brokers.mqtt_port)
+        sender.loop_start()
+        for t, p, _ in qos0:
+            sender.publish(t, p, qos=0).wait_for_publish(5)
+        received = 'fleetstream_ingest_received_total{rule="telemetry"}'
+        deadline = time.monotonic() + 8  # inside the linger: nothing confirmed yet
+        while ingest.metrics()[received] < len(qos0):
+            assert time.monotonic() < deadline, "ingest stopped reading MQTT"
+            time.sleep(0.1)
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish((t, p) for t, p, _ in qos1)
+        during = ingest.metrics()
+        publisher.wait_acked(len(qos1), timeout_s=60)
+        records = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=cap + len(qos1), settle_s=3
+        )
+        after = ingest.metrics()
+        sender.loop_stop()
+        sender.disconnect()
+        publisher.close()
+    assert during['fleetstream_ingest_produced_total{rule="telemetry"}'] == 0
+    dropped = after['fleetstream_ingest_dropped_total{rule="telemetry"}']
+    assert dropped == len(qos0) - cap
+    row = delivery_report("qos0_capped", {k for _, _, k in messages}, records)
+    assert row["lost"] == dropped  # exactly the counted QoS 0 drops
+    in_kafka = {(v["vehicle_id"], v["seq"]) for v in (orjson.loads(r.value) for r in records)}
+    assert {k for _, _, k in qos1} <= in_kafka
+    assert row["duplicates"] == 0
+    assert after["fleetstream_ingest_acked_total"] == len(qos1)
+    assert after["fleetstream_ingest_mqtt_reconnects_total"] == 1
+    assert f"dropped 1 QoS 0 messages (the latest on {prefix}/" in ingest.log()
+    assert ingest.crashes() == 0
