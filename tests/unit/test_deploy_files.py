@@ -6,10 +6,12 @@ tests do verify is listed in docs/deploy.md ("What CI verifies").
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,17 @@ import typer
 import typer.core
 import typer.main
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dashboard.settings import DashboardSettings
 from fleetstream import infra
 from fleetstream.cli import app
 from ingest import IngestSettings, load_rules
+from ingest._metrics import IngestMetrics
 from models._settings import ArchiveSettings
+from models.metrics import ArchiveMetrics
 from processing import ProcessingSettings
+from processing.metrics import ProcessingMetrics
 from simulator import MqttTarget
 from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
 
@@ -442,6 +448,95 @@ def test_dashboard_covers_ingest_and_processing() -> None:
         "fleetstream_archive_kafka_errors_total",
     ):
         assert needed in names, f"dashboard shows no {needed}"
+
+
+# Metric families a service exports that the board deliberately does not show, with why.
+# Keep it short: whatever an operator needs during an incident belongs on the board. (The
+# `_created` series of counters and histograms are not families: they never need an entry.)
+NOT_ON_BOARD: dict[str, str] = {}
+
+# The modules that build the services' Prometheus metrics (the dashboard exports none).
+METRICS_MODULES = {"ingest/_metrics.py", "processing/metrics.py", "models/metrics.py"}
+# prometheus_client names that define metrics: a module importing one is a metrics module.
+_METRIC_API = {"CollectorRegistry", "Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
+# Series names Prometheus stores per family type; a panel shows the family if it queries one.
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "info": ("_info",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count"),
+}
+
+
+def service_registries() -> dict[str, CollectorRegistry]:
+    """The registry each service's /metrics serves, built by the services' own classes."""
+    rules = [r.name for r in load_rules(None).mqtt_to_kafka]
+    return {
+        "ingest": IngestMetrics(rules).registry,
+        "processing": ProcessingMetrics().registry,
+        "archive": ArchiveMetrics().registry,
+    }
+
+
+def exported_families() -> dict[str, tuple[str, ...]]:
+    """Every exported metric family -> the series names a PromQL query can select."""
+    out: dict[str, tuple[str, ...]] = {}
+    for service, registry in service_registries().items():
+        scraped = exported_metric_names(generate_latest(registry).decode())
+        for family in registry.collect():
+            assert family.type in _SERIES_SUFFIXES, f"{service}: {family.name} is {family.type}"
+            series = tuple(family.name + s for s in _SERIES_SUFFIXES[family.type])
+            # Guards the suffix table: these are the names Prometheus really scrapes.
+            assert set(series) <= scraped, (service, series)
+            out[family.name] = series
+    return out
+
+
+def families_missing_from(dashboard: dict[str, Any]) -> set[str]:
+    """Exported families (not allow-listed) no PromQL expression of the board selects."""
+    shown = set().union(*(promql_metric_names(e) for _, e in dashboard_expressions(dashboard)))
+    return {
+        name
+        for name, series in exported_families().items()
+        if name not in NOT_ON_BOARD and not shown.intersection(series)
+    }
+
+
+def test_metrics_modules_are_all_known() -> None:
+    # A metrics module missing from service_registries() would escape the board check.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    modules = set()
+    for path in (p for package in packages for p in (REPO / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("prometheus_client")
+                and {a.name for a in node.names} & _METRIC_API
+            ):
+                modules.add(path.relative_to(REPO).as_posix())
+    assert modules == METRICS_MODULES
+
+
+def test_dashboard_shows_every_exported_metric() -> None:
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text("utf-8"))
+    missing = families_missing_from(dashboard)
+    assert not missing, f"on no Grafana panel (add one, or to NOT_ON_BOARD): {sorted(missing)}"
+    families = exported_families()
+    for name in NOT_ON_BOARD:
+        assert name in families, f"NOT_ON_BOARD lists {name}, which no service exports"
+
+
+def test_board_check_notices_a_deleted_panel() -> None:
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text("utf-8"))
+    dashboard["panels"] = [
+        p for p in dashboard["panels"] if p.get("title") != "Command loop errors (Kafka -> MQTT)"
+    ]
+    assert families_missing_from(dashboard) == {
+        "fleetstream_ingest_command_loop_crashes",
+        "fleetstream_ingest_commands_commit_failed",
+    }
 
 
 def test_promql_metric_names() -> None:
