@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -195,6 +196,27 @@ class RuleSet:
             for b in subs[i + 1 :]
             if filters_overlap(_plain_filter(a), _plain_filter(b))
         ]
+
+
+_MAX_SUBSCRIPTION_ID: Final = 268_435_455  # MQTT 5: a variable byte integer, 1 and up
+
+
+def subscription_ids(subscriptions: tuple[str, ...]) -> dict[str, int]:
+    """An MQTT 5 subscription identifier per subscription, the same in every run.
+
+    Messages the broker queued for a persistent session carry the identifiers of the
+    subscriptions they were queued under, from before a restart: numbering by rule order
+    would give them to another subscription after an edit of the rules.
+    """
+    ids: dict[str, int] = {}
+    taken: set[int] = set()
+    for sub in subscriptions:
+        sub_id = zlib.crc32(sub.encode()) % _MAX_SUBSCRIPTION_ID + 1
+        while sub_id in taken:  # a collision: deterministic for the same rules
+            sub_id = sub_id % _MAX_SUBSCRIPTION_ID + 1
+        taken.add(sub_id)
+        ids[sub] = sub_id
+    return ids
 
 
 def _plain_filter(subscription: str) -> str:

@@ -37,7 +37,7 @@ from ingest._paho import (
     watch_session_present,
 )
 from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
-from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet
+from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet, subscription_ids
 from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError
 
@@ -119,7 +119,7 @@ class IngestService:
         overlaps = rules.overlapping_subscriptions()
         self._sub_ids: dict[str, int] = {}
         if overlaps:
-            self._sub_ids = {sub: i for i, sub in enumerate(rules.subscriptions(), 1)}
+            self._sub_ids = subscription_ids(rules.subscriptions())
             _log.info(
                 "overlapping MQTT filters (%s): subscribing with subscription identifiers "
                 "so that each rule writes a message once",

@@ -247,9 +247,12 @@ def test_with_overlapping_filters_each_copy_goes_to_the_rules_of_its_subscriptio
 
     async def scenario() -> list[list[str]]:
         service = make_service(rules=overlapping)
+        raw, everything = service._sub_ids["raw/+"], service._sub_ids["#"]
+        stale = max(raw, everything) + 1
+        copies = [copy(raw), copy(everything), copy(raw, everything), copy(), copy(stale)]
         seen = _spy(service)
         rules_of = []
-        for mid, props in enumerate([copy(1), copy(2), copy(1, 2), copy(), copy(7)], 1):
+        for mid, props in enumerate(copies, 1):
             seen.clear()
             service._on_publish("raw/dev-1", b"{}", 1, False, mid, props)
             rules_of.append(sorted(out.rule for out, _ in seen))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ingest import RulesError, load_rules, parse_rules
-from ingest._rules import Template, TimestampSpec, ValueMode, filters_overlap
+from ingest._rules import Template, TimestampSpec, ValueMode, filters_overlap, subscription_ids
 
 pytestmark = pytest.mark.unit
 
@@ -186,3 +186,14 @@ def test_overlapping_subscriptions_are_found_also_through_share_groups() -> None
     assert rules.subscriptions() == ("fleet/+/telemetry", "$share/g/fleet/#", "other/+")
     assert rules.overlapping_subscriptions() == [("fleet/+/telemetry", "$share/g/fleet/#")]
     assert load_rules().overlapping_subscriptions() == []  # the packaged rules: none
+
+
+def test_subscription_ids_do_not_depend_on_rule_order() -> None:
+    # Queued messages carry the identifiers of the run that subscribed: they must still
+    # name the same subscription after the rules were edited and ingest restarted.
+    before = subscription_ids(("fleet/+/telemetry", "fleet/#", "$share/g/fleet/#"))
+    after = subscription_ids(("fleet/#", "new/+", "fleet/+/telemetry"))
+    assert before["fleet/#"] == after["fleet/#"]
+    assert before["fleet/+/telemetry"] == after["fleet/+/telemetry"]
+    assert len(set(before.values())) == 3
+    assert all(1 <= i <= 268_435_455 for i in (*before.values(), *after.values()))
