@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from fleetstream import infra
+from models import DEFAULT_REGISTRY
 
 if TYPE_CHECKING:
     import bench
@@ -91,7 +92,7 @@ def demo(
     ),
     seed: int = typer.Option(1, "--seed", help="Simulator seed."),
 ) -> None:
-    """Run the local stack: brokers, ingest and a simulated fleet publishing in real time."""
+    """Run the local stack: brokers, ingest, processing, dashboard and a simulated fleet."""
     from fleetstream.demo import run_demo
 
     try:
@@ -361,7 +362,7 @@ def train(
         None, "--labels", help="Labels JSON lines; without them only unsupervised models."
     ),
     out: Path = typer.Option(
-        Path("models/registry"),
+        DEFAULT_REGISTRY,
         "--out",
         envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
         help="Registry folder the new version is written to (not promoted).",
@@ -472,7 +473,7 @@ def dashboard(
 models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 _REGISTRY_OPTION = typer.Option(
-    Path("models/registry"),
+    DEFAULT_REGISTRY,
     "--registry",
     envvar="FLEETSTREAM_PROCESSING_MODEL_DIR",
     help="Registry folder (also FLEETSTREAM_PROCESSING_MODEL_DIR).",

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dashboard.settings import DashboardSettings
 from fleetstream import infra
+from models import DEFAULT_REGISTRY
 from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 
 _log = logging.getLogger("fleetstream.demo")
@@ -105,6 +106,9 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
         "FLEETSTREAM_MQTT_CLIENT_ID": "fleetstream-demo-ingest",
     }
     env["FLEETSTREAM_PROCESSING_STATE_DIR"] = str(settings.run_dir / "processing-state")
+    # So that `fleetstream models promote VERSION` from the same folder reaches the demo.
+    registry = os.environ.get("FLEETSTREAM_PROCESSING_MODEL_DIR") or str(DEFAULT_REGISTRY.resolve())
+    env["FLEETSTREAM_PROCESSING_MODEL_DIR"] = registry
     stop = threading.Event()
     dashboard_settings = DashboardSettings()
     dashboard_url = (
@@ -118,6 +122,11 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
         _wait_healthy("http://127.0.0.1:9464/healthz", ingest)
         _wait_healthy(f"{dashboard_url}/_stcore/health", dashboard)
         _log.info("dashboard: %s", dashboard_url)
+        _log.info(
+            "processing scores with the model promoted in %s (`fleetstream models promote`); "
+            "rules only until there is one",
+            registry,
+        )
         before = {t: topic_size(settings.kafka_bootstrap, t) for t in OUTPUT_TOPICS}
 
         def progress() -> None:
