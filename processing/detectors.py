@@ -84,8 +84,9 @@ class SensorGlitch:
 
     A glitch that passes anyway (a car's first sample has nothing to be judged against;
     after a long gap a wrong reading can still be drivable) would become ``good`` and
-    every real reading after it would look implausible, forever; so readings that agree with each other, but not with ``good``,
-    for ``REANCHOR_MS`` replace it: then ``good`` was the glitch.
+    every real reading after it would look implausible, forever; so readings that agree
+    with each other, but not with ``good``, for ``REANCHOR_MS`` replace it: then ``good``
+    was the glitch.
     """
 
     kind = "sensor_glitch"
