@@ -341,6 +341,8 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
         m.buffered.set(0)
         m.oldest_buffered.set(0)
         try:
+            # The stored offsets, not named: from on_revoke (inside consume()) they cover
+            # only batches already returned and buffered (librdkafka >= 2.1, #4208).
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
             # _NO_OFFSET (librdkafka's own code, public despite the underscore): nothing new.

@@ -74,16 +74,25 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 class SensorGlitch:
     """Impossible speed, odometer going backwards, or a GPS jump no car can drive.
 
-    Odometer and position are judged against the last sample that passed (``good``). A
-    glitch small enough to pass (a +0.5 km odometer blip on a parked car is within the
-    forward tolerance) would become ``good`` and every real reading after it would look
-    implausible, forever; so readings that agree with each other, but not with ``good``,
-    for ``REANCHOR_MS`` replace it: then ``good`` was the glitch.
+    Odometer and position are judged against the last sample that passed (``good``), ``h``
+    hours earlier (at least one second). An odometer never runs backwards, and a forward
+    step is bounded by what the car can drive in ``h``; both readings may be rounded to
+    ``ODOMETER_RESOLUTION_KM``, so the tolerance is one such step either way:
+
+    - ``odometer < good - ODOMETER_RESOLUTION_KM``: it went backwards;
+    - ``odometer - good > MAX_SPEED_KMH * h + ODOMETER_RESOLUTION_KM``: it jumped.
+
+    A glitch that passes anyway (a car's first sample has nothing to be judged against;
+    after a long gap a wrong reading can still be drivable) would become ``good`` and
+    every real reading after it would look implausible, forever; so readings that agree
+    with each other, but not with ``good``, for ``REANCHOR_MS`` replace it: then ``good``
+    was the glitch.
     """
 
     kind = "sensor_glitch"
     MAX_SPEED_KMH: Final = 300.0
-    ODOMETER_BACK_KM: Final = 0.01
+    # The coarsest odometer our sources send (the legacy format rounds to 2 decimals).
+    ODOMETER_RESOLUTION_KM: Final = 0.01
     CLEAR_AFTER_MS: Final = 10_000
     # Longer than the glitches the simulator makes (1-8 s): those stay rejected.
     REANCHOR_MS: Final = 30_000
@@ -93,9 +102,12 @@ class SensorGlitch:
         ts, odo, lat, lon = sample
         hours = max((ts - ref[0]) / 3_600_000.0, 1 / 3600.0)
         if odo is not None and ref[1] is not None:
-            if odo < ref[1] - self.ODOMETER_BACK_KM:
+            step = self.ODOMETER_RESOLUTION_KM
+            if odo < ref[1] - step:
                 reasons["odometer_back_km"] = round(ref[1] - odo, 4)
-            elif odo - ref[1] > self.MAX_SPEED_KMH * hours + 1.0:
+            elif odo - ref[1] > self.MAX_SPEED_KMH * hours + step:
+                # The same rounding step as backwards: a fixed extra kilometre let a parked
+                # car's +0.5 km blip pass as the truth and flagged the real readings after it.
                 reasons["odometer_jump_km"] = round(odo - ref[1], 4)
         glat, glon = ref[2], ref[3]
         if lat is not None and lon is not None and glat is not None and glon is not None:

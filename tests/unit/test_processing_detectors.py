@@ -104,6 +104,32 @@ def test_small_odometer_rounding_backwards_is_tolerated() -> None:
     assert events == []
 
 
+def test_a_forward_odometer_jump_no_car_can_drive_is_flagged_on_the_jump() -> None:
+    # Parked, one record a second: +0.5 km is 6x what 300 km/h covers in that second. It is
+    # the glitch, not the real readings after it that seemed to go back by 0.5 km.
+    alerts, events = run(seconds(200, lambda s: ev(s, odometer_km=1000.5 if s == 10 else 1000.0)))
+    assert events == [(10.0, "sensor_glitch", "raised"), (80.0, "sensor_glitch", "cleared")]
+    assert alerts[0]["evidence"] == {"odometer_jump_km": 0.5}
+
+
+def test_the_odometer_tolerance_is_one_resolution_step_either_way() -> None:
+    # Forward: the distance 300 km/h covers in the elapsed time, plus the same 0.01 km
+    # rounding tolerated backwards; not a fixed extra kilometre.
+    step = SensorGlitch.ODOMETER_RESOLUTION_KM
+    drivable = SensorGlitch.MAX_SPEED_KMH / 60  # one minute at 300 km/h: 5 km
+
+    def verdicts(odometer_km: float) -> list[bool]:
+        memory: dict[str, Any] = {}
+        glitch = SensorGlitch()
+        return [glitch.check(memory, ev(s, odometer_km=o)).anomalous
+                for s, o in ((0, 1000.0), (60, odometer_km))]  # fmt: skip
+
+    assert verdicts(1000.0 - step * 0.5) == [False, False]
+    assert verdicts(1000.0 - step * 1.5) == [False, True]
+    assert verdicts(1000.0 + drivable + step * 0.5) == [False, False]
+    assert verdicts(1000.0 + drivable + step * 1.5) == [False, True]
+
+
 def test_a_gps_jump_no_car_can_drive_is_a_glitch() -> None:
     alerts, events = run(seconds(100, lambda s: ev(s, lat=48.6 if s == 10 else 48.1)))
     assert events[0] == (10.0, "sensor_glitch", "raised")
@@ -120,11 +146,11 @@ def test_sensor_glitch_check_keeps_the_last_good_sample() -> None:
     assert memory["good"][1] == 1000.0
 
 
-def test_a_small_forward_odometer_glitch_clears_and_leaves_the_other_detectors_working() -> None:
-    # +0.5 km on a parked car is within the forward tolerance, so it became the trusted
-    # sample: every real reading after it went "backwards" and the episode never ended.
+def test_a_glitched_first_sample_clears_and_leaves_the_other_detectors_working() -> None:
+    # The first sample has nothing to be judged against, so it became the trusted one:
+    # every real reading after it went "backwards" and the episode never ended.
     def make(s: int) -> dict[str, Any]:
-        return ev(s, odometer_km=1000.5 if s == 100 else 1000.0,
+        return ev(s, odometer_km=1000.5 if s == 0 else 1000.0,
                   battery_temp_c=20.0 if s < 2000 else 45.0)  # fmt: skip
 
     _, events = run(seconds(4000, make))
@@ -133,7 +159,7 @@ def test_a_small_forward_odometer_glitch_clears_and_leaves_the_other_detectors_w
     # The real readings outlast the glitch after REANCHOR_MS: normal 10 s later, cleared
     # after the 60 s hold.
     reanchor_s = SensorGlitch.REANCHOR_MS // 1000
-    assert glitch[1][0] == pytest.approx(101 + reanchor_s + 69, abs=1)
+    assert glitch[1][0] == pytest.approx(1 + reanchor_s + 69, abs=1)
     assert (2000.0, "overheat", "raised") in events
 
 
