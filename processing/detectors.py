@@ -91,8 +91,10 @@ class SensorGlitch:
 
     kind = "sensor_glitch"
     MAX_SPEED_KMH: Final = 300.0
-    # The coarsest odometer our sources send (the legacy format rounds to 2 decimals).
-    ODOMETER_RESOLUTION_KM: Final = 0.01
+    # Tenths of a km: OBD-II's odometer (PID A6) and most clusters. With 0.01 a car at
+    # speed ticking 0.1 km within one 1 s sample (0.083 km allowed) would look glitched.
+    # A source in whole km needs 1.0.
+    ODOMETER_RESOLUTION_KM: Final = 0.1
     CLEAR_AFTER_MS: Final = 10_000
     # Longer than the glitches the simulator makes (1-8 s): those stay rejected.
     REANCHOR_MS: Final = 30_000

@@ -99,7 +99,7 @@ def test_odometer_going_backwards_is_a_glitch() -> None:
 
 
 def test_small_odometer_rounding_backwards_is_tolerated() -> None:
-    # 5 m backwards is under the 10 m tolerance.
+    # 5 m backwards is under the 100 m tolerance.
     _, events = run(seconds(60, lambda s: ev(s, odometer_km=999.995 if s == 10 else 1000.0)))
     assert events == []
 
@@ -113,7 +113,7 @@ def test_a_forward_odometer_jump_no_car_can_drive_is_flagged_on_the_jump() -> No
 
 
 def test_the_odometer_tolerance_is_one_resolution_step_either_way() -> None:
-    # Forward: the distance 300 km/h covers in the elapsed time, plus the same 0.01 km
+    # Forward: the distance 300 km/h covers in the elapsed time, plus the same 0.1 km
     # rounding tolerated backwards; not a fixed extra kilometre.
     step = SensorGlitch.ODOMETER_RESOLUTION_KM
     drivable = SensorGlitch.MAX_SPEED_KMH / 60  # one minute at 300 km/h: 5 km
@@ -597,3 +597,15 @@ def test_no_alert_on_a_normal_fleet() -> None:
     normal = simulate(FleetConfig(vehicles=20, duration_s=6 * 3600, seed=3, anomaly_rate=0.0))
     assert normal.labels == []
     assert normal.alerts == []
+
+
+def test_an_odometer_counting_tenths_at_speed_is_not_a_glitch() -> None:
+    # 290 km/h, one record a second, the odometer rounded down to 0.1 km: it shows a
+    # 0.1 km step within one second every ~1.2 s although the car drove 0.08 km.
+    _, events = run(
+        seconds(
+            120,
+            lambda s: ev(s, speed_kmh=290.0, odometer_km=(10_000 + s * 290 / 3600) // 0.1 * 0.1),
+        )
+    )
+    assert events == []
