@@ -75,9 +75,11 @@ def to_sample(record: dict[str, Any]) -> Sample:
 
 
 def dedupe_sorted(samples: list[Sample]) -> tuple[list[Sample], int]:
-    """Drop repeated seqs (the first arrival wins) and order by ts.
+    """Drop repeated (seq, ts) pairs (the first arrival wins) and order by ts.
 
-    Samples without a seq (sources that have none) are deduplicated by ts.
+    A redelivered message repeats both. The same seq with another ts is a sender that
+    restarted its count (a rebooted car, a restarted simulator): a new sample. Samples
+    without a seq (sources that have none) are deduplicated by ts.
 
     Returns:
         The distinct samples ordered by (ts, seq) and the number of duplicates dropped.
@@ -85,7 +87,7 @@ def dedupe_sorted(samples: list[Sample]) -> tuple[list[Sample], int]:
     seen: set[Any] = set()
     distinct: list[Sample] = []
     for sample in samples:
-        ident = ("s", sample[SEQ]) if sample[SEQ] is not None else ("t", sample[TS])
+        ident = (sample[SEQ], sample[TS])
         if ident in seen:
             continue
         seen.add(ident)
@@ -106,7 +108,9 @@ def window_stats(
     seqs = [s[SEQ] for s in distinct if s[SEQ] is not None]
     first_seq = min(seqs) if seqs else None
     last_seq = max(seqs) if seqs else None
-    missing = (last_seq - first_seq + 1) - len(seqs) if seqs else None  # type: ignore[operator]
+    # Gaps between consecutive seqs in ts order; a seq that does not grow is a restarted
+    # count, not a gap (last - first + 1 - n, the same for one run, went wild there).
+    missing = sum(max(b - a - 1, 0) for a, b in pairwise(seqs)) if seqs else None
 
     odometers = [s for s in distinct if s[ODO] is not None]
     distance = max(0.0, odometers[-1][ODO] - odometers[0][ODO]) if odometers else None

@@ -134,14 +134,14 @@ def _pandas_stats(records: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(records)
     df["window_start"] = df["ts"] - df["ts"] % WINDOW_MS
     df["arrival"] = np.arange(len(df))
-    dup_counts = (
-        df.groupby(["vehicle_id", "window_start"]).size()
-        - df.groupby(["vehicle_id", "window_start"])["seq"].nunique()
-    )
+    before = df.groupby(["vehicle_id", "window_start"]).size()
     df = df.sort_values("arrival").drop_duplicates(
-        ["vehicle_id", "window_start", "seq"], keep="first"
+        ["vehicle_id", "window_start", "seq", "ts"], keep="first"
     )
+    dup_counts = before - df.groupby(["vehicle_id", "window_start"]).size()
     df = df.sort_values(["vehicle_id", "window_start", "ts", "seq"])
+    # A seq that does not grow from one sample to the next is a restart, not a gap.
+    df["gap"] = (df.groupby(["vehicle_id", "window_start"])["seq"].diff() - 1).clip(lower=0)
     ev = df["powertrain"] == "ev"
     df["rate"] = np.where(ev, df["power_kw"], df["fuel_rate_lph"])
     df["level"] = np.where(ev, df["battery_level_pct"], df["fuel_level_pct"])
@@ -172,7 +172,7 @@ def _pandas_stats(records: list[dict[str, Any]]) -> pd.DataFrame:
             "min_tpms_bar": g["tpms_min"].min(),
         }
     )
-    out["missing"] = out["last_seq"] - out["first_seq"] + 1 - out["samples"]
+    out["missing"] = g["gap"].sum().astype(int)
     out["duplicates"] = dup_counts.reindex(out.index).fillna(0).astype(int)
     is_ev = out["powertrain"] == "ev"
     enough = out["distance_km"] >= 0.1

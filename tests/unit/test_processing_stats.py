@@ -150,8 +150,8 @@ def test_consumption_only_from_a_tenth_of_a_kilometre(
 
 def test_duplicates_are_counted_and_the_first_arrival_wins() -> None:
     first = sample(HALF_HOUR_MS, 2, odo=105.0, rate=10.0, level=70.0)
-    # A later copy of seq 2 with other values (and another ts) must be ignored entirely.
-    later = sample(HALF_HOUR_MS + HALF_HOUR_MS // 2, 2, odo=500.0, rate=1000.0, level=1.0)
+    # A later copy of (seq 2, same ts) with other values must be ignored entirely.
+    later = sample(HALF_HOUR_MS, 2, odo=500.0, rate=1000.0, level=1.0)
     samples = [
         sample(0, 1, odo=100.0, rate=0.0, level=71.0),
         first,
@@ -347,3 +347,16 @@ def test_window_stats_never_crashes_and_is_order_free(
     used = stats["energy_used_kwh"] if powertrain == "ev" else stats["fuel_used_l"]
     assert used is not None
     assert used >= 0.0
+
+
+def test_a_sender_that_restarted_its_seq_is_not_a_duplicate_nor_a_gap() -> None:
+    # A simulator restarted within the window (or a rebooted car): seq starts again at 0.
+    before = [sample(i * 60_000, 500 + i, odo=100.0 + i, rate=1.0, level=70.0) for i in range(5)]
+    after = [sample((10 + i) * 60_000, i, odo=110.0 + i, rate=1.0, level=70.0) for i in range(5)]
+    stats = window_stats("v", "ev", 0, HOUR_MS, [*before, *after])
+    assert stats["samples"] == 10
+    assert stats["duplicates"] == 0
+    assert stats["missing"] == 0
+    assert (stats["first_seq"], stats["last_seq"]) == (0, 504)
+    gappy = window_stats("v", "ev", 0, HOUR_MS, [*before[:2], *before[3:], *after])
+    assert gappy["missing"] == 1
