@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -176,7 +177,11 @@ def _stop_on_signals(app: Application, timeout_s: float) -> threading.Thread:
         timer.name = "processing-stop-deadline"
         timer.daemon = True
         timer.start()
-        app.stop()
+        # Quix's run() marks itself running only once its loop starts: a stop before
+        # that (SIGTERM in the first second) was undone, and the deadline killed it.
+        while True:
+            app.stop()
+            time.sleep(0.2)
 
     thread = threading.Thread(target=wait_for_signal, name="processing-signals", daemon=True)
     thread.start()

@@ -22,9 +22,14 @@ _SCRIPT = textwrap.dedent(
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     released = threading.Event()
 
+    # "late": like Quix's run(), which marks itself running only once its loop starts and
+    # so undoes a stop() that came before (a SIGTERM in the first second).
+    running = threading.Timer(1.0, lambda: None)
+    running.start()
+
     class App:
         def stop(self, fail=False):
-            if sys.argv[2] == "clean":
+            if sys.argv[2] == "clean" or (sys.argv[2] == "late" and not running.is_alive()):
                 released.set()
 
     _stop_on_signals(App(), float(sys.argv[1]))
@@ -63,3 +68,10 @@ def test_a_stop_that_finishes_is_not_cut_short() -> None:
     code, out, err, _ = run_and_terminate("clean", 5.0)
     assert code == 0, err
     assert "stopped cleanly" in out
+
+
+def test_a_stop_before_the_app_runs_its_loop_is_not_lost() -> None:
+    code, out, err, took = run_and_terminate("late", 10.0)
+    assert code == 0, err
+    assert "stopped cleanly" in out
+    assert took < 5
