@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dashboard.settings import DashboardSettings
 from fleetstream import infra
+from ingest import IngestSettings
 from models import DEFAULT_REGISTRY
 from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 
@@ -93,8 +94,37 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60
     raise RuntimeError(msg)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM (kill, timeout, systemd) takes Ctrl-C's way out, so that the services the
+    # demo started are stopped too instead of outliving it.
+    msg = f"signal {signum}"
+    raise KeyboardInterrupt(msg)
+
+
+def _ingest_health_url() -> str | None:
+    """Where the demo's ingest answers /healthz (it reads the same environment), or None."""
+    ingest = IngestSettings()
+    if ingest.ingest_metrics_port == 0:
+        return None
+    host = ingest.ingest_metrics_host
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - a listen address, not a bind
+        host = "127.0.0.1"
+    return f"http://{host}:{ingest.ingest_metrics_port}/healthz"
+
+
 def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed: int) -> None:
-    """Start brokers and ingest, publish a simulated fleet in real time, report progress."""
+    """Start brokers and services, publish a simulated fleet in real time, report progress.
+
+    SIGTERM stops it as Ctrl-C does: the services it started are stopped before it exits.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _run_demo(vehicles, duration_s, anomaly_rate, seed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed: int) -> None:
     settings = infra.InfraSettings()
     report = infra.up(settings)
     _log.info("brokers up (kafka %.1f s, mosquitto %.1f s)", report.kafka_s, report.mosquitto_s)
@@ -119,7 +149,13 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
         service("processing", [sys.executable, "-m", "processing"], logs, env),
         service("dashboard", [sys.executable, "-m", "dashboard"], logs, env) as dashboard,
     ):
-        _wait_healthy("http://127.0.0.1:9464/healthz", ingest)
+        health_url = _ingest_health_url()
+        if health_url is None:
+            _log.info(
+                "ingest's /healthz is off (FLEETSTREAM_INGEST_METRICS_PORT=0): not waited for"
+            )
+        else:
+            _wait_healthy(health_url, ingest)
         _wait_healthy(f"{dashboard_url}/_stcore/health", dashboard)
         _log.info("dashboard: %s", dashboard_url)
         _log.info(
@@ -137,20 +173,20 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
                 )
 
         reporter = threading.Thread(target=progress, name="demo-progress", daemon=True)
-        reporter.start()
-        config = FleetConfig(
-            vehicles=vehicles,
-            seed=seed,
-            anomaly_rate=anomaly_rate,
-            duration_s=duration_s or 10 * 86400,
-        )
-        _log.info(
-            "publishing %d simulated cars at 1 Hz to MQTT%s",
-            vehicles,
-            "" if duration_s else " (Ctrl-C stops)",
-        )
         sim = None
         try:
+            reporter.start()
+            config = FleetConfig(
+                vehicles=vehicles,
+                seed=seed,
+                anomaly_rate=anomaly_rate,
+                duration_s=duration_s or 10 * 86400,
+            )
+            _log.info(
+                "publishing %d simulated cars at 1 Hz to MQTT%s",
+                vehicles,
+                "" if duration_s else " (Ctrl-C stops)",
+            )
             sim = run_to_mqtt(
                 config,
                 target=MqttTarget(settings.host, settings.mqtt_port, None, None),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.harness import free_port
 from fleetstream import infra
 from models import DEFAULT_REGISTRY
 from models.registry import promote, save
@@ -53,3 +56,45 @@ def test_a_model_promoted_in_the_default_registry_reaches_the_demo(
         f.seek(start)
         processing_log = f.read().decode(errors="replace")
     assert "current model vdemo-test active" in processing_log, processing_log[-3000:]
+
+
+def test_sigterm_stops_the_demo_and_every_service_it_started(
+    brokers: infra.InfraSettings,
+) -> None:
+    # Also on a metrics port of its own: the demo waited for ingest's /healthz on 9464.
+    env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert demo.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any("publishing 2 simulated cars" in line for line in lines):
+        assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
+        lines.append(demo.stderr.readline())
+    pids = [int(m.group(1)) for m in re.finditer(r"started \(pid (\d+)", "".join(lines))]
+    assert len(pids) == 3, "".join(lines)  # ingest, processing, dashboard
+    demo.send_signal(signal.SIGTERM)
+    _, rest = demo.communicate(timeout=120)
+    assert demo.returncode == 0, "".join(lines) + rest
+    alive = [pid for pid in pids if _alive(pid)]
+    assert alive == [], "".join(lines) + rest
+    # Each stopped on its SIGTERM. Processing may still be importing (then the signal's
+    # default action ends it: -15); it must not be killed 30 s later with code 70, as it
+    # was when the signal came before Quix's run loop had started.
+    for name in ("ingest", "dashboard"):
+        assert f"{name} stopped (exit 0)" in rest, "".join(lines) + rest
+    assert re.search(r"processing stopped \(exit (0|-15)\)", rest), "".join(lines) + rest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited: it only waits for its parent (gone) to be reaped by init.
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
