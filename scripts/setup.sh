@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything `make demo` / `make test` need on a bare Debian machine with Java 17 + Maven:
-# Mosquitto, Chromium, docker-compose + promtool (apt, when missing), uv, the locked
+# Everything `make demo` / `make test` need on a bare Debian machine: Mosquitto, Java 17,
+# Maven, Chromium, docker-compose + promtool (apt, when missing), uv, the locked
 # virtualenv, the Kafka jars.
 set -euo pipefail
 cd "$(dirname "$0")/.."

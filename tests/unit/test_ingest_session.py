@@ -16,7 +16,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest._paho import guard_write_registration, watch_session_present
 from ingest._rules import load_rules
-from ingest._service import IngestService
+from ingest._service import IngestService, next_reconnect_delay
 from ingest._settings import IngestSettings
 
 pytestmark = pytest.mark.unit
@@ -87,3 +87,12 @@ def test_write_registration_is_skipped_for_a_socket_closed_meanwhile() -> None:
     registered, errors = asyncio.run(scenario())
     assert registered
     assert errors == []
+
+
+def test_reconnect_waits_double_with_jitter_and_never_exceed_the_cap() -> None:
+    delays = [0.5]
+    for _ in range(40):
+        delays.append(next_reconnect_delay(delays[-1], 30.0))
+    assert all(d <= 30.0 for d in delays)
+    assert max(delays) > 24.0  # it does reach the cap's neighbourhood
+    assert 0.8 <= delays[1] <= 1.0  # 0.5 doubled, at most 20 % shorter
