@@ -44,6 +44,24 @@ class ManagedProcess:
             return None
         return pid if self.marker in cmdline else None
 
+    def resume_if_stopped(self) -> bool:
+        """Send SIGCONT if the process is stopped (``SIGSTOP``, as a fault test leaves it).
+
+        A frozen broker holds its port but never answers: ``up`` waited out its whole
+        start timeout and then killed it.
+
+        Returns:
+            True if it was stopped and has been resumed.
+        """
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+                os.kill(pid, signal.SIGCONT)
+                return True
+        return False
+
     def rss_mb(self) -> float | None:
         """Resident memory of the running process in MiB, or None if it is not running."""
         pid = self.pid()

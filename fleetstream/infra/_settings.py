@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KAFKA_VERSION = "4.1.1"
@@ -55,6 +55,19 @@ class InfraSettings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=lambda: _default_dir(".cache", "XDG_CACHE_HOME", ".cache")
     )
+
+    @field_validator("host")
+    @classmethod
+    def _routable_host(cls, value: str) -> str:
+        # Kafka also advertises this address to its clients, who cannot connect to it.
+        if value in {"0.0.0.0", "::", ""}:  # noqa: S104 - refused here, not bound
+            msg = (
+                f"FLEETSTREAM_HOST={value!r}: the brokers listen on this address and Kafka "
+                "tells its clients to connect to it, so it must be an address of this "
+                "machine that clients can reach (e.g. 127.0.0.1 or the machine's IP)"
+            )
+            raise ValueError(msg)
+        return value
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fleetstream.infra import _kafka, _mosquitto
@@ -52,18 +55,39 @@ def up(settings: InfraSettings | None = None) -> StartReport:
         InfraError: A broker could not be started.
     """
     settings = settings or InfraSettings()
-    mosquitto_s = _mosquitto.start(settings)
-    kafka_s = _kafka.start(settings)
+    with _exclusive(settings):
+        for proc in (_mosquitto.process(settings), _kafka.process(settings)):
+            if proc.resume_if_stopped():
+                _log.warning("%s was frozen (SIGSTOP); resumed it with SIGCONT", proc.name)
+        mosquitto_s = _mosquitto.start(settings)
+        kafka_s = _kafka.start(settings)
     return StartReport(kafka_s=kafka_s, mosquitto_s=mosquitto_s)
+
+
+@contextlib.contextmanager
+def _exclusive(settings: InfraSettings) -> Iterator[None]:
+    """Hold the run folder's lock: one ``up`` or ``down`` at a time per run folder.
+
+    Two ``up`` at once both started a broker; the loser died on the busy port after
+    overwriting the winner's pid file, and ``down`` then could not stop the winner.
+    """
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.run_dir / "infra.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def down(settings: InfraSettings | None = None) -> list[str]:
     """Stop the brokers fleetstream started; returns the names of those it stopped."""
     settings = settings or InfraSettings()
     stopped = []
-    for proc in (_kafka.process(settings), _mosquitto.process(settings)):
-        if proc.stop():
-            stopped.append(proc.name)
+    with _exclusive(settings):
+        for proc in (_kafka.process(settings), _mosquitto.process(settings)):
+            if proc.stop():
+                stopped.append(proc.name)
     return stopped
 
 

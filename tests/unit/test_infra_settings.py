@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 
+import psutil
 import pytest
 
-from fleetstream.infra import InfraSettings, ServiceStatus
+from fleetstream.infra import InfraSettings, ServiceStatus, _kafka, _mosquitto, _stack
+from fleetstream.infra._process import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +82,50 @@ def test_checkout_keeps_run_and_cache_inside_it(monkeypatch: pytest.MonkeyPatch)
     root = Path(__file__).resolve().parents[2]
     assert settings.run_dir == root / ".run"
     assert settings.cache_dir == root / ".cache"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])  # noqa: S104 - refused, not bound
+def test_a_non_routable_host_is_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    # Kafka refused to start: it advertises the same address to its clients.
+    monkeypatch.setenv("FLEETSTREAM_HOST", host)
+    with pytest.raises(ValueError, match="clients can reach"):
+        InfraSettings()
+
+
+def test_up_and_down_take_turns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Two `infra up` at once both started a broker and lost track of one of them.
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def start(_settings: InfraSettings) -> float:
+        inside.append(1)
+        if len(inside) > 1:
+            overlaps.append(len(inside))
+        time.sleep(0.2)
+        inside.pop()
+        return 0.0
+
+    monkeypatch.setattr(_mosquitto, "start", start)
+    monkeypatch.setattr(_kafka, "start", start)
+    settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    threads = [threading.Thread(target=_stack.up, args=(settings,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+
+
+def test_a_frozen_broker_is_resumed(tmp_path: Path) -> None:
+    proc = ManagedProcess("sleeper", tmp_path / "sleeper.pid", "sleep")
+    pid = proc.start(["sleep", "30"], tmp_path / "sleeper.out")
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 5)
+        assert proc.resume_if_stopped()
+        assert wait_until(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED, 5)
+        assert not proc.resume_if_stopped()
+    finally:
+        proc.stop(timeout_s=5)
