@@ -87,7 +87,7 @@ timestamp = "ts:ms"
 
 [[mqtt_to_kafka]]
 name = "tesla"
-mqtt = "{prefix}/tesla/+"
+mqtt = "{prefix}/mqttx/tesla/+"
 {share}adapter = "tesla"
 topic = "{prefix}-vehicles"
 key = "{{vehicle_id}}"
@@ -134,7 +134,8 @@ def default_rules(
     for old, new in (
         ("fleet/+/telemetry", f"{prefix}/+/telemetry"),
         ('"vehicle-telemetry"', f'"{telemetry_topic}"'),
-        ("mqttx/simulate/tesla/+", f"{prefix}/tesla/+"),
+        # Not "{prefix}/tesla/+": that overlaps "{prefix}/+/telemetry", the packaged ones do not.
+        ("mqttx/simulate/tesla/+", f"{prefix}/mqttx/tesla/+"),
         ('"my-vehicles"', f'"{prefix}-vehicles"'),
         ('"vehicle-commands"', f'"{prefix}-commands"'),
         ("fleet/{key}/commands", f"{prefix}/{{key}}/commands"),

@@ -45,7 +45,14 @@ STREAM = [
     _publish("f/\u00e9/t", b"\xff\xfe", 1, 7, UserProperty=[("k", "v"), ("a", "b")]),
     _publish("big", bytes(range(256)) * 80, 1, 9, ContentType="application/json"),
     _publish("fleet/car-4/telemetry", b"{}", 1, 2),
+    # Overlapping rule filters: ingest subscribes with identifiers (a fast path decodes
+    # one alone; with other properties paho's decoder does).
+    _publish("fleet/car-5/telemetry", b"{}", 1, 3, SubscriptionIdentifier=2_097_151),
+    _publish(
+        "fleet/car-6/telemetry", b"{}", 0, 0, SubscriptionIdentifier=5, UserProperty=[("k", "v")]
+    ),
 ]
+MESSAGES = len(STREAM) - 1  # all but the PINGRESP
 
 
 def _client() -> tuple[mqtt.Client, socket.socket]:
@@ -75,7 +82,7 @@ def _paho_decodes(stream: bytes) -> list[Seen]:
     client.manual_ack_set(True)
     client.on_message = on_message
     peer.sendall(stream)
-    while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS and len(seen) < 6:
+    while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS and len(seen) < MESSAGES:
         pass
     peer.close()
     return seen
@@ -102,7 +109,8 @@ def test_reader_decodes_like_paho_in_one_read() -> None:
     stream = b"".join(STREAM)
     seen, client = _reader_decodes(iter([stream]))
     assert seen == _paho_decodes(stream)
-    assert len(seen) == 6
+    assert len(seen) == MESSAGES
+    assert seen[6][5] == "[SubscriptionIdentifier : [2097151]]"
     assert seen[3][0] == "f/\u00e9/t"
     assert seen[3][5] is not None and "UserProperty" in seen[3][5]
     # The PINGRESP between the publishes went to paho's own handler.
