@@ -197,7 +197,12 @@ def simulate(
     ),
     fmt: str = typer.Option("v1", "--format", help="Payload format: v1 or tesla."),
     mqtt_url: str | None = typer.Option(
-        None, "--mqtt", help="Publish in real time to mqtt://[user:pass@]host:port."
+        None,
+        "--mqtt",
+        help=(
+            "Publish in real time to mqtt://[user:pass@]host:port; without a user in it, "
+            "FLEETSTREAM_MQTT_USERNAME/FLEETSTREAM_MQTT_PASSWORD are used."
+        ),
     ),
     output: Path | None = typer.Option(
         None, "--output", help="Write JSON lines as fast as possible to this file."
@@ -211,16 +216,23 @@ def simulate(
         None, "--start-time", help="ISO time of the first message (--output; default 2026-01-01Z)."
     ),
 ) -> None:
-    """Simulate EV and combustion cars with labelled anomalies, to a file or to MQTT."""
+    """Simulate EV and combustion cars with labelled anomalies, to a file or to MQTT.
+
+    Credentials for --mqtt: in the URL (percent-encoded), or, when the URL has no user,
+    from FLEETSTREAM_MQTT_USERNAME and FLEETSTREAM_MQTT_PASSWORD (not shown by ps).
+    """
     from simulator import (
         FleetConfig,
         Format,
         MqttTarget,
         SimulatorError,
+        check_output,
+        check_topic,
         default_topic,
         run_to_file,
         run_to_mqtt,
     )
+    from telemetry.settings import MqttConnectionSettings
 
     if (mqtt_url is None) == (output is None):
         msg = "give exactly one of --mqtt or --output"
@@ -241,15 +253,26 @@ def simulate(
         id_width=11 if form is Format.TESLA else 5,
     )
     if start_time is not None:
-        parsed = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        config = replace(config, start_ms=int(parsed.timestamp() * 1000))
+        config = replace(config, start_ms=_start_ms(start_time))
+    # Everything that can be wrong with the options is found before the run starts.
+    target = None
+    with _usage_error("--output"):
+        check_output(output, "file")
+    with _usage_error("--labels"):
+        check_output(labels, "file")
+    if mqtt_url is not None:
+        with _usage_error("--topic"):
+            check_topic(topic or default_topic(form), config)
+        with _checked_settings("MQTT settings"):
+            mqtt = MqttConnectionSettings()
+        secret = mqtt.mqtt_password.get_secret_value() if mqtt.mqtt_password else None
+        with _usage_error("--mqtt"):
+            target = MqttTarget.parse(mqtt_url, mqtt.mqtt_username, secret)
     try:
         if output is not None:
             report = run_to_file(config, output, form, labels)
         else:
-            target = MqttTarget.parse(mqtt_url or "")
+            assert target is not None  # noqa: S101 - set above whenever --mqtt was given
             report = run_to_mqtt(
                 config,
                 target=target,
@@ -266,6 +289,35 @@ def simulate(
         f"({report.achieved_rate:,.0f} msg/s; real-time target {report.target_rate:,.0f} msg/s), "
         f"{report.labels} anomaly labels"
     )
+
+
+@contextlib.contextmanager
+def _usage_error(option: str) -> Iterator[None]:
+    """Turn a FleetstreamError raised by a check of ``option`` into a usage error (exit 2).
+
+    Raises:
+        typer.BadParameter: The check failed.
+    """
+    try:
+        yield
+    except FleetstreamError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
+def _start_ms(text: str) -> int:
+    """``--start-time`` as epoch milliseconds (no zone = UTC).
+
+    Raises:
+        typer.BadParameter: Not an ISO 8601 time.
+    """
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"not an ISO 8601 time such as 2026-01-01T08:00:00Z: {text!r}"
+        raise typer.BadParameter(msg, param_hint="'--start-time'") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
 
 
 @app.command("ingest")
