@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -273,17 +274,22 @@ def simulate(
             report = run_to_file(config, output, form, labels)
         else:
             assert target is not None  # noqa: S101 - set above whenever --mqtt was given
-            report = run_to_mqtt(
-                config,
-                target=target,
-                fmt=form,
-                topic=topic or default_topic(form),
-                qos=qos,
-                labels=labels,
-            )
+            with _terminate_as_interrupt():
+                report = run_to_mqtt(
+                    config,
+                    target=target,
+                    fmt=form,
+                    topic=topic or default_topic(form),
+                    qos=qos,
+                    labels=labels,
+                )
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        where = f"; labels of the published part in {labels}" if labels is not None else ""
+        typer.echo(f"interrupted{where}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(
         f"simulated {report.messages} messages in {report.seconds:.1f} s "
         f"({report.achieved_rate:,.0f} msg/s; real-time target {report.target_rate:,.0f} msg/s), "
@@ -318,6 +324,24 @@ def _start_ms(text: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so clean-up code runs as on Ctrl-C."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("ingest")

@@ -225,6 +225,10 @@ def run_to_mqtt(
 ) -> RunReport:
     """Publish in real time: each car at ``rate_hz``, spread evenly over each period.
 
+    The labels are written however the run ends: on Ctrl-C, SIGTERM (when the caller
+    turns it into an exception) or a lost broker, they cover the time that was published
+    and the exception is re-raised afterwards.
+
     Raises:
         SimulatorError: The topic or labels file is unusable (before connecting), or
             the broker cannot be reached or the connection is lost.
@@ -251,36 +255,56 @@ def run_to_mqtt(
     start_ms = time.time_ns() // 1_000_000
     fleet.anchor(start_ms)
     last_report, last_count, sent = began, 0, 0
+    published_ts: int | None = None  # event time of the newest message sent
+    finished = False
     try:
-        for tick in range(ticks):
-            records = fleet.tick()
-            step = math.ceil(len(records) / slices_per_tick) or 1
-            for k in range(0, len(records), step):
-                # Encoded before its time comes, so the slice leaves on time.
-                batch = [(topic.format(**r), render(r, fmt)) for r in records[k : k + step]]
-                due = began + tick * period + (k / max(len(records), 1)) * period
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                publisher.publish(batch)
-                sent += len(batch)
-            now = time.monotonic()
-            if now - last_report >= report_every_s:
-                rate = (sent - last_count) / (now - last_report)
-                _log.info(
-                    "published %d messages, %.0f msg/s (target %.0f)", sent, rate, target_rate
-                )
-                last_report, last_count = now, sent
-        # The last tick's period belongs to the run too.
-        remaining = began + ticks * period - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-        if qos > 0:
-            publisher.wait_acked(sent, timeout_s=30.0)
+        try:
+            for tick in range(ticks):
+                records = fleet.tick()
+                step = math.ceil(len(records) / slices_per_tick) or 1
+                for k in range(0, len(records), step):
+                    chunk = records[k : k + step]
+                    # Encoded before its time comes, so the slice leaves on time.
+                    batch = [(topic.format(**r), render(r, fmt)) for r in chunk]
+                    due = began + tick * period + (k / max(len(records), 1)) * period
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    publisher.publish(batch)
+                    sent += len(batch)
+                    published_ts = max(published_ts or 0, *(r["ts"] for r in chunk))
+                now = time.monotonic()
+                if now - last_report >= report_every_s:
+                    rate = (sent - last_count) / (now - last_report)
+                    _log.info(
+                        "published %d messages, %.0f msg/s (target %.0f)", sent, rate, target_rate
+                    )
+                    last_report, last_count = now, sent
+            # The last tick's period belongs to the run too.
+            remaining = began + ticks * period - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+            if qos > 0:
+                publisher.wait_acked(sent, timeout_s=30.0)
+            finished = True
+        finally:
+            publisher.close()
     finally:
-        publisher.close()
-    elapsed = time.monotonic() - began
-    written = _write_labels(fleet, labels, until_ms=start_ms + round(elapsed * 1000))
+        # Also when interrupted: the labels of what was published, then the exception.
+        elapsed = time.monotonic() - began
+        if finished:
+            until_ms = start_ms + round(elapsed * 1000)
+        else:
+            until_ms = start_ms if published_ts is None else published_ts + 1
+        written = _write_labels(fleet, labels, until_ms=until_ms)
+        if not finished:
+            _log.warning(
+                "run stopped early: %d messages in %.1f s, %d anomaly labels%s",
+                sent,
+                elapsed,
+                written,
+                f" written to {labels}" if labels is not None else "",
+            )
     report = RunReport(sent, elapsed, target_rate, written)
     if qos > 0 and publisher.acked < sent:
         _log.warning("only %d of %d QoS 1 messages were acknowledged", publisher.acked, sent)

@@ -1,15 +1,19 @@
-"""`fleetstream simulate`: credentials and option checks before the run."""
+"""`fleetstream simulate`: credentials, option checks before the run, labels of cut-short runs."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner, Result
 
+from fleetstream import cli
 from fleetstream.cli import app
-from simulator import FleetConfig, MqttTarget, SimulatorError, _run
+from simulator import Fleet, FleetConfig, Format, MqttTarget, SimulatorError, _run
 
 pytestmark = pytest.mark.unit
 
@@ -106,3 +110,72 @@ def test_files_in_missing_folders_are_refused_before_the_run(
     assert f"Invalid value for '{option}'" in result.output
     assert "does not exist" in result.output
     assert targets == []
+
+
+class _StubPublisher:
+    """Takes ``fail_after`` batches, then raises ``error`` (Ctrl-C, lost broker)."""
+
+    published: list[bytes]
+    fail_after = 0
+    error: BaseException = KeyboardInterrupt()
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        self.acked = 0
+        self.not_success: dict[int, int] = {}
+        _StubPublisher.published = []
+
+    def publish(self, batch: list[tuple[str, bytes]]) -> None:
+        if len(self.published) >= self.fail_after:
+            raise self.error
+        self.published.extend(payload for _, payload in batch)
+
+    def wait_acked(self, count: int, timeout_s: float) -> None:
+        self.acked = count
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "error", [KeyboardInterrupt(), SimulatorError("the MQTT broker closed the connection")]
+)
+def test_interrupted_run_still_writes_the_labels_of_what_was_published(
+    error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleets: list[Fleet] = []
+
+    class RecordedFleet(Fleet):
+        def __init__(self, config: FleetConfig) -> None:
+            super().__init__(config)
+            fleets.append(self)
+
+    monkeypatch.setattr(_run, "LeanPublisher", _StubPublisher)
+    monkeypatch.setattr(_run, "Fleet", RecordedFleet)
+    monkeypatch.setattr("simulator._run.time.sleep", lambda _s: None)  # as fast as possible
+    _StubPublisher.fail_after = 5 * 3600  # one simulated hour of 5 cars at 1 Hz
+    _StubPublisher.error = error
+    labels = tmp_path / "labels.jsonl"
+    config = FleetConfig(vehicles=5, duration_s=4 * 3600, anomaly_rate=100.0, seed=7)
+    with pytest.raises(type(error)):
+        _run.run_to_mqtt(
+            config,
+            target=MqttTarget("broker", 1883, None, None),
+            fmt=Format.V1,
+            topic="fleet/{vehicle_id}/telemetry",
+            qos=1,
+            labels=labels,
+        )
+    last_ts = max(orjson.loads(p)["ts"] for p in _StubPublisher.published)
+    every = fleets[0].labels()
+    written = [orjson.loads(line) for line in labels.read_bytes().splitlines()]
+    assert written == [lab for lab in every if lab["start_ts"] <= last_ts]
+    assert written, "no label in the published hour: pick another seed"
+    assert len(written) < len(every), "no label after the published hour: pick another seed"
+
+
+def test_sigterm_during_the_run_interrupts_like_ctrl_c() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), cli._terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 1.0)  # the handler runs before this returns
+    assert signal.getsignal(signal.SIGTERM) is before
