@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+import signal
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from fleetstream import infra
 from models import DEFAULT_REGISTRY
 
 if TYPE_CHECKING:
     import bench
+from telemetry.errors import FleetstreamError
 from telemetry.logs import configure_logging
+from telemetry.settings import ENV_PREFIX
 
 app = typer.Typer(
     name="fleetstream",
@@ -36,13 +45,65 @@ def _root(
         "INFO", "--log-level", envvar="FLEETSTREAM_LOG_LEVEL", help="Logging level."
     ),
 ) -> None:
-    configure_logging(log_level)
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _settings_problems(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per invalid setting: its variable and what is wrong, never its value."""
+    if isinstance(exc, SettingsError):
+        # pydantic-settings: 'error parsing value for field "kafka_config" from source ...'
+        found = re.search(r'field "(\w+)"', str(exc))
+        where = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a setting"
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            return [f"{where}: not valid JSON ({cause.msg}, at character {cause.pos})"]
+        return [f"{where}: cannot be parsed"]
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = error["loc"]
+        where = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else exc.title
+        if len(loc) > 1:
+            where += "[" + ".".join(str(part) for part in loc[1:]) + "]"
+        lines.append(f"{where}: {error['msg']}")
+    return lines
+
+
+@contextlib.contextmanager
+def _checked_settings(what: str = "settings") -> Iterator[None]:
+    """Turn invalid settings read inside the block into a clear error and exit code 2.
+
+    The message lists each invalid setting with what is wrong; it never repeats the
+    values, which may be secrets (``sasl.password`` in ``FLEETSTREAM_KAFKA_CONFIG``).
+
+    Raises:
+        typer.Exit: A setting was invalid (code 2).
+    """
+    try:
+        yield
+    except (ValidationError, SettingsError) as exc:
+        _exit_invalid_settings(exc, what)
+
+
+def _exit_invalid_settings(exc: ValidationError | SettingsError, what: str) -> NoReturn:
+    """Print which settings are invalid and why (no values) and exit with code 2.
+
+    Raises:
+        typer.Exit: Always (code 2).
+    """
+    problems = "".join(f"\n  {line}" for line in _settings_problems(exc))
+    typer.echo(f"error: invalid {what}:{problems}", err=True)
+    raise typer.Exit(2) from None
 
 
 @infra_app.command("up")
 def infra_up() -> None:
     """Start Kafka and Mosquitto (no-op for a broker already running) and wait until healthy."""
-    settings = infra.InfraSettings()
+    with _checked_settings():
+        settings = infra.InfraSettings()
     try:
         report = infra.up(settings)
     except infra.InfraError as exc:
@@ -56,14 +117,18 @@ def infra_up() -> None:
 @infra_app.command("down")
 def infra_down() -> None:
     """Stop the brokers that `infra up` started (data is kept in the run folder)."""
-    stopped = infra.down()
+    with _checked_settings():
+        settings = infra.InfraSettings()
+    stopped = infra.down(settings)
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @infra_app.command("status")
 def infra_status() -> None:
     """Print ports, pids, memory and health of the local brokers; exit 1 if one is unhealthy."""
-    statuses = infra.status()
+    with _checked_settings():
+        settings = infra.InfraSettings()
+    statuses = infra.status(settings)
     _print_status(statuses)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
@@ -72,7 +137,8 @@ def infra_status() -> None:
 @infra_app.command("jars")
 def infra_jars() -> None:
     """Resolve the Kafka broker jars from Maven Central into the cache (done by `up` too)."""
-    settings = infra.InfraSettings()
+    with _checked_settings():
+        settings = infra.InfraSettings()
     try:
         infra.ensure_jars(settings)
     except infra.InfraError as exc:
@@ -81,11 +147,26 @@ def infra_jars() -> None:
     typer.echo(f"Kafka {infra.KAFKA_VERSION} jars in {settings.kafka_libs_dir}")
 
 
+def _positive(value: float | None) -> float | None:
+    """Refuse a number that is not above 0 (None passes: the option was not given).
+
+    Raises:
+        typer.BadParameter: The value is 0 or negative.
+    """
+    if value is not None and not value > 0:
+        msg = f"must be more than 0, not {value:g}"
+        raise typer.BadParameter(msg)
+    return value
+
+
 @app.command("demo")
 def demo(
     vehicles: int = typer.Option(50, "--vehicles", "-n", min=1, help="Simulated cars."),
     duration: float | None = typer.Option(
-        None, "--duration", help="Seconds; default: until Ctrl-C."
+        None,
+        "--duration",
+        callback=_positive,
+        help="Seconds (more than 0); default: until Ctrl-C.",
     ),
     anomaly_rate: float = typer.Option(
         6.0, "--anomaly-rate", help="Anomaly episodes per vehicle-day."
@@ -97,7 +178,10 @@ def demo(
 
     try:
         run_demo(vehicles, duration, anomaly_rate, seed)
-    except (infra.InfraError, RuntimeError) as exc:
+    except (ValidationError, SettingsError) as exc:
+        _exit_invalid_settings(exc, "settings")
+    except (FleetstreamError, RuntimeError) as exc:
+        # FleetstreamError: any package's own error, e.g. the simulator losing the broker.
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 
@@ -114,7 +198,12 @@ def simulate(
     ),
     fmt: str = typer.Option("v1", "--format", help="Payload format: v1 or tesla."),
     mqtt_url: str | None = typer.Option(
-        None, "--mqtt", help="Publish in real time to mqtt://[user:pass@]host:port."
+        None,
+        "--mqtt",
+        help=(
+            "Publish in real time to mqtt://[user:pass@]host:port; without a user in it, "
+            "FLEETSTREAM_MQTT_USERNAME/FLEETSTREAM_MQTT_PASSWORD are used."
+        ),
     ),
     output: Path | None = typer.Option(
         None, "--output", help="Write JSON lines as fast as possible to this file."
@@ -128,16 +217,23 @@ def simulate(
         None, "--start-time", help="ISO time of the first message (--output; default 2026-01-01Z)."
     ),
 ) -> None:
-    """Simulate EV and combustion cars with labelled anomalies, to a file or to MQTT."""
+    """Simulate EV and combustion cars with labelled anomalies, to a file or to MQTT.
+
+    Credentials for --mqtt: in the URL (percent-encoded), or, when the URL has no user,
+    from FLEETSTREAM_MQTT_USERNAME and FLEETSTREAM_MQTT_PASSWORD (not shown by ps).
+    """
     from simulator import (
         FleetConfig,
         Format,
         MqttTarget,
         SimulatorError,
+        check_output,
+        check_topic,
         default_topic,
         run_to_file,
         run_to_mqtt,
     )
+    from telemetry.settings import MqttConnectionSettings
 
     if (mqtt_url is None) == (output is None):
         msg = "give exactly one of --mqtt or --output"
@@ -158,31 +254,94 @@ def simulate(
         id_width=11 if form is Format.TESLA else 5,
     )
     if start_time is not None:
-        parsed = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        config = replace(config, start_ms=int(parsed.timestamp() * 1000))
+        config = replace(config, start_ms=_start_ms(start_time))
+    # Everything that can be wrong with the options is found before the run starts.
+    target = None
+    with _usage_error("--output"):
+        check_output(output, "file")
+    with _usage_error("--labels"):
+        check_output(labels, "file")
+    if mqtt_url is not None:
+        with _usage_error("--topic"):
+            check_topic(topic or default_topic(form), config)
+        with _checked_settings("MQTT settings"):
+            mqtt = MqttConnectionSettings()
+        secret = mqtt.mqtt_password.get_secret_value() if mqtt.mqtt_password else None
+        with _usage_error("--mqtt"):
+            target = MqttTarget.parse(mqtt_url, mqtt.mqtt_username, secret)
     try:
         if output is not None:
             report = run_to_file(config, output, form, labels)
         else:
-            target = MqttTarget.parse(mqtt_url or "")
-            report = run_to_mqtt(
-                config,
-                target=target,
-                fmt=form,
-                topic=topic or default_topic(form),
-                qos=qos,
-                labels=labels,
-            )
+            assert target is not None  # noqa: S101 - set above whenever --mqtt was given
+            with _terminate_as_interrupt():
+                report = run_to_mqtt(
+                    config,
+                    target=target,
+                    fmt=form,
+                    topic=topic or default_topic(form),
+                    qos=qos,
+                    labels=labels,
+                )
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        where = f"; labels of the published part in {labels}" if labels is not None else ""
+        typer.echo(f"interrupted{where}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(
         f"simulated {report.messages} messages in {report.seconds:.1f} s "
         f"({report.achieved_rate:,.0f} msg/s; real-time target {report.target_rate:,.0f} msg/s), "
         f"{report.labels} anomaly labels"
     )
+
+
+@contextlib.contextmanager
+def _usage_error(option: str) -> Iterator[None]:
+    """Turn a FleetstreamError raised by a check of ``option`` into a usage error (exit 2).
+
+    Raises:
+        typer.BadParameter: The check failed.
+    """
+    try:
+        yield
+    except FleetstreamError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
+def _start_ms(text: str) -> int:
+    """``--start-time`` as epoch milliseconds (no zone = UTC).
+
+    Raises:
+        typer.BadParameter: Not an ISO 8601 time.
+    """
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"not an ISO 8601 time such as 2026-01-01T08:00:00Z: {text!r}"
+        raise typer.BadParameter(msg, param_hint="'--start-time'") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so clean-up code runs as on Ctrl-C."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("ingest")
@@ -197,16 +356,16 @@ def ingest(
     ),
 ) -> None:
     """Bridge MQTT to Kafka (PUBACK after Kafka confirmed) and Kafka commands to MQTT."""
-    from pydantic import ValidationError
-
     import ingest as ingest_service
 
     if check:
+        # The same file the service would load: --rules, else the setting.
+        if rules is None:
+            with _checked_settings():
+                rules = ingest_service.IngestSettings().ingest_rules_file
         try:
-            # The same file the service would load: --rules, else the setting.
-            path = rules or ingest_service.IngestSettings().ingest_rules_file
-            ruleset = ingest_service.load_rules(path)
-        except (ingest_service.RulesError, ValidationError) as exc:
+            ruleset = ingest_service.load_rules(rules)
+        except ingest_service.RulesError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         typer.echo(f"rules: {ruleset.source}")
@@ -235,15 +394,10 @@ def _kafka_config(bootstrap: str) -> dict[str, Any]:
     Raises:
         typer.Exit: The Kafka settings are invalid (code 2).
     """
-    from pydantic import ValidationError
-
     from telemetry.settings import KafkaConnectionSettings
 
-    try:
+    with _checked_settings("Kafka settings"):
         settings = KafkaConnectionSettings()
-    except ValidationError as exc:
-        typer.echo(f"error: invalid Kafka settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
     return settings.kafka_client_config(**{"bootstrap.servers": bootstrap})
 
 
@@ -305,17 +459,13 @@ def archive(
     import signal
 
     from prometheus_client import start_http_server
-    from pydantic import ValidationError
 
     from models._settings import ArchiveSettings
     from models.archive import TABLES, archive_topics
     from models.metrics import ArchiveMetrics
 
-    try:
+    with _checked_settings():
         settings = ArchiveSettings()
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
     wanted = [t.strip() for t in tables.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(TABLES))
     if unknown or not wanted:

@@ -10,7 +10,16 @@ Use it from the command line (``fleetstream simulate``) or as a library::
 from simulator._anomalies import Episode, Kind, Label
 from simulator._fleet import Fleet, FleetConfig
 from simulator._formats import Format, default_topic, render, to_tesla
-from simulator._run import MqttTarget, RunReport, iter_records, run_to_file, run_to_mqtt
+from simulator._run import (
+    MqttTarget,
+    RunReport,
+    check_output,
+    check_topic,
+    iter_records,
+    redact_url,
+    run_to_file,
+    run_to_mqtt,
+)
 from simulator.errors import SimulatorError
 
 __all__ = [
@@ -23,8 +32,11 @@ __all__ = [
     "MqttTarget",
     "RunReport",
     "SimulatorError",
+    "check_output",
+    "check_topic",
     "default_topic",
     "iter_records",
+    "redact_url",
     "render",
     "run_to_file",
     "run_to_mqtt",

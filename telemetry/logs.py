@@ -6,6 +6,9 @@ import logging
 import os
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Spellings the logging module accepts too (WARN, FATAL, NOTSET).
+_ALIASES = ("WARN", "FATAL", "NOTSET")
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -13,8 +16,14 @@ def configure_logging(level: str | None = None) -> None:
 
     Args:
         level: A logging level name; defaults to ``$FLEETSTREAM_LOG_LEVEL`` or ``INFO``.
+
+    Raises:
+        ValueError: The level is not a logging level name (the message lists the valid ones).
     """
-    chosen = (level or os.environ.get("FLEETSTREAM_LOG_LEVEL") or "INFO").upper()
+    chosen = (level or os.environ.get("FLEETSTREAM_LOG_LEVEL") or "INFO").strip().upper()
+    if chosen not in LEVELS + _ALIASES:
+        msg = f"FLEETSTREAM_LOG_LEVEL must be one of {', '.join(LEVELS)}, not {chosen!r}"
+        raise ValueError(msg)
     logging.basicConfig(level=chosen, format=_FORMAT)
     # librdkafka and quixstreams are chatty at INFO; their warnings still show.
     for noisy in ("urllib3", "watchdog"):

@@ -48,6 +48,49 @@ def binary() -> str:
     return found
 
 
+def _write_password_file(passwd_tool: str, path: Path, username: str, password: str) -> None:
+    """Create the broker's password file with the hash of ``username``'s password.
+
+    The password reaches ``mosquitto_passwd`` on its standard input (as typed at its
+    prompt), never on a command line, where ``ps`` shows it, and never in plain text on
+    disk. (``mosquitto_passwd -U`` on a plain-text file is no alternative: it cuts the
+    password at its first ':'.)
+
+    Raises:
+        InfraError: The user name or password cannot be stored, or ``mosquitto_passwd``
+            failed; the message names neither the password nor the command.
+    """
+    if not username or ":" in username or any(c in username for c in "\r\n"):
+        msg = (
+            "FLEETSTREAM_MQTT_USERNAME must be non-empty and contain no ':' or line break "
+            "(Mosquitto's password file separates user and password with ':')"
+        )
+        raise InfraError(msg)
+    if not password or any(c in password for c in "\r\n"):
+        msg = "FLEETSTREAM_MQTT_PASSWORD must be non-empty and contain no line break"
+        raise InfraError(msg)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    try:
+        result = subprocess.run(
+            [passwd_tool, str(path), username],
+            input=f"{password}\n{password}\n",  # the prompt asks twice
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        msg = f"cannot run mosquitto_passwd to write the MQTT password file: {exc.strerror}"
+        raise InfraError(msg) from None
+    if result.returncode != 0:
+        why = result.stderr.strip().replace(password, "***") or "no message"
+        msg = (
+            f"mosquitto_passwd could not store the password of MQTT user {username!r} "
+            f"(exit {result.returncode}): {why}"
+        )
+        raise InfraError(msg)
+
+
 def _render(settings: InfraSettings) -> Path:
     root = mosquitto_dir(settings)
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -56,18 +99,11 @@ def _render(settings: InfraSettings) -> Path:
     if passwd_tool is None:
         msg = f"mosquitto_passwd is missing; install it with: {_INSTALL_HINT}"
         raise InfraError(msg)
-    password_file.unlink(missing_ok=True)
-    password_file.touch(mode=0o600)
-    subprocess.run(
-        [
-            passwd_tool,
-            "-b",
-            str(password_file),
-            settings.mqtt_username,
-            settings.mqtt_password.get_secret_value(),
-        ],
-        check=True,
-        capture_output=True,
+    _write_password_file(
+        passwd_tool,
+        password_file,
+        settings.mqtt_username,
+        settings.mqtt_password.get_secret_value(),
     )
     values = {
         "host": settings.host,

@@ -1,0 +1,110 @@
+"""Bad settings and options end the CLI with a clear message, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from fleetstream.cli import app
+from simulator import SimulatorError
+
+pytestmark = pytest.mark.unit
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_unknown_log_level_is_a_usage_error(tmp_path: Path) -> None:
+    result = _run(
+        "models", "list", "--registry", str(tmp_path), env={"FLEETSTREAM_LOG_LEVEL": "verbose"}
+    )
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["infra", "up"], ["infra", "down"], ["infra", "status"], ["infra", "jars"]]
+)
+def test_invalid_infra_settings_name_the_setting_not_its_value(command: list[str]) -> None:
+    result = _run(*command, env={"FLEETSTREAM_KAFKA_PORT": "abc", "FLEETSTREAM_MQTT_PORT": "0"})
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_KAFKA_PORT: Input should be a valid integer" in result.output
+    assert "FLEETSTREAM_MQTT_PORT: Input should be greater than or equal to 1" in result.output
+    assert "abc" not in result.output
+    assert "input_value" not in result.output
+
+
+def test_demo_with_invalid_infra_settings_is_a_usage_error() -> None:
+    result = _run("demo", "--duration", "5", env={"FLEETSTREAM_KAFKA_PORT": "abc"})
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_KAFKA_PORT: Input should be a valid integer" in result.output
+
+
+def test_demo_reports_any_fleetstream_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lost_broker(*_args: object) -> None:
+        msg = "the MQTT broker closed the connection"
+        raise SimulatorError(msg)
+
+    monkeypatch.setattr("fleetstream.demo.run_demo", lost_broker)
+    result = _run("demo", "--duration", "5")
+    assert result.exit_code == 1
+    assert "error: the MQTT broker closed the connection" in result.output
+
+
+@pytest.mark.parametrize("duration", ["0", "-3"])
+def test_demo_duration_must_be_positive(duration: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr("fleetstream.demo.run_demo", lambda *args: ran.append(args))
+    result = _run("demo", "--duration", duration)
+    assert result.exit_code == 2
+    assert "must be more than 0" in result.output
+    assert ran == []
+
+
+def test_demo_without_duration_runs_until_interrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[object, ...]] = []
+    monkeypatch.setattr("fleetstream.demo.run_demo", lambda *args: ran.append(args))
+    assert _run("demo").exit_code == 0
+    assert ran[0][1] is None
+
+
+def test_kafka_config_that_is_not_json_is_a_usage_error(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("")
+    result = _run(
+        "evaluate",
+        "--labels",
+        str(labels),
+        "--alerts-topic",
+        "vehicle-alerts",
+        env={"FLEETSTREAM_KAFKA_CONFIG": '{bad "sasl.password": "hunter2"'},
+    )
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_KAFKA_CONFIG: not valid JSON" in result.output
+    assert "hunter2" not in result.output
+
+
+def test_invalid_kafka_config_does_not_echo_its_values(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("")
+    result = _run(
+        "evaluate",
+        "--labels",
+        str(labels),
+        "--alerts-topic",
+        "vehicle-alerts",
+        env={"FLEETSTREAM_KAFKA_CONFIG": '{"sasl.password": ["hunter2"]}'},
+    )
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_KAFKA_CONFIG" in result.output
+    assert "'sasl.password'" in result.output  # which setting, not its value
+    assert "hunter2" not in result.output
+    assert "input_value" not in result.output
