@@ -180,7 +180,7 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
                 vehicles=vehicles,
                 seed=seed,
                 anomaly_rate=anomaly_rate,
-                duration_s=duration_s or 10 * 86400,
+                duration_s=10 * 86400 if duration_s is None else duration_s,
             )
             _log.info(
                 "publishing %d simulated cars at 1 Hz to MQTT%s",
