@@ -190,7 +190,13 @@ def demo(
 def simulate(
     vehicles: int = typer.Option(10, "--vehicles", "-n", min=1, help="Number of cars."),
     duration: float = typer.Option(60.0, "--duration", min=0.001, help="Simulated seconds."),
-    rate: float = typer.Option(1.0, "--rate", min=0.001, help="Messages per car per second."),
+    rate: float = typer.Option(
+        1.0,
+        "--rate",
+        min=0.001,
+        max=1000.0,
+        help="Messages per car per second (at most 1000: ts counts milliseconds).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same messages."),
     ev_share: float = typer.Option(0.6, "--ev-share", min=0.0, max=1.0, help="Fraction of EVs."),
     anomaly_rate: float = typer.Option(

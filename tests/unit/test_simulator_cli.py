@@ -179,3 +179,14 @@ def test_sigterm_during_the_run_interrupts_like_ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 1.0)  # the handler runs before this returns
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_rate_above_one_message_per_millisecond_is_a_usage_error(tmp_path: Path) -> None:
+    # ts counts milliseconds: at 2000 Hz consecutive messages of a car shared their ts.
+    result = _simulate("-n", "1", "--rate", "2000", "--output", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 2
+    assert "--rate" in result.output
+    ok = _simulate(
+        "-n", "1", "--rate", "1000", "--duration", "0.01", "--output", str(tmp_path / "ok.jsonl")
+    )
+    assert ok.exit_code == 0, ok.output
