@@ -30,7 +30,9 @@ def kafka_dir(settings: InfraSettings) -> Path:
 
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
-    return ManagedProcess("kafka", kafka_dir(settings) / "kafka.pid", "kafka.Kafka")
+    # Its config path, not just "kafka.Kafka": a recycled pid could be another Kafka.
+    root = kafka_dir(settings)
+    return ManagedProcess("kafka", root / "kafka.pid", str(root / "server.properties"))
 
 
 def jars_present(settings: InfraSettings) -> bool:

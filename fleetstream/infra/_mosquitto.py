@@ -36,7 +36,9 @@ def log_path(settings: InfraSettings) -> Path:
 
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
-    return ManagedProcess("mosquitto", mosquitto_dir(settings) / "mosquitto.pid", "mosquitto")
+    # Its config path, not just "mosquitto": a recycled pid could be a mosquitto_sub.
+    root = mosquitto_dir(settings)
+    return ManagedProcess("mosquitto", root / "mosquitto.pid", str(root / "mosquitto.conf"))
 
 
 def binary() -> str:

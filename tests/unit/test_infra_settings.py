@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from importlib import resources
@@ -129,3 +131,19 @@ def test_a_frozen_broker_is_resumed(tmp_path: Path) -> None:
         assert not proc.resume_if_stopped()
     finally:
         proc.stop(timeout_s=5)
+
+
+def test_a_recycled_pid_of_another_mosquitto_program_is_not_our_broker(tmp_path: Path) -> None:
+    settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    ours = _mosquitto.process(settings)
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "mosquitto_sub", "-t", "#"]
+    )
+    try:
+        ours.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        ours.pid_file.write_text(f"{other.pid}\n")
+        assert ours.pid() is None
+        assert _kafka.process(settings).marker.endswith("server.properties")
+    finally:
+        other.kill()
+        other.wait()
