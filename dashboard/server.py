@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from pydantic import ValidationError
-
 from dashboard.settings import DashboardSettings
-from telemetry.logs import configure_logging
+from telemetry.logs import configure_service_logging
+from telemetry.settings import load_settings
 
 _log = logging.getLogger("dashboard")
 APP_PATH: Final = Path(__file__).with_name("app.py")
@@ -44,11 +43,10 @@ def streamlit_argv(host: str, port: int) -> list[str]:
 
 def main(host: str | None = None, port: int | None = None) -> int:
     """Replace this process with the Streamlit server; returns 2 on invalid settings."""
-    configure_logging()
-    try:
-        settings = DashboardSettings()
-    except ValidationError as exc:
-        _log.error("invalid settings: %s", exc)
+    if not configure_service_logging():
+        return 2
+    settings = load_settings(DashboardSettings, _log)
+    if settings is None:
         return 2
     host = host or settings.dashboard_host
     port = port or settings.dashboard_port

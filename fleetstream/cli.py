@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,7 +21,7 @@ if TYPE_CHECKING:
     import bench
 from telemetry.errors import FleetstreamError
 from telemetry.logs import configure_logging
-from telemetry.settings import ENV_PREFIX
+from telemetry.settings import settings_problems
 
 app = typer.Typer(
     name="fleetstream",
@@ -52,26 +50,6 @@ def _root(
         raise typer.Exit(2) from None
 
 
-def _settings_problems(exc: ValidationError | SettingsError) -> list[str]:
-    """One line per invalid setting: its variable and what is wrong, never its value."""
-    if isinstance(exc, SettingsError):
-        # pydantic-settings: 'error parsing value for field "kafka_config" from source ...'
-        found = re.search(r'field "(\w+)"', str(exc))
-        where = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a setting"
-        cause = exc.__cause__
-        if isinstance(cause, json.JSONDecodeError):
-            return [f"{where}: not valid JSON ({cause.msg}, at character {cause.pos})"]
-        return [f"{where}: cannot be parsed"]
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = error["loc"]
-        where = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else exc.title
-        if len(loc) > 1:
-            where += "[" + ".".join(str(part) for part in loc[1:]) + "]"
-        lines.append(f"{where}: {error['msg']}")
-    return lines
-
-
 @contextlib.contextmanager
 def _checked_settings(what: str = "settings") -> Iterator[None]:
     """Turn invalid settings read inside the block into a clear error and exit code 2.
@@ -94,7 +72,7 @@ def _exit_invalid_settings(exc: ValidationError | SettingsError, what: str) -> N
     Raises:
         typer.Exit: Always (code 2).
     """
-    problems = "".join(f"\n  {line}" for line in _settings_problems(exc))
+    problems = "".join(f"\n  {line}" for line in settings_problems(exc))
     typer.echo(f"error: invalid {what}:{problems}", err=True)
     raise typer.Exit(2) from None
 

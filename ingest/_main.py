@@ -6,14 +6,13 @@ import asyncio
 import logging
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from ingest._rules import load_rules
 from ingest._service import IngestService
 from ingest._settings import IngestSettings
 from ingest.errors import FatalConnectError, RulesError
 from telemetry.gctune import tune_for_service
-from telemetry.logs import configure_logging
+from telemetry.logs import configure_service_logging
+from telemetry.settings import load_settings
 
 _log = logging.getLogger("ingest")
 
@@ -30,11 +29,10 @@ def main(rules_file: Path | None = None) -> int:
     Returns:
         Process exit code: 0 after a graceful stop, 2 for configuration or credential errors.
     """
-    configure_logging()
-    try:
-        settings = IngestSettings()
-    except ValidationError as exc:
-        _log.error("invalid settings: %s", exc)
+    if not configure_service_logging():
+        return EXIT_CONFIG
+    settings = load_settings(IngestSettings, _log)
+    if settings is None:
         return EXIT_CONFIG
     try:
         rules = load_rules(rules_file or settings.ingest_rules_file)

@@ -12,7 +12,6 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaException
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 
@@ -22,7 +21,8 @@ from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline
 from telemetry.gctune import tune_for_service
-from telemetry.logs import configure_logging
+from telemetry.logs import configure_service_logging
+from telemetry.settings import load_settings
 from telemetry.topics import create_missing_topics
 
 _log = logging.getLogger("processing")
@@ -190,11 +190,10 @@ def _stop_on_signals(app: Application, timeout_s: float) -> threading.Thread:
 
 def main() -> int:
     """Run processing until SIGTERM/SIGINT; returns the exit code."""
-    configure_logging()
-    try:
-        settings = ProcessingSettings()
-    except ValidationError as exc:
-        _log.error("invalid settings: %s", exc)
+    if not configure_service_logging():
+        return 2
+    settings = load_settings(ProcessingSettings, _log)
+    if settings is None:
         return 2
     try:
         claim = claim_instance(settings.processing_state_dir, settings.processing_instance_id)

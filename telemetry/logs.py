@@ -28,3 +28,21 @@ def configure_logging(level: str | None = None) -> None:
     # librdkafka and quixstreams are chatty at INFO; their warnings still show.
     for noisy in ("urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_service_logging() -> bool:
+    """:func:`configure_logging` for a service's ``main()``.
+
+    Returns:
+        False, after logging why at the default level, when ``FLEETSTREAM_LOG_LEVEL`` is
+        invalid: the service then exits with code 2 instead of a traceback.
+    """
+    try:
+        configure_logging()
+    except ValueError as exc:
+        why = str(exc)
+    else:
+        return True
+    configure_logging("INFO")
+    logging.getLogger("fleetstream").error("%s", why)
+    return False

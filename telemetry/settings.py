@@ -7,11 +7,14 @@ the connection fields it needs from here, so ``FLEETSTREAM_KAFKA_BOOTSTRAP_SERVE
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "FLEETSTREAM_"
 
@@ -79,3 +82,41 @@ class MqttConnectionSettings(BaseSettings):
     mqtt_key_file: Path | None = None
     mqtt_tls_insecure: bool = False
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+
+
+def settings_problems(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per invalid setting: its variable and what is wrong, never its value.
+
+    pydantic's own message repeats the input, which may be a secret (``sasl.password``
+    in ``FLEETSTREAM_KAFKA_CONFIG``): every service logs this instead.
+    """
+    if isinstance(exc, SettingsError):
+        # pydantic-settings: 'error parsing value for field "kafka_config" from source ...'
+        found = re.search(r'field "(\w+)"', str(exc))
+        where = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a setting"
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            return [f"{where}: not valid JSON ({cause.msg}, at character {cause.pos})"]
+        return [f"{where}: cannot be parsed"]
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = error["loc"]
+        where = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else exc.title
+        if len(loc) > 1:
+            where += "[" + ".".join(str(part) for part in loc[1:]) + "]"
+        lines.append(f"{where}: {error['msg']}")
+    return lines
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def load_settings(cls: type[_S], log: logging.Logger) -> _S | None:
+    """A service's settings, or None after logging each invalid one (never its value)."""
+    try:
+        return cls()
+    except (ValidationError, SettingsError) as exc:
+        problems = settings_problems(exc)
+    # Outside the handler: a logged traceback would repeat the values.
+    log.error("invalid settings:%s", "".join(f"\n  {line}" for line in problems))
+    return None
