@@ -16,6 +16,7 @@ import pandas as pd
 import pydeck as pdk
 import streamlit as st
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from dashboard import kpis
 from dashboard.errors import FeedbackError
@@ -24,6 +25,7 @@ from dashboard.runtime import Runtime, start_runtime
 from dashboard.view import AlertEntry, CarHistory, FleetSnapshot
 from telemetry.feedback import Verdict
 from telemetry.logs import configure_logging
+from telemetry.settings import settings_problems
 
 _log = logging.getLogger("dashboard")
 
@@ -63,10 +65,12 @@ def main() -> None:
     st.set_page_config(page_title="fleetstream", layout="wide")
     try:
         runtime = current_runtime()
-    except ValidationError as exc:
-        # A wrong FLEETSTREAM_DASHBOARD_* variable: say which, not a traceback.
-        _log.error("invalid settings: %s", exc)
-        st.error(f"Invalid dashboard settings:\n\n{exc}")
+    except (ValidationError, SettingsError) as exc:
+        # A wrong variable: say which, not a traceback, and never its value (the page is
+        # seen by every operator; FLEETSTREAM_KAFKA_CONFIG may hold a password).
+        problems = settings_problems(exc)
+        _log.error("invalid settings: %s", "; ".join(problems))
+        st.error("Invalid dashboard settings:\n\n" + "\n".join(f"- {p}" for p in problems))
         st.stop()
     st.sidebar.title("fleetstream")
     page = st.sidebar.radio("Page", PAGES, key="page")

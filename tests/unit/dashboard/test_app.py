@@ -167,4 +167,17 @@ def test_invalid_settings_are_reported_on_the_page(monkeypatch: pytest.MonkeyPat
     at.run()
     assert not at.exception
     assert len(at.error) == 1
-    assert "dashboard_refresh_s" in at.error[0].value
+    assert "FLEETSTREAM_DASHBOARD_REFRESH_S" in at.error[0].value
+
+
+def test_invalid_settings_on_the_page_never_show_their_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every operator sees the page: pydantic's message showed the input, here a password.
+    monkeypatch.setenv("FLEETSTREAM_KAFKA_CONFIG", '{"sasl.password": ["hunter2"]}')
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "FLEETSTREAM_KAFKA_CONFIG" in at.error[0].value
+    assert "hunter2" not in at.error[0].value
