@@ -124,7 +124,7 @@ class IngestService:
         # The broker sends one copy of a message per subscription it matches: with
         # overlapping filters, each copy names its subscription by identifier and goes
         # to that subscription's rules only. Off otherwise, since an identifier makes
-        # every PUBLISH carry properties (~7 us each to decode).
+        # every PUBLISH carry properties (~2 us each to decode, see _paho._fast_properties).
         overlaps = rules.overlapping_subscriptions()
         self._sub_ids: dict[str, int] = {}
         if overlaps:

@@ -52,6 +52,14 @@ STREAM = [
         "fleet/car-6/telemetry", b"{}", 0, 0, SubscriptionIdentifier=5, UserProperty=[("k", "v")]
     ),
 ]
+# User properties alone (empty strings too) take the fast path; with another property,
+# paho's decoder.
+STREAM += [
+    _publish(
+        "fleet/car-7/telemetry", b"{}", 1, 4, UserProperty=[("r\u00e9gion", "\u00e9"), ("", "")]
+    ),
+    _publish("fleet/car-8/telemetry", b"{}", 1, 5, UserProperty=[("k", "v")], ContentType="x"),
+]
 MESSAGES = len(STREAM) - 1  # all but the PINGRESP
 
 
