@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -189,3 +189,45 @@ def test_properties_running_past_the_packet_are_still_a_protocol_error() -> None
     peer.sendall(b"\x32\x08\x00\x01a\x00\x01\x64\x01\x01")
     assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
     peer.close()
+
+
+# Characters paho refuses (U+0000, U+FEFF) often enough to matter, among any others.
+_TEXT = st.text(st.one_of(st.sampled_from("a\x00\ufeff\u00e9"), st.characters()), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_TEXT, _TEXT), max_size=4),
+    st.lists(st.integers(1, 268_435_455), max_size=2),
+)
+# Hypothesis rarely draws U+FEFF: the cases paho refuses, always.
+@example([("\ufeffk", "v")], [])
+@example([("k", "v"), ("\u00e9", "x\ufeff")], [7])
+@example([("k", "\x00")], [])
+@example([("", "")], [1, 268_435_455])
+def test_user_properties_and_subscription_ids_decode_as_paho_decodes_them(
+    user: list[tuple[str, str]], ids: list[int]
+) -> None:
+    # Any text hypothesis makes: surrogates, U+0000 and U+FEFF included (paho refuses
+    # those; the fast path must leave them to paho and its error).
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    block = b""
+    for name, value in user:
+        try:
+            encoded = [part.encode("utf-8") for part in (name, value)]
+        except UnicodeEncodeError:  # a lone surrogate: send its bytes anyway
+            encoded = [part.encode("utf-8", "surrogatepass") for part in (name, value)]
+        block += b"\x26" + b"".join(struct.pack("!H", len(p)) + p for p in encoded)
+    for sub_id in ids:
+        block += b"\x0b" + encode_length(sub_id)
+    stream = _publish("t", b"{}", 1, 1)[:1]  # header byte of a QoS 1 PUBLISH
+    body = struct.pack("!H", 1) + b"t" + struct.pack("!H", 1)
+    body += encode_length(len(block)) + block + b"{}"
+    stream += encode_length(len(body)) + body
+    seen, _ = _reader_decodes(iter([stream]))
+    try:
+        props.unpack(encode_length(len(block)) + block)  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - whatever paho raises, the reader must flag it
+        assert seen[0][5] == "[]"  # UndecodableProperties
+        return
+    assert seen[0][5] == (str(props) if block else None)
