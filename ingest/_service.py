@@ -504,7 +504,8 @@ class IngestService:
         """Drop a QoS 0 message: the Kafka backlog is full (counted, logged every 5 s).
 
         Waiting for room instead blocked the event loop for as long as Kafka was away:
-        no PINGREQ (the broker then ended the connection), no QoS 1 acknowledgements.
+        no message read, no QoS 1 acknowledgement and no PINGREQ (the broker would end
+        the connection after 1.5x the keepalive).
         """
         for rule, _out in work:
             self._received[rule.name] += 1
