@@ -161,23 +161,21 @@ def test_filters_and_car_choice_survive_new_cars_arriving(small: Recording) -> N
     assert [m.value for m in at.metric][:2] == ["ICE", "refueling"]
 
 
-def test_invalid_settings_are_reported_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEETSTREAM_DASHBOARD_REFRESH_S", "0.1")
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    at.run()
-    assert not at.exception
-    assert len(at.error) == 1
-    assert "FLEETSTREAM_DASHBOARD_REFRESH_S" in at.error[0].value
-
-
-def test_invalid_settings_on_the_page_never_show_their_values(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FLEETSTREAM_DASHBOARD_REFRESH_S", "0.1"),
+        # Every operator sees the page: pydantic's message showed the input, a password.
+        ("FLEETSTREAM_KAFKA_CONFIG", '{"sasl.password": ["hunter2"]}'),
+    ],
+)
+def test_invalid_settings_are_reported_on_the_page_by_name_only(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    # Every operator sees the page: pydantic's message showed the input, here a password.
-    monkeypatch.setenv("FLEETSTREAM_KAFKA_CONFIG", '{"sasl.password": ["hunter2"]}')
+    monkeypatch.setenv(name, value)
     at = AppTest.from_file(str(APP), default_timeout=30)
     at.run()
     assert not at.exception
     assert len(at.error) == 1
-    assert "FLEETSTREAM_KAFKA_CONFIG" in at.error[0].value
+    assert name in at.error[0].value
     assert "hunter2" not in at.error[0].value
