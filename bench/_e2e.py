@@ -351,6 +351,7 @@ def run_e2e(
          "processing_guarantee": tuning.processing_guarantee,
          "processing_commit_interval_s": tuning.processing_commit_interval_s,
          "processing_stats_spread_s": tuning.processing_stats_spread_s,
+         "processing_linger_ms": tuning.linger_ms(),
          "processing_window_s": tuning.processing_window_s,
          "processing_grace_s": tuning.processing_grace_s},
     )  # fmt: skip

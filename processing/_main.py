@@ -51,6 +51,7 @@ def client_configs(settings: ProcessingSettings, instance_id: str | None) -> Cli
     broker_address = str(connection.pop("bootstrap.servers"))
     consumer = connection
     producer = dict(connection)
+    producer["linger.ms"] = settings.linger_ms()
     if instance_id is not None:
         if settings.processing_guarantee == "exactly-once":
             producer["transactional.id"] = transactional_id(

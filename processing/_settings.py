@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
+
+# With exactly-once a record is readable only after the commit, and the commit sends
+# what lingers at once (librdkafka >= 1.9, its pull request 3494): a longer linger adds
+# no latency and sends the changelog, one record per car and second, in fewer requests
+# (docs/benchmarks-history.md, 2026-12-04).
+EXACTLY_ONCE_LINGER_MS: Final = 100
 
 
 class ProcessingSettings(KafkaConnectionSettings):
@@ -56,6 +62,14 @@ class ProcessingSettings(KafkaConnectionSettings):
     # latency (1.0 s gave p99 ts->alert 1.2 s; 0.25 s cost no measurable throughput).
     processing_commit_interval_s: float = Field(default=0.25, gt=0)
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    processing_linger_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=900_000,
+        description="The producer's linger.ms. Default: 100 with exactly-once (outputs are "
+        "readable only at a commit, which sends at once), 5 (librdkafka's) with "
+        "at-least-once (outputs are readable when written).",
+    )
     # A Kafka transaction operation can block without end when the broker restarts in
     # the middle of it; after this long a stop exits hard instead of hanging.
     processing_stop_timeout_s: float = Field(default=30.0, gt=0)
@@ -74,6 +88,12 @@ class ProcessingSettings(KafkaConnectionSettings):
     processing_metrics_port: int = Field(
         default=9465, ge=0, le=65535, description="0 disables /metrics."
     )
+
+    def linger_ms(self) -> int:
+        """The producer's ``linger.ms``: the setting, else the guarantee's default."""
+        if self.processing_linger_ms is not None:
+            return self.processing_linger_ms
+        return EXACTLY_ONCE_LINGER_MS if self.processing_guarantee == "exactly-once" else 5
 
     def topics(self) -> tuple[str, ...]:
         """The input and output topics (Quix's changelog topics not included)."""

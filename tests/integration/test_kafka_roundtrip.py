@@ -8,6 +8,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from processing import ProcessingSettings
+from processing._main import client_configs
 from telemetry.topics import create_missing_topics
 
 pytestmark = pytest.mark.integration
@@ -83,3 +85,32 @@ def test_create_missing_topics_creates_only_the_missing_ones(
     finally:
         for future in admin.delete_topics([f"{unique_name}-a", f"{unique_name}-b"]).values():
             future.result(timeout=30)
+
+
+def test_a_commit_sends_lingering_records_at_once(
+    kafka_bootstrap: str, kafka_topic: str, unique_name: str
+) -> None:
+    """Processing's exactly-once producer lingers 100 ms by default; that adds no latency.
+
+    Only because a transaction's commit sends what lingers without waiting for linger.ms
+    (librdkafka >= 1.9, its pull request 3494). Here a 30 s linger holds the record until
+    the commit, which must then take well under the linger.
+    """
+    settings = ProcessingSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, processing_linger_ms=30_000
+    )
+    config = client_configs(settings, unique_name)
+    producer = Producer({"bootstrap.servers": config.broker_address, **config.producer})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    delivered: list[float] = []
+    producer.produce(
+        kafka_topic, key=b"car-1", value=b"x", on_delivery=lambda *_: delivered.append(1.0)
+    )
+    producer.poll(2.0)
+    assert delivered == [], "the record should still linger (linger.ms not applied?)"
+    started = time.monotonic()
+    producer.commit_transaction(30)
+    took = time.monotonic() - started
+    assert delivered == [1.0]
+    assert took < 5.0, f"the commit waited {took:.1f} s for the linger"

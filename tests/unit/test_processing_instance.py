@@ -111,3 +111,24 @@ def test_topics_kafka_cannot_create_now_are_left_to_quix_with_a_warning(
     assert len(asked) == 1
     assert {"s", "a", settings.processing_input_topic} <= set(asked[0])
     assert "Quix will try" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "setting", "expected"),
+    [
+        ("exactly-once", None, 100),
+        ("at-least-once", None, 5),
+        ("exactly-once", 0, 0),
+        ("at-least-once", 40, 40),
+    ],
+)
+def test_the_producer_lingers_longer_only_when_a_commit_decides_when_outputs_are_read(
+    guarantee: Literal["exactly-once", "at-least-once"], setting: int | None, expected: int
+) -> None:
+    settings = ProcessingSettings(
+        processing_guarantee=guarantee,
+        processing_linger_ms=setting,
+        # A general client setting does not override the service's own.
+        kafka_config={"linger.ms": "7"},
+    )
+    assert client_configs(settings, "inst-1").producer["linger.ms"] == expected
