@@ -47,6 +47,7 @@ from bench.harness import (
     broker_footprint,
     create_topic,
     default_rules,
+    delete_topics,
     local_brokers,
     read_topic,
 )
@@ -649,6 +650,9 @@ def run_ingest(
             outage = _outage(run, outage_s) if outage_s > 0 else None
         finally:
             consumer.close()
+            # Ingest creates its rules' other targets and quarantines too (30 topics a
+            # run were left behind until 2026-12-04).
+            delete_topics(settings.kafka_bootstrap, f"bench-{run.run_id}-")
     report.details["flood_rates"] = run.rates
     report.details["flood_steal_pct"] = run.steal
     _fill(report, results, outage)

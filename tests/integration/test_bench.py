@@ -25,7 +25,12 @@ def _rows(report: Report) -> dict[tuple[str, str], float]:
 def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> None:
     # Three floods each: the third once shared its slug (MQTT prefix and client ids) with
     # the two-process bridge, which resumed its session and counted every message twice.
+    admin = AdminClient({"bootstrap.servers": brokers.kafka_bootstrap})
+    before = set(admin.list_topics(timeout=10).topics)
     report = run_ingest(vehicles=40, seconds=25, outage_s=0, paced_s=2, repeats=3)
+    # Every topic of the run is deleted again, those the ingest processes created too.
+    left = set(admin.list_topics(timeout=10).topics) - before
+    assert not [t for t in left if t.startswith("bench-")]
     rows = _rows(report)
     for bridge in (
         "fleetstream ingest",
