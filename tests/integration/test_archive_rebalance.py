@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from bench.harness import as_rows, create_topic
 from fleetstream import infra
@@ -36,8 +37,27 @@ def _produce_slowly(
         for key, value, ts in rows[start : start + 20]:
             producer.produce(topic, key=key, value=value, timestamp=ts)
         producer.poll(0)
-        time.sleep(0.05)
+        time.sleep(0.1)
     assert producer.flush(30) == 0
+
+
+def _wait_for_members(bootstrap: str, group: str, count: int, timeout_s: float = 30.0) -> None:
+    """Until ``count`` members of ``group`` each own a partition: the rebalance is done.
+
+    Fixed sleeps were not enough: in a CI run of 2026-12-04 the third archiver left 3 s
+    after it started having written nothing, its join not yet complete.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    members: list[int] = []
+    while time.monotonic() < deadline:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        members = [len(m.assignment.topic_partitions) for m in description.members]
+        if len(members) == count and all(members):
+            return
+        time.sleep(0.2)
+    msg = f"group {group} never had {count} members owning partitions (last: {members})"
+    raise AssertionError(msg)
 
 
 def test_archivers_joining_and_leaving_mid_stream_skip_no_record(
@@ -45,6 +65,7 @@ def test_archivers_joining_and_leaving_mid_stream_skip_no_record(
 ) -> None:
     bootstrap = brokers.kafka_bootstrap
     topic = f"{unique_name}-telemetry"
+    group = f"{unique_name}-archive"
     create_topic(bootstrap, topic, partitions=6)
     records = list(simulate(FleetConfig(vehicles=12, duration_s=1800, rate_hz=0.2, seed=7)))
     reports: dict[str, ArchiveReport] = {}
@@ -56,7 +77,7 @@ def test_archivers_joining_and_leaving_mid_stream_skip_no_record(
                 {"bootstrap.servers": bootstrap},
                 {topic: TELEMETRY},
                 tmp_path,
-                group=f"{unique_name}-archive",
+                group=group,
                 max_age_s=1.0,
                 idle_exit_s=idle_exit_s,
                 stop=stop,
@@ -79,9 +100,12 @@ def test_archivers_joining_and_leaving_mid_stream_skip_no_record(
     producing.start()
     time.sleep(3)
     start("second", lambda: False, 8.0)  # joins: the first one's partitions are revoked
-    time.sleep(3)
+    _wait_for_members(bootstrap, group, 2)
+    time.sleep(2)
     start("third", leave.is_set, None)
-    time.sleep(3)
+    _wait_for_members(bootstrap, group, 3)
+    time.sleep(2)
+    assert producing.is_alive(), "records stopped flowing before the last rebalance"
     leave.set()  # leaves: another rebalance
     producing.join(120)
     for thread in threads:
