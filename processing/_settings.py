@@ -15,6 +15,8 @@ from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
 # no latency and sends the changelog, one record per car and second, in fewer requests
 # (docs/benchmarks-history.md, 2026-12-04).
 EXACTLY_ONCE_LINGER_MS: Final = 100
+# librdkafka's own default: with at-least-once, outputs are readable when written.
+AT_LEAST_ONCE_LINGER_MS: Final = 5
 
 
 class ProcessingSettings(KafkaConnectionSettings):
@@ -93,7 +95,9 @@ class ProcessingSettings(KafkaConnectionSettings):
         """The producer's ``linger.ms``: the setting, else the guarantee's default."""
         if self.processing_linger_ms is not None:
             return self.processing_linger_ms
-        return EXACTLY_ONCE_LINGER_MS if self.processing_guarantee == "exactly-once" else 5
+        if self.processing_guarantee == "exactly-once":
+            return EXACTLY_ONCE_LINGER_MS
+        return AT_LEAST_ONCE_LINGER_MS
 
     def topics(self) -> tuple[str, ...]:
         """The input and output topics (Quix's changelog topics not included)."""
