@@ -23,16 +23,16 @@ from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.sessions import track
 from processing.statecache import DecodedCache
-from processing.stats import to_sample, window_stats
+from processing.stats import to_sample
 from processing.windows import (
     CLOSED,
     add_sample,
     close_window,
     is_sending,
+    packed_stats,
     spread_offset,
     stats_due,
     take_due,
-    unpack,
 )
 from telemetry import contract
 from telemetry.alerts import AlertRecord
@@ -309,7 +309,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         out: list[tuple[str, Any]] = []
         for start, powertrain, packed in due:
             end = start + window_ms
-            stats = dict(window_stats(vid, powertrain, start, end, unpack(packed)))
+            stats = dict(packed_stats(vid, powertrain, start, end, packed))
             metrics.windows.inc()
             metrics.window_latency.observe(max(0.0, time.time() - end / 1000.0))
             out.append((_STATS, stats))

@@ -7,6 +7,8 @@ training features with the same :func:`window_features`, so training and scoring
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, Final, TypedDict
 
@@ -15,6 +17,7 @@ from typing import Any, Final, TypedDict
 # where rate is power_kw (EV) or fuel_rate_lph (ICE), and temp is battery/coolant temp.
 Sample = list[Any]
 TS, SEQ, ODO, SPEED, RATE, LEVEL, TEMP, TPMS, OUTSIDE = range(9)
+SAMPLE_FIELDS: Final = 9
 MIN_DISTANCE_KM: Final = 0.1
 _MS_PER_HOUR: Final = 3_600_000.0
 
@@ -96,8 +99,9 @@ def dedupe_sorted(samples: list[Sample]) -> tuple[list[Sample], int]:
     return distinct, len(samples) - len(distinct)
 
 
-def _values(samples: list[Sample], index: int) -> list[float]:
-    return [s[index] for s in samples if s[index] is not None]
+def _present(column: Sequence[Any]) -> list[Any]:
+    # NaN is how packed samples mark a missing measurement (v != v only for NaN).
+    return [v for v in column if v is not None and v == v]  # noqa: PLR0124
 
 
 def window_stats(
@@ -105,39 +109,72 @@ def window_stats(
 ) -> WindowStats:
     """Statistics of one vehicle's samples in ``[window_start, window_end)``."""
     distinct, duplicates = dedupe_sorted(samples)
-    seqs = [s[SEQ] for s in distinct if s[SEQ] is not None]
+    columns: Sequence[Sequence[Any]] = list(zip(*distinct, strict=True)) or [()] * SAMPLE_FIELDS
+    seqs = [s for s in columns[SEQ] if s is not None]
+    return column_stats(
+        vehicle_id, powertrain, window_start, window_end, columns, seqs=seqs, duplicates=duplicates
+    )
+
+
+def column_stats(
+    vehicle_id: str,
+    powertrain: str,
+    window_start: int,
+    window_end: int,
+    columns: Sequence[Sequence[Any]],
+    *,
+    seqs: list[int],
+    duplicates: int,
+) -> WindowStats:
+    """:func:`window_stats` of distinct samples given as columns, in (ts, seq) order.
+
+    Args:
+        vehicle_id: The car.
+        powertrain: ``ev`` or ``ice``.
+        window_start: Start of the window (ms).
+        window_end: End of the window (ms).
+        columns: One sequence per :data:`Sample` field, indexed like a sample; a
+            measurement is missing when None or NaN.
+        seqs: The samples' seqs that are present, in the same order.
+        duplicates: Samples dropped as repeats before these.
+    """
+    ts = columns[TS]
     first_seq = min(seqs) if seqs else None
     last_seq = max(seqs) if seqs else None
     # Gaps between consecutive seqs in ts order; a seq that does not grow is a restarted
     # count, not a gap (last - first + 1 - n, the same for one run, went wild there).
-    missing = sum(max(b - a - 1, 0) for a, b in pairwise(seqs)) if seqs else None
+    if not seqs:
+        missing = None
+    elif all(map(operator.lt, seqs, seqs[1:])):
+        missing = seqs[-1] - seqs[0] + 1 - len(seqs)  # the sum below, telescoped
+    else:
+        missing = sum(max(b - a - 1, 0) for a, b in pairwise(seqs))
 
-    odometers = [s for s in distinct if s[ODO] is not None]
-    distance = max(0.0, odometers[-1][ODO] - odometers[0][ODO]) if odometers else None
-    speeds = _values(distinct, SPEED)
+    odometers = _present(columns[ODO])
+    distance = max(0.0, odometers[-1] - odometers[0]) if odometers else None
+    speeds = _present(columns[SPEED])
 
     # Left Riemann sums: the rate reported at sample i-1 holds until sample i.
     used = 0.0
     added = 0.0
-    for prev, cur in pairwise(distinct):
-        rate = prev[RATE]
-        if rate is None:
+    for rate, start, end in zip(columns[RATE], ts, ts[1:], strict=False):
+        if rate is None or rate != rate:  # noqa: PLR0124 - NaN: missing
             continue
-        hours = (cur[TS] - prev[TS]) / _MS_PER_HOUR
+        hours = (end - start) / _MS_PER_HOUR
         used += max(rate, 0.0) * hours
         added += max(-rate, 0.0) * hours
     ev = powertrain == "ev"
     long_enough = distance is not None and distance >= MIN_DISTANCE_KM
-    levels = _values(distinct, LEVEL)
-    temps = _values(distinct, TEMP)
-    tyres = _values(distinct, TPMS)
-    outside = _values(distinct, OUTSIDE)
+    levels = _present(columns[LEVEL])
+    temps = _present(columns[TEMP])
+    tyres = _present(columns[TPMS])
+    outside = _present(columns[OUTSIDE])
     return WindowStats(
         vehicle_id=vehicle_id,
         powertrain=powertrain,
         window_start=window_start,
         window_end=window_end,
-        samples=len(distinct),
+        samples=len(ts),
         first_seq=first_seq,
         last_seq=last_seq,
         missing=missing,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -347,6 +348,18 @@ def test_window_stats_never_crashes_and_is_order_free(
     used = stats["energy_used_kwh"] if powertrain == "ev" else stats["fuel_used_l"]
     assert used is not None
     assert used >= 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(seqs=st.lists(st.integers(min_value=0, max_value=10**12), max_size=70), grow=st.booleans())
+def test_missing_is_the_sum_of_the_gaps_between_consecutive_seqs(
+    seqs: list[int], grow: bool
+) -> None:
+    if grow:
+        seqs = sorted(set(seqs))  # what an in-order car sends: the telescoped sum
+    samples = [sample(ts, seq) for ts, seq in enumerate(seqs)]
+    expected = sum(max(b - a - 1, 0) for a, b in pairwise(seqs))
+    assert window_stats("v", "ev", 0, 120_000, samples)["missing"] == (expected if seqs else None)
 
 
 def test_a_sender_that_restarted_its_seq_is_not_a_duplicate_nor_a_gap() -> None:

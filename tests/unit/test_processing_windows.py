@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from processing.stats import Sample
+from processing.stats import Sample, window_stats
 from processing.windows import (
     CHUNK,
     CLOSED,
@@ -16,6 +18,7 @@ from processing.windows import (
     close_window,
     is_sending,
     pack,
+    packed_stats,
     spread_offset,
     stats_due,
     take_due,
@@ -72,6 +75,38 @@ def test_packing_round_trips_exactly() -> None:
     assert back[1][1] is None
     assert back[0][5] is None
     assert back[1][5] == 0.1 + 0.2
+
+
+_MEASURE = st.one_of(
+    st.none(),
+    st.integers(min_value=-500, max_value=500),
+    st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False),
+)
+_ROW = st.tuples(
+    st.integers(min_value=0, max_value=59_999),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
+    *([_MEASURE] * 7),
+)
+
+
+@st.composite
+def _arrivals(draw: st.DrawFn) -> list[Sample]:
+    """Samples as a car delivers them: in order (the fast path), or in any order with repeats."""
+    rows = [list(r) for r in draw(st.lists(_ROW, max_size=70))]
+    if draw(st.booleans()):
+        by_ts = {row[0]: row for row in rows}
+        rows = [by_ts[ts] for ts in sorted(by_ts)]
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples=_arrivals(), powertrain=st.sampled_from(["ev", "ice"]))
+def test_packed_stats_equal_the_stats_of_the_unpacked_samples(
+    samples: list[Sample], powertrain: str
+) -> None:
+    packed = b"".join(pack(s) for s in samples)
+    expected = window_stats("v", powertrain, 0, W, unpack(packed))
+    assert packed_stats("v", powertrain, 0, W, packed) == expected
 
 
 def add(car: dict[str, Any], store: Store, ts: int, seq: int = 1) -> bool | None:
