@@ -26,7 +26,9 @@ from processing.statecache import DecodedCache
 from processing.stats import to_sample
 from processing.windows import (
     CLOSED,
+    OPEN,
     add_sample,
+    close_passed,
     close_window,
     is_sending,
     packed_stats,
@@ -212,6 +214,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         _NO_KEY: _SummaryLog("key-less record(s) quarantined", logging.WARNING, cfg.log_every_s),
     }
     max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
+    spread = cfg.stats_spread_ms
+
+    def due_at(vid: str, start: int) -> int:
+        # Without a spread, the car's next record emits them, whatever its time.
+        return start + window_ms + grace_ms + spread_offset(vid, spread) if spread else 0
 
     def count_late(key: Any, timestamp: int, records: int = 1) -> None:
         vid = _car(key)
@@ -253,6 +260,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             partition_clock[where] = timestamp
         ident = (*where, key)
         car = cars.load(state, "car", ident)
+        # Windows the partition's clock closed before this record (see on_close).
+        windows = car.get(OPEN)
+        if windows and windows[0][0] + window_ms + grace_ms <= clock:
+            vid = _car(key)
+            close_passed(car, clock - window_ms - grace_ms, lambda start: due_at(vid, start))
         alerts = detect(car, record)
         sessions = track(car, record)
         marker = None
@@ -357,14 +369,19 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
     ) -> list[tuple[str, Any]]:
         ident = (*_partition(), key)
-        car = cars.load(state, "car", ident)
         start = window["start"]
+        known = cars.peek(state, ident)
+        if known is not None and is_sending(known, start):
+            # Every car's window closes at this one record. A car still sending closes
+            # it with its next record (close_passed in per_record), which writes its
+            # state anyway; writing every car's state here stalled the partition and
+            # doubled the close's changelog messages. If the car stops first, its
+            # next window's close takes this one too.
+            return []
+        car = cars.load(state, "car", ident)
         closed_before = car.get(CLOSED, start - 1) >= start
         vid = _car(key)
-        spread = cfg.stats_spread_ms
-        # Without a spread, the car's next record emits them, whatever its time.
-        due_at = start + window_ms + grace_ms + spread_offset(vid, spread) if spread else 0
-        found = close_window(car, start, due_at)
+        found = close_window(car, start, due_at(vid, start))
         if not (found or closed_before):
             _log.warning("window %d of %s closed with no samples in the car's state", start, vid)
         # Every car's window closes at the same record, so a car that is still sending

@@ -95,6 +95,18 @@ class DecodedCache:
         value: dict[str, Any] = orjson.loads(raw)
         return value
 
+    def peek(self, state: BytesState, ident: Hashable) -> dict[str, Any] | None:
+        """The kept value, left in the cache, when it is known to be the stored one.
+
+        Only for reading: a caller that changes the dict must :meth:`load` it. None
+        when the entry cannot be trusted without reading the state (see the module).
+        """
+        entry = self._entries.get(ident)
+        if entry is not None and entry[2] is not None and entry[2] is store_partition(state):
+            self.hits += 1
+            return entry[1]
+        return None
+
     def store(self, state: BytesState, name: str, ident: Hashable, value: dict[str, Any]) -> None:
         """Write ``value`` under ``name`` and keep it for the next :meth:`load`."""
         raw = orjson.dumps(value)

@@ -30,6 +30,7 @@ import binascii
 import math
 import operator
 import struct
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from processing.stats import SEQ, TS, Sample, WindowStats, column_stats, window_stats
@@ -191,6 +192,32 @@ def close_window(car: dict[str, Any], start: int, due_at: int = 0) -> bool:
     if found:
         car[DUE] = min(int(car.get(DUE, due_at)), due_at)
     return found
+
+
+def close_passed(car: dict[str, Any], passed: int, due_at: Callable[[int], int]) -> bool:
+    """Close the car's open windows that start at or before ``passed``, oldest first.
+
+    A car that is still sending closes its windows itself, with its first record after
+    the partition's clock passed their closing time, so that the marker window's close
+    (every car of the partition at one record) does not write every car's state at
+    once (see ``on_close`` in :mod:`processing.pipeline`).
+
+    Args:
+        car: The car's state.
+        passed: The latest window start whose closing time the partition clock passed.
+        due_at: The due time (see :func:`close_window`) of a window, by its start.
+
+    Returns:
+        Whether a window was closed.
+    """
+    closed = False
+    for window in car.get(OPEN, ()):
+        start = window[0]
+        if start > passed:
+            break
+        if not window[5:]:
+            closed = close_window(car, start, due_at(start)) or closed
+    return closed
 
 
 def stats_due(car: dict[str, Any], timestamp: int) -> bool:

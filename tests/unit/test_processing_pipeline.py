@@ -30,6 +30,7 @@ from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
 from processing.pipeline import PipelineConfig, define_pipeline, parse
 from processing.sessions import track
+from processing.statecache import DecodedCache
 from processing.stats import to_sample, window_stats
 from processing.windows import spread_offset
 from simulator import Fleet, FleetConfig
@@ -524,4 +525,38 @@ def test_a_car_that_stops_before_its_offset_gets_its_stats_at_the_next_close(
         (s["window_start"] - T0, s["samples"]) for s in h.out["stats"] if s["vehicle_id"] == car
     ]
     assert mine == [(0, 60), (WINDOW_MS, 11)]
+    h.close()
+
+
+def test_the_close_writes_the_state_of_stopped_cars_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writing every sending car's state at the one closing record stalled the
+    # partition; those cars close their window with their own next record instead.
+    written: list[Any] = []
+    store = DecodedCache.store
+
+    def counting_store(self: DecodedCache, state: Any, name: str, ident: Any, value: Any) -> None:
+        written.append(ident[-1])
+        store(self, state, name, ident, value)
+
+    monkeypatch.setattr(DecodedCache, "store", counting_store)
+    h = Harness(tmp_path / "close", stats_spread_ms=10_000)
+    sending = [f"car-{i}" for i in range(5)]
+    for s in range(0, 30):
+        h.send(ev(s, vehicle_id="quiet"), key="quiet")
+    for s in range(0, 70):
+        for car in sending:
+            h.send(ev(s, vehicle_id=car), key=car)
+    written.clear()
+    [quiet] = h.send(ev(70, vehicle_id="car-0"), key="car-0")["stats"]
+    assert quiet["vehicle_id"] == "quiet"
+    assert sorted(written) == [b"car-0", b"quiet"]  # the record's own car, the stopped one
+    for s in range(70, 81):
+        for car in sending[1:] if s == 70 else sending:
+            h.send(ev(s, vehicle_id=car), key=car)
+    by_car = {w["vehicle_id"]: w for w in h.out["stats"]}
+    assert sorted(by_car) == sorted([*sending, "quiet"])
+    assert {by_car[car]["samples"] for car in sending} == {60}
+    assert {w["window_start"] for w in by_car.values()} == {T0}
     h.close()

@@ -69,6 +69,21 @@ def test_an_entry_stored_into_the_same_store_partition_is_used_without_a_read() 
     assert (state.reads, cache.hits) == (0, 1)
 
 
+def test_peek_leaves_the_entry_and_trusts_only_the_same_store_partition() -> None:
+    cache, state = DecodedCache(), _QuixLikeState(object())
+    car = {"last_ts": 1}
+    cache.store(state, "car", "a", car)
+    assert cache.peek(state, "a") is car
+    assert cache.peek(state, "a") is car  # still there
+    assert cache.load(state, "car", "a") is car
+    assert cache.peek(state, "a") is None  # load took it out until the next store
+    assert cache.peek(_QuixLikeState(object()), "a") is None
+    cache.store(state, "car", "a", car)
+    assert cache.peek(_QuixLikeState(object()), "a") is None  # another partition object
+    assert cache.peek(_State(), "a") is None  # no visible partition: not trusted
+    assert state.reads == 0
+
+
 def test_a_new_store_partition_reads_and_decodes_the_state() -> None:
     cache, before = DecodedCache(), _QuixLikeState(object())
     cache.store(before, "car", "a", {"last_ts": 1})

@@ -15,6 +15,7 @@ from processing.windows import (
     DUE,
     OPEN,
     add_sample,
+    close_passed,
     close_window,
     is_sending,
     pack,
@@ -233,3 +234,18 @@ def test_stats_are_due_from_the_earliest_due_time_given() -> None:
     assert 0 <= spread_offset("car-1", 10_000) < 10_000
     assert spread_offset("car-1", 10_000) == spread_offset("car-1", 10_000)
     assert spread_offset("car-1", 0) == 0
+
+
+def test_a_sending_car_closes_the_windows_the_clock_passed_oldest_first() -> None:
+    store = Store()
+    car: dict[str, Any] = {}
+    for t in (1_000, 61_000, 121_000):
+        add(car, store, t)
+    due_times = {0: 70_000, W: W + 70_000}
+    assert close_passed(car, -1, due_times.__getitem__) is False  # nothing passed yet
+    assert close_passed(car, W, due_times.__getitem__) is True
+    assert car[CLOSED] == W
+    assert car[DUE] == 70_000  # the oldest window's due time
+    assert close_passed(car, W, due_times.__getitem__) is False  # closed already
+    assert [start for start, _, _ in take_due(car, store)] == [0, W]
+    assert [w[0] for w in car[OPEN]] == [2 * W]
