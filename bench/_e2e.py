@@ -63,6 +63,18 @@ LATENCY_LIMIT_MS = 1000.0
 TARGET_LATENCY_MS = 500.0  # the brief's 10,000-car target
 # Windows close at grace past their end; their stats are spread over the next 10 s.
 _AFTER_CLOSE_S = 20
+# Every size's fleet starts this far into a window (wall clock), so runs of one length
+# hold the same closes: at 120 s, the partial first window's 30 s in and a full
+# window's 90 s in, each with its aftermath. Started anywhere, a run either held a full
+# close's aftermath or cut it off, and identical runs differed up to ~2x (2026-12-04).
+START_PHASE_S = 40
+
+
+def phase_wait_s(now_s: float, window_s: int, phase_s: int = START_PHASE_S) -> float:
+    """Seconds from ``now_s`` (epoch) until the wall clock is ``phase_s`` into a window."""
+    return (phase_s - now_s) % window_s
+
+
 _SIMULATED = re.compile(rb"simulated (\d+) messages in ([\d.]+) s \(([\d,]+) msg/s")
 
 
@@ -214,7 +226,12 @@ def _run_size(
         }
         watches = {name: ProcessWatch(get) for name, get in watched.items()}
         tail = _Tail(settings.kafka_bootstrap, [topics["stats"], topics["alerts"]])
-        _log.info("e2e: %d cars at 1 Hz for %d s", vehicles, seconds)
+        wait = phase_wait_s(time.time(), tuning.processing_window_s)
+        _log.info(
+            "e2e: %d cars at 1 Hz for %d s, from %d s into a window (in %.0f s)",
+            vehicles, seconds, START_PHASE_S, wait,
+        )  # fmt: skip
+        time.sleep(wait)
         began = time.monotonic()
         cpu_before = cpu_times()
         simulator = _simulate(settings, prefix, vehicles, seconds, workdir)
@@ -353,7 +370,8 @@ def run_e2e(
          "processing_stats_spread_s": tuning.processing_stats_spread_s,
          "processing_linger_ms": tuning.linger_ms(),
          "processing_window_s": tuning.processing_window_s,
-         "processing_grace_s": tuning.processing_grace_s},
+         "processing_grace_s": tuning.processing_grace_s,
+         "start_phase_s": START_PHASE_S % tuning.processing_window_s},
     )  # fmt: skip
     report.details["broker_at_start"] = broker_footprint(settings.kafka_bootstrap)
     results: list[_SizeResult] = []

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from bench import BenchError
-from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult
+from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult, phase_wait_s
 from bench._ingest import _Load, _Run
 from bench._report import Report, cpu_shares, cpu_times, percentile, row, speed_probe
 from bench.harness import ProcessWatch
@@ -180,3 +180,19 @@ def test_a_benchmark_slug_is_claimed_once_per_run(tmp_path: Path) -> None:
     assert run.claim("ingest2") == "bench-r1-ingest2"
     with pytest.raises(BenchError, match="'shared' used twice"):
         run.claim("shared")
+
+
+@pytest.mark.parametrize(
+    ("now_s", "window_s", "wait_s"),
+    [
+        (1_767_225_600.0, 60, 40.0),  # at a window start
+        (1_767_225_640.0, 60, 0.0),  # at the phase
+        (1_767_225_640.5, 60, 59.5),  # just past it: the next window's
+        (1_767_225_655.0, 60, 45.0),
+        (1_767_225_603.0, 10, 7.0),  # 40 s into a 10 s window is its start
+    ],
+)
+def test_each_size_starts_at_the_same_second_of_a_window(
+    now_s: float, window_s: int, wait_s: float
+) -> None:
+    assert phase_wait_s(now_s, window_s) == pytest.approx(wait_s)
