@@ -65,8 +65,8 @@ TARGET_LATENCY_MS = 500.0  # the brief's 10,000-car target
 _AFTER_CLOSE_S = 20
 # Every size's fleet starts this far into a window (wall clock), so runs of one length
 # hold the same closes: at 120 s, the partial first window's 30 s in and a full
-# window's 90 s in, each with its aftermath. Started anywhere, a run either held a full
-# close's aftermath or cut it off, and identical runs differed up to ~2x (2026-12-04).
+# window's 90 s in, each with its aftermath. Started anywhere, a run held a full close's
+# aftermath or cut it off by chance, so runs of one build measured different things.
 START_PHASE_S = 40
 
 
