@@ -16,8 +16,8 @@ from typing import Any, Final, TypedDict
 # [ts, seq, odometer_km, speed_kmh, rate, level_pct, temp_c, min_tpms_bar, outside_temp_c]
 # where rate is power_kw (EV) or fuel_rate_lph (ICE), and temp is battery/coolant temp.
 Sample = list[Any]
-TS, SEQ, ODO, SPEED, RATE, LEVEL, TEMP, TPMS, OUTSIDE = range(9)
 SAMPLE_FIELDS: Final = 9
+TS, SEQ, ODO, SPEED, RATE, LEVEL, TEMP, TPMS, OUTSIDE = range(SAMPLE_FIELDS)
 MIN_DISTANCE_KM: Final = 0.1
 _MS_PER_HOUR: Final = 3_600_000.0
 
