@@ -14,11 +14,23 @@ from confluent_kafka import KafkaException
 from prometheus_client import start_http_server
 from quixstreams import Application
 from quixstreams.models import TopicConfig
+from quixstreams.models.serializers.json import JSONSerializer
+from quixstreams.models.serializers.simple_types import BytesSerializer
 
 from processing._settings import ProcessingSettings
 from processing.instance import InstanceError, claim_instance, transactional_id
 from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
+from processing.outputs import (
+    ALERTS,
+    QUARANTINE,
+    SESSIONS,
+    SHADOW_ALERTS,
+    STATS,
+    WINDOW_ALERTS,
+    OutputSerializer,
+    route,
+)
 from processing.pipeline import PipelineConfig, define_pipeline
 from telemetry.gctune import tune_for_service
 from telemetry.logs import configure_service_logging
@@ -106,17 +118,20 @@ def build_app(
     )
     _create_topics(settings)
     source = app.topic(settings.processing_input_topic, value_deserializer="bytes", config=config)
-    outputs = {
-        name: app.topic(topic, value_serializer="json", config=config)
-        for name, topic in (
-            ("stats", settings.processing_stats_topic),
-            ("sessions", settings.processing_sessions_topic),
-            ("alerts", settings.processing_alerts_topic),
-            ("shadow", settings.processing_shadow_alerts_topic),
+    json_out = OutputSerializer(JSONSerializer())
+    stats, sessions, alerts, shadow = (
+        app.topic(topic, value_serializer=json_out, config=config)
+        for topic in (
+            settings.processing_stats_topic,
+            settings.processing_sessions_topic,
+            settings.processing_alerts_topic,
+            settings.processing_shadow_alerts_topic,
         )
-    }
+    )
     quarantine = app.topic(
-        settings.processing_quarantine_topic, value_serializer="bytes", config=config
+        settings.processing_quarantine_topic,
+        value_serializer=OutputSerializer(BytesSerializer()),
+        config=config,
     )
     pipeline = define_pipeline(
         app.dataframe(source),
@@ -129,12 +144,15 @@ def build_app(
             max_future_ms=round(settings.processing_max_future_s * 1000),
         ),
     )
-    pipeline.stats.to_topic(outputs["stats"])
-    pipeline.sessions.to_topic(outputs["sessions"])
-    pipeline.alerts.to_topic(outputs["alerts"])
-    pipeline.window_alerts.to_topic(outputs["alerts"])
-    pipeline.shadow_alerts.to_topic(outputs["shadow"])
-    pipeline.quarantine.to_topic(quarantine)
+    topics = {
+        STATS: stats,
+        SESSIONS: sessions,
+        ALERTS: alerts,
+        WINDOW_ALERTS: alerts,
+        SHADOW_ALERTS: shadow,
+        QUARANTINE: quarantine,
+    }
+    route(pipeline.outputs, topics)
     return app
 
 

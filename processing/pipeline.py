@@ -1,7 +1,8 @@
 """The processing pipeline as a pure function over a StreamingDataFrame.
 
-``define_pipeline(sdf, config)`` builds every branch and returns them; topics and the
-``Application`` are wired only in :mod:`processing._main`.
+``define_pipeline(sdf, config)`` builds the stream of every output, as ``(role, payload)``
+(:mod:`processing.outputs`); topics and the ``Application`` are wired only in
+:mod:`processing._main`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from quixstreams import State, message_context
 from quixstreams.dataframe import StreamingDataFrame
@@ -21,6 +22,16 @@ from models.registry import SHADOW
 from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
+from processing.outputs import (
+    ALERTS,
+    QUARANTINE,
+    SESSIONS,
+    SHADOW_ALERTS,
+    STATS,
+    WINDOW_ALERTS,
+    WINDOWED,
+    Output,
+)
 from processing.sessions import track
 from processing.statecache import DecodedCache
 from processing.stats import to_sample
@@ -63,14 +74,14 @@ class PipelineConfig:
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
-    """The branches ``main()`` sends to topics."""
+    """What ``main()`` sends to topics.
 
-    stats: StreamingDataFrame
-    sessions: StreamingDataFrame
-    alerts: StreamingDataFrame
-    window_alerts: StreamingDataFrame
-    shadow_alerts: StreamingDataFrame
-    quarantine: StreamingDataFrame
+    Attributes:
+        outputs: Every output as ``(role, payload)``, with the Kafka timestamp and
+            headers of its record (see :func:`processing.outputs.route`).
+    """
+
+    outputs: StreamingDataFrame
 
 
 def parse(value: bytes) -> dict[str, Any]:
@@ -159,37 +170,46 @@ def _future(value: bytes, record: dict[str, Any], timestamp: int, now_ms: int) -
     return {"_invalid": _FUTURE, "_detail": detail, "_raw": value}
 
 
-def _quarantine_record(value: dict[str, Any]) -> bytes:
-    return bytes(value["_raw"])
+def _output_timestamp(output: Output, _key: Any, timestamp: int, _headers: Any) -> int:
+    """A window's results carry its start; every other output its record's timestamp."""
+    role, payload = output
+    if role == STATS:
+        return int(payload["window_start"])
+    if role in WINDOWED:
+        return int(payload[1])
+    return timestamp
 
 
-def _quarantine_headers(
-    value: dict[str, Any], _key: Any, _timestamp: int, headers: Any
-) -> list[tuple[str, bytes]]:
+def _output_headers(output: Output, _key: Any, _timestamp: int, headers: Any) -> Any:
+    """A window's results carry no headers; quarantine adds its reason to the record's."""
+    role, payload = output
+    if role == STATS or role in WINDOWED:
+        return []
+    if role != QUARANTINE:
+        return headers
     # Same reason headers as ingest's quarantine, after the record's own headers.
     own = [(k, v) for k, v in (headers or []) if k not in {"reason", "detail"}]
     return [
         *own,
-        ("reason", value["_invalid"].encode()),
-        ("detail", value["_detail"].encode()[:1024]),
+        ("reason", payload["_invalid"].encode()),
+        ("detail", payload["_detail"].encode()[:1024]),
     ]
 
 
-# Roles of the rare per-record outputs (see define_pipeline).
-_ALERT, _SESSION, _QUARANTINE, _MARKER = "alert", "session", "quarantine", "marker"
-_STATS, _WINDOW_ALERT, _SHADOW_ALERT = "stats", "window_alert", "shadow_alert"
-_RESULTS = frozenset((_STATS, _WINDOW_ALERT, _SHADOW_ALERT))
+# A window marker: per_record's output for Quix's closing window, never written out.
+_MARKER: Final = "marker"
 
 
 def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = None) -> Pipeline:
-    """Build the stats, sessions, alerts and quarantine branches from the telemetry stream.
+    """Build the stream of stats, sessions, alerts and quarantined records from telemetry.
 
     Quix runs every step as a Python call per record and pickles the value once per extra
-    branch at every fork, so the per-record part is one stateful step. It keeps the car's
-    open window samples in the car's state (:mod:`processing.windows`) and returns the
-    rare outputs: alerts, sessions, quarantined records and window markers. Quix's
-    tumbling window sees only the markers and closes windows on the partition's clock;
-    a second stateful step turns each closed window into its stats.
+    branch at every fork, so the per-record part is one stateful step and the outputs
+    leave in one stream. The step keeps the car's open window samples in the car's state
+    (:mod:`processing.windows`) and returns the rare outputs: alerts, sessions,
+    quarantined records, due stats and window markers. Quix's tumbling window sees only
+    the markers and closes windows on the partition's clock; a second stateful step
+    turns the window of each car that stopped sending into its stats.
     """
     cfg = config or PipelineConfig()
     metrics = cfg.metrics
@@ -225,7 +245,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         metrics.late.labels(vehicle_id=vid).inc(records)
         late_log.add(vid, f"{vid} at {timestamp}", records)
 
-    def quarantined(record: dict[str, Any], key: Any = None) -> list[tuple[str, Any]]:
+    def count_alerts(alerts: list[AlertRecord]) -> None:
+        for alert in alerts:
+            metrics.alerts.labels(kind=alert["kind"], status=alert["status"]).inc()
+
+    def quarantined(record: dict[str, Any], key: Any = None) -> list[Output]:
         reason = record["_invalid"].split(":")[0]
         metrics.quarantined.labels(reason=reason).inc()
         summary = summaries.get(reason)
@@ -233,11 +257,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             summary.add(_car(key), record["_detail"])
         else:
             _log.warning("quarantining an invalid record: %s", record["_detail"])
-        return [(_QUARANTINE, record)]
+        return [(QUARANTINE, record)]
 
     def per_record(
         value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
-    ) -> list[tuple[str, Any]]:
+    ) -> list[Output]:
         records_in.inc()
         if not key:
             # Quix's windows skip key-less messages: such a car would never get stats
@@ -284,8 +308,9 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         cars.store(state, "car", ident, car)
         if not (alerts or sessions or marker or due):
             return []
-        outputs: list[tuple[str, Any]] = [(_ALERT, a) for a in alerts]
-        outputs += [(_SESSION, s) for s in sessions]
+        count_alerts(alerts)
+        outputs: list[Output] = [(ALERTS, a) for a in alerts]
+        outputs += [(SESSIONS, s) for s in sessions]
         if marker:
             outputs.append((_MARKER, None))
         if due:
@@ -314,34 +339,30 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             watcher.scoring_failed(model, exc)
             return detect_window(memory, stats) if fallback else None
 
-    def emit(
-        vid: str, due: list[tuple[int, str, bytes]], state: State[str, Any]
-    ) -> list[tuple[str, Any]]:
+    def emit(vid: str, due: list[tuple[int, str, bytes]], state: State[str, Any]) -> list[Output]:
         """Stats and window-detector alerts of the car's closed windows, oldest first."""
-        out: list[tuple[str, Any]] = []
+        out: list[Output] = []
         for start, powertrain, packed in due:
             end = start + window_ms
             stats = dict(packed_stats(vid, powertrain, start, end, packed))
             metrics.windows.inc()
             metrics.window_latency.observe(max(0.0, time.time() - end / 1000.0))
-            out.append((_STATS, stats))
+            out.append((STATS, stats))
             memory: dict[str, Any] = state.get("window_detectors") or {}
-            alerts = score_window(models, memory, stats, fallback=True)
-            out += [(_WINDOW_ALERT, (a, start)) for a in alerts or []]
+            alerts = score_window(models, memory, stats, fallback=True) or []
+            count_alerts(alerts)
+            out += [(WINDOW_ALERTS, (a, start)) for a in alerts]
             state.set("window_detectors", memory)
             if shadow.current() is not None:
                 # The candidate keeps its own baseline and episodes, so it never changes
                 # what the active model raises.
                 shadow_memory: dict[str, Any] = state.get("shadow_detectors") or {}
                 shadow_out = score_window(shadow, shadow_memory, stats, fallback=False)
-                out += [(_SHADOW_ALERT, (a, start)) for a in shadow_out or []]
+                out += [(SHADOW_ALERTS, (a, start)) for a in shadow_out or []]
                 state.set("shadow_detectors", shadow_memory)
         return out
 
     outputs = sdf.apply(per_record, stateful=True, metadata=True, expand=True)
-    alerts = outputs.filter(lambda o: o[0] == _ALERT).apply(lambda o: o[1])
-    sessions = outputs.filter(lambda o: o[0] == _SESSION).apply(lambda o: o[1])
-    quarantine = outputs.filter(lambda o: o[0] == _QUARANTINE).apply(lambda o: o[1])
 
     def on_late(
         value: Any,
@@ -367,7 +388,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
 
     def on_close(
         window: dict[str, Any], key: Any, _ts: int, _headers: Any, state: State[str, Any]
-    ) -> list[tuple[str, Any]]:
+    ) -> list[Output]:
         ident = (*_partition(), key)
         start = window["start"]
         known = cars.peek(state, ident)
@@ -393,33 +414,12 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         cars.store(state, "car", ident, car)
         return emit(vid, due, state) if due else []
 
-    # The window's results carry its start as timestamp and no headers; so do the stats
-    # and window alerts that per_record emits.
-    def window_start(value: tuple[str, Any], _key: Any, _ts: int, _headers: Any) -> int:
-        return int(value[1]["window_start"] if value[0] == _STATS else value[1][1])
-
-    def no_headers(_value: Any, _key: Any, _ts: int, _headers: Any) -> list[tuple[str, bytes]]:
-        return []
-
+    # Two branches, so an output is copied once: markers to the closing window, the rest
+    # (with the windows that on_close emits) out to the topics.
     results = (
-        outputs.filter(lambda o: o[0] in _RESULTS)
+        outputs.filter(lambda o: o[0] != _MARKER)
         .concat(closed.apply(on_close, stateful=True, metadata=True, expand=True))
-        .set_timestamp(window_start)
-        .set_headers(no_headers)
+        .set_timestamp(_output_timestamp)
+        .set_headers(_output_headers)
     )
-    stats = results.filter(lambda o: o[0] == _STATS).apply(lambda o: o[1])
-    window_alerts = results.filter(lambda o: o[0] == _WINDOW_ALERT).apply(lambda o: o[1][0])
-    shadow_alerts = results.filter(lambda o: o[0] == _SHADOW_ALERT).apply(lambda o: o[1][0])
-
-    def count_alert(alert: dict[str, Any]) -> dict[str, Any]:
-        metrics.alerts.labels(kind=alert["kind"], status=alert["status"]).inc()
-        return alert
-
-    return Pipeline(
-        stats=stats,
-        sessions=sessions,
-        alerts=alerts.apply(count_alert),
-        window_alerts=window_alerts.apply(count_alert),
-        shadow_alerts=shadow_alerts,
-        quarantine=quarantine.set_headers(_quarantine_headers).apply(_quarantine_record),
-    )
+    return Pipeline(outputs=results)

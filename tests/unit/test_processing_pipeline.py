@@ -28,6 +28,7 @@ from sklearn.ensemble import IsolationForest
 from models.registry import LoadedModel, promote, save
 from processing.detectors import detect
 from processing.metrics import ProcessingMetrics
+from processing.outputs import record_of
 from processing.pipeline import PipelineConfig, define_pipeline, parse
 from processing.sessions import track
 from processing.statecache import DecodedCache
@@ -45,7 +46,6 @@ WINDOW_MS = 60_000
 GRACE_MS = 10_000
 MAX_FUTURE_MS = 300_000
 DAY_MS = 86_400_000
-BRANCHES = ("stats", "sessions", "alerts", "window_alerts", "quarantine")
 
 
 def ev(s: int, **fields: Any) -> dict[str, Any]:
@@ -138,16 +138,12 @@ class Harness:
             model_dir=model_dir,
         )
         pipeline = define_pipeline(self.sdf, config)
-        for name in BRANCHES:
-            getattr(pipeline, name).apply(self._tag(name))
+        # Each output as (role, its Kafka value), as the topic's serializer sees it.
+        pipeline.outputs.apply(lambda output: (output[0], record_of(output)))
         self.app._state_manager.on_partition_assign(self.sdf.stream_id, 0, {})
         self.app._processing_context.init_checkpoint()  # type: ignore[no-untyped-call]
         self.offset = 0
         self.out: dict[str, list[Any]] = defaultdict(list)
-
-    @staticmethod
-    def _tag(name: str) -> Callable[[Any], tuple[str, Any]]:
-        return lambda value: (name, value)
 
     def send(self, value: bytes | dict[str, Any], key: str = "car-1") -> dict[str, list[Any]]:
         """Process one message; returns (and records) what each branch emitted."""
