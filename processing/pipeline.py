@@ -33,7 +33,7 @@ from processing.outputs import (
     Output,
 )
 from processing.sessions import track
-from processing.statecache import DecodedCache
+from processing.statecache import BytesCache, DecodedCache
 from processing.stats import to_sample
 from processing.windows import (
     CLOSED,
@@ -223,6 +223,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     records_in = metrics.records_in
     # The car's state as this process last wrote it, so most records skip decoding it.
     cars = DecodedCache()
+    # The samples of the cars' windows as this process wrote them, read back at the close.
+    chunks = BytesCache()
     late_log = _SummaryLog(
         "late record(s), counted in fleetstream_processing_late", logging.INFO, cfg.log_every_s
     )
@@ -292,10 +294,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         alerts = detect(car, record)
         sessions = track(car, record)
         marker = None
+        samples = chunks.view(state, ident)
         if not late:
             marker = add_sample(
                 car,
-                state,
+                samples,
                 start,
                 timestamp - start,
                 powertrain=record["powertrain"],
@@ -304,7 +307,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             )
         if marker is None:
             count_late(key, timestamp)
-        due = take_due(car, state) if stats_due(car, timestamp) else None
+        due = take_due(car, samples) if stats_due(car, timestamp) else None
         cars.store(state, "car", ident, car)
         if not (alerts or sessions or marker or due):
             return []
@@ -410,7 +413,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         # work is spread over stats_spread_ms rather than stalling the partition, and the
         # stats are the same (later records of the window are late). If the car stops
         # sending before then, its next window's close emits them, oldest first.
-        due = None if is_sending(car, start) else take_due(car, state)
+        due = None if is_sending(car, start) else take_due(car, chunks.view(state, ident))
         cars.store(state, "car", ident, car)
         return emit(vid, due, state) if due else []
 

@@ -114,3 +114,87 @@ class DecodedCache:
         if len(self._entries) >= self._limit:
             self._entries.clear()
         self._entries[ident] = (raw, value, store_partition(state))
+
+
+class StoreState(BytesState, Protocol):
+    """The part of Quix's per-key ``State`` that :class:`BytesCache` uses."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
+
+
+class BytesCache:
+    """Raw state values (the windows' sample chunks) as this process wrote them.
+
+    A window's close read its 3 or 4 sample chunks back from RocksDB: ~15 µs each, a
+    quarter of the close's own work at 10,000 cars (py-spy, docs/benchmarks-history.md).
+    A chunk is written once and read once, at the close, by the process that wrote it,
+    unless a rebalance moved the car in between. An entry is used under the rule of
+    :class:`DecodedCache`: only while the record's state has the store partition it was
+    written into; anything else reads the state.
+
+    Args:
+        limit: Entries kept at most (~1.2 KB each for sample chunks); when full, the
+            cache starts again empty (a miss only costs a read).
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        if limit < 1:
+            msg = f"limit must be >= 1, got {limit}"
+            raise ValueError(msg)
+        self._limit = limit
+        # (ident, key) -> (bytes, the store partition they were written into)
+        self._entries: dict[tuple[Hashable, str], tuple[bytes, object]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def view(self, state: StoreState, ident: Hashable) -> CachedState:
+        """``state`` (identified across records by ``ident``) read through the cache."""
+        return CachedState(self, state, ident)
+
+    def get(self, state: StoreState, ident: Hashable, key: str) -> bytes | None:
+        """``state.get_bytes(key)``, from the cache when its entry can be trusted."""
+        entry = self._entries.get((ident, key))
+        if entry is not None and entry[1] is store_partition(state):
+            self.hits += 1
+            return entry[0]
+        self.misses += 1
+        return state.get_bytes(key)
+
+    def set(self, state: StoreState, ident: Hashable, key: str, value: bytes) -> None:
+        """``state.set_bytes(key, value)``, kept for the next :meth:`get`."""
+        state.set_bytes(key, value)
+        partition = store_partition(state)
+        if partition is None:
+            return  # not visible: the entry could never be trusted
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[ident, key] = (value, partition)
+
+    def delete(self, state: StoreState, ident: Hashable, key: str) -> None:
+        """``state.delete(key)``, and the entry with it."""
+        state.delete(key)
+        self._entries.pop((ident, key), None)
+
+
+class CachedState:
+    """One key's state with its raw values read through a :class:`BytesCache`."""
+
+    __slots__ = ("_cache", "_ident", "_state")
+
+    def __init__(self, cache: BytesCache, state: StoreState, ident: Hashable) -> None:
+        self._cache = cache
+        self._state = state
+        self._ident = ident
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or None."""
+        return self._cache.get(self._state, self._ident, key)
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``."""
+        self._cache.set(self._state, self._ident, key, value)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
+        self._cache.delete(self._state, self._ident, key)

@@ -18,7 +18,7 @@ from processing import _main as processing_main
 from processing import pipeline as processing_pipeline
 from processing.detectors import detect
 from processing.sessions import track
-from processing.statecache import DecodedCache, store_partition
+from processing.statecache import BytesCache, DecodedCache, store_partition
 from processing.stats import to_sample
 from processing.windows import add_sample
 from simulator import FleetConfig, iter_records
@@ -237,3 +237,51 @@ def test_processing_writes_to_no_sink() -> None:
     # sink's backpressure aborts a checkpoint without new objects (statecache docstring).
     for module in (processing_main, processing_pipeline):
         assert ".sink(" not in inspect.getsource(module), module.__name__
+
+
+# ------------------------------------------------------------------ the sample chunks' cache
+
+
+def test_a_chunk_written_into_the_same_store_partition_is_read_without_the_state() -> None:
+    cache, state = BytesCache(), _QuixLikeState(object())
+    view = cache.view(state, "a")
+    view.set_bytes("w0.0", b"chunk")
+    assert state.values["w0.0"] == b"chunk"  # written through
+    assert view.get_bytes("w0.0") == b"chunk"
+    assert (state.reads, cache.hits) == (0, 1)
+    view.delete("w0.0")
+    assert "w0.0" not in state.values
+    assert view.get_bytes("w0.0") is None
+    assert (state.reads, cache.misses) == (1, 1)
+
+
+def test_a_chunk_of_another_store_partition_is_read_from_the_state() -> None:
+    cache, before = BytesCache(), _QuixLikeState(object())
+    cache.view(before, "a").set_bytes("w0.0", b"old")
+    # Reassigned: restored from the changelog with what another process wrote meanwhile.
+    after = _QuixLikeState(object())
+    after.values["w0.0"] = b"new"
+    assert cache.view(after, "a").get_bytes("w0.0") == b"new"
+    assert after.reads == 1
+
+
+def test_chunks_are_kept_per_key_and_only_where_the_partition_is_visible() -> None:
+    cache, state = BytesCache(), _QuixLikeState(object())
+    cache.view(state, "a").set_bytes("w0.0", b"a's")
+    assert cache.view(state, "b").get_bytes("w0.0") == b"a's"  # one state here: read it
+    assert state.reads == 1
+    plain = _State()
+    cache.view(plain, "c").set_bytes("w0.0", b"c's")
+    plain.values["w0.0"] = b"changed"
+    assert cache.view(plain, "c").get_bytes("w0.0") == b"changed"
+
+
+def test_a_full_chunk_cache_starts_again() -> None:
+    cache, state = BytesCache(limit=2), _QuixLikeState(object())
+    view = cache.view(state, "a")
+    for i in range(3):
+        view.set_bytes(f"w0.{i}", bytes([i]))
+    assert [view.get_bytes(f"w0.{i}") for i in range(3)] == [b"\x00", b"\x01", b"\x02"]
+    assert (state.reads, cache.hits) == (2, 1)
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        BytesCache(limit=0)
