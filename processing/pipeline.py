@@ -41,6 +41,7 @@ from processing.windows import (
     add_sample,
     close_passed,
     close_window,
+    crosses_close,
     is_sending,
     packed_stats,
     spread_offset,
@@ -215,7 +216,6 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     metrics = cfg.metrics
 
     window_ms, grace_ms = cfg.window_ms, cfg.grace_ms
-    marker_offset = grace_ms % window_ms
     # Highest event time seen per partition: a record whose window already closed on that
     # clock is late. The marker window refuses late markers silently, so lateness is
     # decided and counted here, before the window.
@@ -300,16 +300,14 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         samples = chunks.view(state, ident)
         if not late:
             marker = add_sample(
-                car,
-                samples,
-                start,
-                timestamp - start,
-                powertrain=record["powertrain"],
-                sample=to_sample(record),
-                marker_offset_ms=marker_offset,
+                car, samples, start, powertrain=record["powertrain"], sample=to_sample(record)
             )
         if marker is None:
             count_late(key, timestamp)
+        elif not marker:
+            # The record that moves the partition's clock past a window's closing time
+            # takes it to Quix's marker window, which closes that window for every car.
+            marker = crosses_close(clock, timestamp, window_ms, grace_ms)
         due = take_due(car, samples) if stats_due(car, timestamp) else None
         cars.store(state, "car", ident, car)
         if not (alerts or sessions or marker or due):

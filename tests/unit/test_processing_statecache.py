@@ -221,10 +221,8 @@ def test_the_car_state_survives_a_json_round_trip_exactly() -> None:
             car,
             stores.setdefault(vid, _State()),
             start,
-            ts - start,
             powertrain=record["powertrain"],
             sample=to_sample(record),
-            marker_offset_ms=10_000,
         )
         encoded = orjson.dumps(car)
         assert encoded == quix_dumps(car)

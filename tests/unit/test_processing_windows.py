@@ -17,6 +17,7 @@ from processing.windows import (
     add_sample,
     close_passed,
     close_window,
+    crosses_close,
     is_sending,
     pack,
     packed_stats,
@@ -29,7 +30,6 @@ from processing.windows import (
 pytestmark = pytest.mark.unit
 
 W = 60_000
-MARK = 10_000  # grace % window
 
 
 class Store:
@@ -112,30 +112,35 @@ def test_packed_stats_equal_the_stats_of_the_unpacked_samples(
 
 def add(car: dict[str, Any], store: Store, ts: int, seq: int = 1) -> bool | None:
     start = ts - ts % W
-    return add_sample(
-        car,
-        store,
-        start,
-        ts - start,
-        powertrain="ev",
-        sample=sample(ts, seq),
-        marker_offset_ms=MARK,
-    )
+    return add_sample(car, store, start, powertrain="ev", sample=sample(ts, seq))
 
 
-def test_markers_on_the_first_record_and_the_first_past_the_grace_offset() -> None:
+def test_a_car_sends_a_marker_with_its_first_record_of_each_window() -> None:
     car: dict[str, Any] = {}
     store = Store()
     due = [add(car, store, t) for t in (0, 1_000, 9_999, 10_000, 11_000, 59_999, 60_500, 75_000)]
-    assert due == [True, False, False, True, False, False, True, True]
+    assert due == [True, False, False, False, False, False, True, False]
     assert [(w[0], w[3]) for w in car[OPEN]] == [(0, 6), (W, 2)]
+    assert add(car, store, 30_000) is False  # an older window, not the first sample
 
 
-def test_a_first_record_past_the_offset_needs_only_one_marker() -> None:
-    car: dict[str, Any] = {}
-    store = Store()
-    assert add(car, store, 30_000) is True
-    assert add(car, store, 40_000) is False
+@pytest.mark.parametrize(
+    ("clock", "timestamp", "crosses"),
+    [
+        (69_999, 70_000, True),  # window [0, 60 s) closes at 70 s (grace 10 s)
+        (69_000, 75_000, True),
+        (70_000, 75_000, False),  # already past: the record before crossed
+        (10_000, 69_999, False),
+        (70_000, 70_000, False),  # not past the clock
+        (75_000, 60_000, False),  # behind the clock
+        (0, 70_000, True),  # a clock that starts at 0 (a restart) crosses at once
+        (65_000, 135_000, True),  # past two closes at once
+    ],
+)
+def test_a_record_crosses_a_close_when_it_moves_the_clock_past_end_plus_grace(
+    clock: int, timestamp: int, crosses: bool
+) -> None:
+    assert crosses_close(clock, timestamp, W, 10_000) is crosses
 
 
 def test_samples_are_kept_in_small_chunks_and_taken_back_in_order() -> None:
@@ -222,8 +227,8 @@ def test_closing_a_window_the_car_does_not_have() -> None:
 def test_stats_are_due_from_the_earliest_due_time_given() -> None:
     store = Store()
     car: dict[str, Any] = {}
-    add_sample(car, store, 0, 5, powertrain="ev", sample=sample(5), marker_offset_ms=MARK)
-    add_sample(car, store, W, 5, powertrain="ev", sample=sample(W + 5), marker_offset_ms=MARK)
+    add_sample(car, store, 0, powertrain="ev", sample=sample(5))
+    add_sample(car, store, W, powertrain="ev", sample=sample(W + 5))
     close_window(car, 0, due_at=W + 9_000)
     assert not stats_due(car, W + 8_999)
     assert stats_due(car, W + 9_000)
