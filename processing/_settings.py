@@ -61,8 +61,10 @@ class ProcessingSettings(KafkaConnectionSettings):
         "at once; 0 = with the car's next record.",
     )
     # With exactly-once, outputs become readable only at a commit: this bounds alert
-    # latency (1.0 s gave p99 ts->alert 1.2 s; 0.25 s cost no measurable throughput).
-    processing_commit_interval_s: float = Field(default=0.25, gt=0)
+    # latency. At 10,000 cars, 0.15 s gave p99 ts->alert 390-412 ms against 529-746 ms
+    # at 0.25 s, at the same CPU; 0.1 s no better (343-427 ms) for more transactions
+    # (docs/benchmarks-history.md, 2026-12-04 22:59).
+    processing_commit_interval_s: float = Field(default=0.15, gt=0)
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     processing_linger_ms: int | None = Field(
         default=None,
