@@ -99,7 +99,7 @@ def build_app(
     metrics: ProcessingMetrics,
     instance_id: str | None = None,
 ) -> Application:
-    """Create the Application with every topic wired to the pipeline's branches."""
+    """Create the Application with every output topic wired to the pipeline's outputs."""
     clients = client_configs(settings, instance_id)
     app = Application(
         broker_address=clients.broker_address,

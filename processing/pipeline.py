@@ -33,7 +33,7 @@ from processing.outputs import (
     Output,
 )
 from processing.sessions import track
-from processing.statecache import BytesCache, DecodedCache
+from processing.statecache import BytesCache, DecodedCache, store_partition
 from processing.stats import to_sample
 from processing.windows import (
     CLOSED,
@@ -79,7 +79,9 @@ class Pipeline:
 
     Attributes:
         outputs: Every output as ``(role, payload)``, with the Kafka timestamp and
-            headers of its record (see :func:`processing.outputs.route`).
+            headers it is written with: a window's results carry the window start and
+            no headers, every other output those of its input record (quarantine adds
+            ``reason`` and ``detail``). :func:`processing.outputs.route` sends them.
     """
 
     outputs: StreamingDataFrame
@@ -218,8 +220,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
     window_ms, grace_ms = cfg.window_ms, cfg.grace_ms
     # Highest event time seen per partition: a record whose window already closed on that
     # clock is late. The marker window refuses late markers silently, so lateness is
-    # decided and counted here, before the window.
-    partition_clock: dict[tuple[str, int], int] = {}
+    # decided and counted here, before the window. Kept with the Quix store partition it
+    # was seen with: a partition assigned again (a rebalance whose checkpoint was not
+    # committed) replays records from its last commit, and a clock from the discarded
+    # pass would make them late and skip the marker that closes the windows.
+    partition_clock: dict[tuple[str, int], tuple[int, object | None]] = {}
     records_in = metrics.records_in
     # The car's state as this process last wrote it, so most records skip decoding it.
     cars = DecodedCache()
@@ -273,7 +278,9 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             # while its samples piled up in one shared state.
             return quarantined(_no_key(value), key)
         where = _partition()
-        clock = partition_clock.get(where, 0)
+        seen = partition_clock.get(where)
+        held = store_partition(state)
+        clock = seen[0] if seen is not None and seen[1] is held else 0
         start = timestamp - timestamp % window_ms
         late = start + window_ms + grace_ms <= clock
         record = parse(value)
@@ -286,7 +293,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             return quarantined(_future(value, record, timestamp, now_ms), key)
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
-            partition_clock[where] = timestamp
+            partition_clock[where] = (timestamp, held)
         ident = (*where, key)
         car = cars.load(state, "car", ident)
         # Windows the partition's clock closed before this record (see on_close).
@@ -305,7 +312,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if marker is None:
             count_late(key, timestamp)
         elif not marker:
-            # The record that moves the partition's clock past a window's closing time
+            # The record that moves the partition's clock to a window's closing time
             # takes it to Quix's marker window, which closes that window for every car.
             marker = crosses_close(clock, timestamp, window_ms, grace_ms)
         due = take_due(car, samples) if stats_due(car, timestamp) else None
