@@ -1,4 +1,7 @@
-"""Decoded state values kept between records, valid only while nothing else wrote them.
+"""State values kept between records, valid only while nothing else wrote them.
+
+:class:`DecodedCache` keeps decoded JSON values (the car's state, the window detectors'
+memory); :class:`BytesCache` raw ones (the windows' sample chunks).
 
 Every record reads its car's state (~1.4 KB of JSON) and writes it back. Decoding it
 again was ~7 % of processing's time (py-spy, docs/benchmarks-history.md), although the value
@@ -27,6 +30,8 @@ from collections.abc import Hashable
 from typing import Any, Final, Protocol
 
 import orjson
+
+from processing.windows import SampleStore
 
 DEFAULT_LIMIT: Final = 100_000
 
@@ -116,13 +121,6 @@ class DecodedCache:
         self._entries[ident] = (raw, value, store_partition(state))
 
 
-class StoreState(BytesState, Protocol):
-    """The part of Quix's per-key ``State`` that :class:`BytesCache` uses."""
-
-    def delete(self, key: str) -> None:
-        """Remove ``key``."""
-
-
 class BytesCache:
     """Raw state values (the windows' sample chunks) as this process wrote them.
 
@@ -148,11 +146,11 @@ class BytesCache:
         self.hits = 0
         self.misses = 0
 
-    def view(self, state: StoreState, ident: Hashable) -> CachedState:
+    def view(self, state: SampleStore, ident: Hashable) -> CachedState:
         """``state`` (identified across records by ``ident``) read through the cache."""
         return CachedState(self, state, ident)
 
-    def get(self, state: StoreState, ident: Hashable, key: str) -> bytes | None:
+    def get(self, state: SampleStore, ident: Hashable, key: str) -> bytes | None:
         """``state.get_bytes(key)``, from the cache when its entry can be trusted."""
         entry = self._entries.get((ident, key))
         if entry is not None and entry[1] is store_partition(state):
@@ -161,7 +159,7 @@ class BytesCache:
         self.misses += 1
         return state.get_bytes(key)
 
-    def set(self, state: StoreState, ident: Hashable, key: str, value: bytes) -> None:
+    def set(self, state: SampleStore, ident: Hashable, key: str, value: bytes) -> None:
         """``state.set_bytes(key, value)``, kept for the next :meth:`get`."""
         state.set_bytes(key, value)
         partition = store_partition(state)
@@ -171,7 +169,7 @@ class BytesCache:
             self._entries.clear()
         self._entries[ident, key] = (value, partition)
 
-    def delete(self, state: StoreState, ident: Hashable, key: str) -> None:
+    def delete(self, state: SampleStore, ident: Hashable, key: str) -> None:
         """``state.delete(key)``, and the entry with it."""
         state.delete(key)
         self._entries.pop((ident, key), None)
@@ -182,7 +180,7 @@ class CachedState:
 
     __slots__ = ("_cache", "_ident", "_state")
 
-    def __init__(self, cache: BytesCache, state: StoreState, ident: Hashable) -> None:
+    def __init__(self, cache: BytesCache, state: SampleStore, ident: Hashable) -> None:
         self._cache = cache
         self._state = state
         self._ident = ident
