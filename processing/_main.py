@@ -17,20 +17,12 @@ from quixstreams.models import TopicConfig
 from quixstreams.models.serializers.json import JSONSerializer
 from quixstreams.models.serializers.simple_types import BytesSerializer
 
+from processing import outputs as roles
 from processing._settings import ProcessingSettings
 from processing.instance import InstanceError, claim_instance, transactional_id
 from processing.lag import LagReporter
 from processing.metrics import ProcessingMetrics
-from processing.outputs import (
-    ALERTS,
-    QUARANTINE,
-    SESSIONS,
-    SHADOW_ALERTS,
-    STATS,
-    WINDOW_ALERTS,
-    OutputSerializer,
-    route,
-)
+from processing.outputs import OutputSerializer, route
 from processing.pipeline import PipelineConfig, define_pipeline
 from telemetry.gctune import tune_for_service
 from telemetry.logs import configure_service_logging
@@ -145,12 +137,12 @@ def build_app(
         ),
     )
     topics = {
-        STATS: stats,
-        SESSIONS: sessions,
-        ALERTS: alerts,
-        WINDOW_ALERTS: alerts,
-        SHADOW_ALERTS: shadow,
-        QUARANTINE: quarantine,
+        roles.STATS: stats,
+        roles.SESSIONS: sessions,
+        roles.ALERTS: alerts,
+        roles.WINDOW_ALERTS: alerts,
+        roles.SHADOW_ALERTS: shadow,
+        roles.QUARANTINE: quarantine,
     }
     route(pipeline.outputs, topics)
     return app
