@@ -68,11 +68,22 @@ def route(outputs: StreamingDataFrame, topics: Mapping[str, Topic]) -> None:
         topics: A topic per role; each must serialize values with :class:`OutputSerializer`.
 
     Raises:
-        ValueError: A role has no topic.
+        ValueError: A role has no topic, or a topic would write the ``(role, payload)``
+            pair itself (its value serializer is not an :class:`OutputSerializer`).
     """
     missing = ROLES - topics.keys()
     if missing:
         msg = f"no topic for the output roles {sorted(missing)}"
+        raise ValueError(msg)
+    # Quix keeps the serializer private; a plain JSON one would write ["stats", {...}]
+    # to the topic, which every consumer would then refuse.
+    plain = sorted(
+        role
+        for role, topic in topics.items()
+        if not isinstance(getattr(topic, "_value_serializer", None), OutputSerializer)
+    )
+    if plain:
+        msg = f"the topics of the output roles {plain} do not serialize with OutputSerializer"
         raise ValueError(msg)
     by_role = dict(topics)
     outputs.to_topic(lambda value, _key, _ts, _headers: by_role[value[0]])

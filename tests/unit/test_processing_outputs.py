@@ -67,8 +67,12 @@ class _Outputs:
         return self
 
 
+def _topic(name: str) -> Topic:
+    return Topic(name, value_serializer=OutputSerializer(JSONSerializer()))
+
+
 def test_route_sends_each_role_to_its_topic() -> None:
-    topics = {role: Topic(f"t-{role}") for role in ROLES}
+    topics = {role: _topic(f"t-{role}") for role in ROLES}
     topics[WINDOW_ALERTS] = topics[ALERTS]
     outputs = _Outputs()
     route(outputs, topics)  # type: ignore[arg-type]
@@ -77,6 +81,15 @@ def test_route_sends_each_role_to_its_topic() -> None:
 
 
 def test_route_refuses_a_role_without_a_topic() -> None:
-    topics = {role: Topic(f"t-{role}") for role in ROLES - {SHADOW_ALERTS, QUARANTINE}}
+    topics = {role: _topic(f"t-{role}") for role in ROLES - {SHADOW_ALERTS, QUARANTINE}}
     with pytest.raises(ValueError, match=r"no topic for the output roles \['quarantine', "):
         route(_Outputs(), topics)  # type: ignore[arg-type]
+
+
+def test_route_refuses_a_topic_that_would_write_the_role_too() -> None:
+    topics = {role: _topic(f"t-{role}") for role in ROLES}
+    topics[STATS] = Topic("t-stats-json", value_serializer="json")
+    outputs = _Outputs()
+    with pytest.raises(ValueError, match=r"\['stats'\] do not serialize with OutputSerializer"):
+        route(outputs, topics)  # type: ignore[arg-type]
+    assert outputs.pick is None

@@ -25,8 +25,8 @@ from quixstreams.models.messagecontext import MessageContext
 from quixstreams.models.topics import Topic
 from sklearn.ensemble import IsolationForest
 
-from models.registry import LoadedModel, promote, save
-from processing.detectors import detect
+from models.registry import SHADOW, LoadedModel, load, promote, save
+from processing.detectors import detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.outputs import record_of
 from processing.pipeline import PipelineConfig, define_pipeline, parse
@@ -607,3 +607,49 @@ def test_each_role_keeps_its_records_timestamp_and_headers_or_the_windows(
     assert seen["stats"] == {(0, ()), (WINDOW_MS, ())}
     reason = ("reason", b"out_of_range:speed_kmh")
     assert seen["quarantine"] == {(31_000, (("received_at", b"31"), reason))}
+
+
+def _drive(s: int, power_kw: float) -> dict[str, Any]:
+    return ev(s, state="driving", speed_kmh=36.0, power_kw=power_kw,
+              odometer_km=round(1000.0 + 0.01 * s, 4),
+              battery_level_pct=round(80.0 - 0.002 * s, 4))  # fmt: skip
+
+
+def test_window_alerts_and_shadow_alerts_come_out_under_their_roles(tmp_path: Path) -> None:
+    # Seven windows at 12 kW, then five at 30 kW: the rule raises high consumption on the
+    # third high window. A shadow model that flags every window above the baseline scores
+    # the same windows from its own memory.
+    registry = tmp_path / "registry"
+    rng = np.random.default_rng(0)
+    forest = IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
+    meta = {"features": ["consumption_ratio", "avg_speed_kmh"], "threshold": -1e9,
+            "score": "neg_score_samples"}  # fmt: skip
+    save(forest, meta, registry, version="v1")
+    promote(registry, "v1", pointer=SHADOW)
+    h = Harness(tmp_path / "state", model_dir=registry)
+    try:
+        for s in range(12 * 60 + 15):
+            h.send(_drive(s, 12.0 if s < 7 * 60 else 30.0))
+        stats = h.out["stats"]
+        assert len(stats) == 12
+        # The pure functions on the same windows, each detector with its own memory.
+        rules_memory: dict[str, Any] = {}
+        shadow_memory: dict[str, Any] = {}
+        model = load(registry / "v1")
+        expected: list[Any] = []
+        expected_shadow: list[Any] = []
+        for window in stats:
+            expected += detect_window(rules_memory, window)
+            expected_shadow += detect_window(shadow_memory, window, model)
+        assert [(a["kind"], a["status"], a["detector"]) for a in expected] == [
+            ("high_consumption", "raised", "rule:v1")
+        ]
+        assert expected[0]["ts"] == stats[9]["window_end"] - 1
+        assert h.out["window_alerts"] == expected
+        assert {a["detector"] for a in expected_shadow} == {"model:v1"}
+        assert h.out["shadow_alerts"] == expected_shadow
+        # Window alerts are alerts: counted by the metric; the shadow's are not.
+        assert h.metric("fleetstream_processing_alerts_total", kind="high_consumption",
+                        status="raised") == 1  # fmt: skip
+    finally:
+        h.close()
