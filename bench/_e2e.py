@@ -96,6 +96,11 @@ class _SizeResult:
     # (second of its window of the alert's ts, ts -> readable ms): windows close at their
     # end + grace, so this shows whether the tail follows the closes.
     alert_by_second: list[tuple[int, float]] = field(default_factory=list)
+    # (second of the run of the alert's ts, counted from the first record's ts, ms): shows
+    # a start-up or one-off stall that the second of the window averages away.
+    alert_by_run_second: list[tuple[int, float]] = field(default_factory=list)
+    # CPU in % of a core per process, per ten seconds of the run.
+    cpu_by_ten_seconds: dict[str, list[float]] = field(default_factory=dict)
     stats_ms: list[float] = field(default_factory=list)
     close_ms: list[float] = field(default_factory=list)
     processes: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -257,6 +262,10 @@ def _run_size(
                 "cpu_pct": 100 * w.cpu_s / elapsed,
                 "peak_rss_mb": w.peak_rss_mb,
             }
+            result.cpu_by_ten_seconds[name] = [
+                round(w.cpu_pct_between(began + t, began + t + 10), 1)
+                for t in range(0, seconds, 10)
+            ]
         result.consumed = processing.records_in()
         _collect(settings, topics, tail.records, result)
     finally:
@@ -293,6 +302,7 @@ def _collect(
     keys: set[tuple[str, int]] = set()
     per_window: dict[tuple[str, int], list[int]] = {}
     max_ts = 0
+    first_ts = min((int(orjson.loads(r.value)["ts"]) for r in telemetry), default=0)
     for r in telemetry:
         value = orjson.loads(r.value)
         key = (value["vehicle_id"], value["seq"])
@@ -320,6 +330,7 @@ def _collect(
                 result.alert_ms.append(latency)
                 second = int(value["ts"]) % result.window_ms // 1000
                 result.alert_by_second.append((second, latency))
+                result.alert_by_run_second.append(((int(value["ts"]) - first_ts) // 1000, latency))
                 result.alert_append_ms.append(float(appended - int(value["ts"])))
             continue
         start, end = int(value["window_start"]), int(value["window_end"])
@@ -427,6 +438,14 @@ def _by_ten_seconds(alerts: list[tuple[int, float]], window_s: int = 60) -> dict
     }
 
 
+def _by_ten_seconds_of_run(alerts: list[tuple[int, float]], seconds: int) -> dict[str, float]:
+    """p99 ts -> alert per ten seconds of the run ("010-019": ts 10 to 19 s after the first)."""
+    return {
+        f"{low:03d}-{low + 9:03d}": percentile([ms for s, ms in alerts if low <= s < low + 10], 99)
+        for low in range(0, seconds, 10)
+    }
+
+
 def _fill(report: Report, results: list[_SizeResult]) -> None:
     for r in results:
         name = f"{r.vehicles} cars x {r.seconds} s"
@@ -482,7 +501,11 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
          # The key's name predates configurable windows: seconds of the window.
          "p99_alert_ms_by_second_of_minute": _by_ten_seconds(
              r.alert_by_second, r.window_ms // 1000
-         )}
+         ),
+         "p99_alert_ms_by_ten_seconds_of_run": _by_ten_seconds_of_run(
+             r.alert_by_run_second, r.seconds
+         ),
+         "cpu_pct_by_ten_seconds_of_run": r.cpu_by_ten_seconds}
         for r in results
     ]  # fmt: skip
     passing = [r.vehicles for r in results if r.passed]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -1002,6 +1003,8 @@ class ProcessWatch:
         self._machine_start = cpu_times()
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        # (monotonic time, CPU seconds so far) at every sample: CPU over any span.
+        self.timeline: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._sample()
         self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
@@ -1026,6 +1029,16 @@ class ProcessWatch:
                 self._first.setdefault(p.pid, t.user + t.system)
                 self._last[p.pid] = t.user + t.system
         self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+        used = sum(self._last[pid] - first for pid, first in self._first.items())
+        self.timeline.append((time.monotonic(), used))
+
+    def cpu_pct_between(self, start: float, end: float) -> float:
+        """CPU in % of a core between two ``time.monotonic()`` instants (nan if unsampled)."""
+        inside = [(t, used) for t, used in self.timeline if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return math.nan
+        (t0, u0), (t1, u1) = inside[0], inside[-1]
+        return 100 * (u1 - u0) / (t1 - t0)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):

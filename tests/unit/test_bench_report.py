@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -11,7 +12,14 @@ import psutil
 import pytest
 
 from bench import BenchError
-from bench._e2e import _after_close, _by_ten_seconds, _next_sizes, _SizeResult, phase_wait_s
+from bench._e2e import (
+    _after_close,
+    _by_ten_seconds,
+    _by_ten_seconds_of_run,
+    _next_sizes,
+    _SizeResult,
+    phase_wait_s,
+)
 from bench._ingest import _Load, _Run
 from bench._report import Report, cpu_shares, cpu_times, percentile, row, speed_probe
 from bench.harness import ProcessWatch
@@ -111,6 +119,10 @@ def test_a_process_watch_measures_the_machine_over_the_same_span() -> None:
         pass
     watch.stop()
     assert watch.cpu_s >= 0.25
+    # Over the busy span the timeline gives about one core; a span it never sampled, nan.
+    t0, t1 = watch.timeline[0][0], watch.timeline[-1][0]
+    assert 70 < watch.cpu_pct_between(t0, t1) <= 110
+    assert math.isnan(watch.cpu_pct_between(t1 + 1, t1 + 2))
     # This process kept one of the machine's cores busy for most of the span.
     assert watch.machine.busy_pct > 0
     assert 0 <= watch.machine.steal_pct <= 100 - watch.machine.busy_pct + 1e-6
@@ -169,6 +181,12 @@ def test_alert_latency_is_split_by_time_since_the_window_close() -> None:
     assert buckets["10-19"] == 900.0
     assert buckets["50-59"] == 59.0
     assert _by_ten_seconds([(5, 1.0)])["10-19"] != _by_ten_seconds([(5, 1.0)])["10-19"]
+
+
+def test_alert_latency_by_ten_seconds_of_the_run_shows_a_start_up_stall() -> None:
+    alerts = [(s, 100.0) for s in range(30)] + [(4, 2000.0)]
+    buckets = _by_ten_seconds_of_run(alerts, 30)
+    assert buckets == {"000-009": 2000.0, "010-019": 100.0, "020-029": 100.0}
 
 
 def test_a_benchmark_slug_is_claimed_once_per_run(tmp_path: Path) -> None:
