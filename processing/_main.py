@@ -101,6 +101,9 @@ def build_app(
         auto_offset_reset=settings.processing_auto_offset_reset,
         processing_guarantee=settings.processing_guarantee,
         commit_interval=settings.processing_commit_interval_s,
+        # Quix commits after a poll; an empty poll blocked 1 s (its default), so the end
+        # of a burst waited a second for its commit, unseen by read_committed readers.
+        consumer_poll_timeout=min(1.0, settings.processing_commit_interval_s),
         state_dir=settings.processing_state_dir,
         loglevel="WARNING",
     )
