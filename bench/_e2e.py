@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,13 +223,20 @@ def _run_size(
     simulator: subprocess.Popen[bytes] | None = None
     try:
         _wait_processing_ready(processing)
-        kafka, mosq = _kafka.process(settings).pid(), _mosquitto.process(settings).pid()
-        watched = {
+        watched: dict[str, Callable[[], list[psutil.Process]]] = {
             "ingest": lambda: [psutil.Process(ingest.proc.pid)] if ingest.proc else [],
             "processing": lambda: [psutil.Process(pid) for pid in processing.pids()],
-            "kafka": lambda: [psutil.Process(kafka)] if kafka else [],
-            "mosquitto": lambda: [psutil.Process(mosq)] if mosq else [],
         }
+        for name, managed in (("kafka", _kafka), ("mosquitto", _mosquitto)):
+            pid = managed.process(settings).pid()
+            if pid is None:
+                # A 0 % row would read as a measurement; leave the broker's rows out.
+                _log.warning(
+                    "%s was not started by this checkout's `fleetstream infra` (no pid "
+                    "file in %s): its CPU and RSS are not measured", name, settings.run_dir
+                )  # fmt: skip
+                continue
+            watched[name] = _process(pid)
         watches = {name: ProcessWatch(get) for name, get in watched.items()}
         tail = _Tail(settings.kafka_bootstrap, [topics["stats"], topics["alerts"]])
         wait = phase_wait_s(time.time(), tuning.processing_window_s)
@@ -275,6 +283,10 @@ def _run_size(
         processing.stop()
         delete_topics(settings.kafka_bootstrap, prefix)
     return result
+
+
+def _process(pid: int) -> Callable[[], list[psutil.Process]]:
+    return lambda: [psutil.Process(pid)]
 
 
 def _wait_processing_ready(processing: ProcessingGroup, timeout_s: float = 90.0) -> None:

@@ -113,6 +113,12 @@ def test_bench_e2e_counts_every_message(
     assert rows[(name, "p99 window close->stats")] > 0
     assert report.params["processing_window_s"] == 10
     assert ("30 cars x 30 s", "processing peak RSS") in rows
+    # The brokers this checkout started are watched too (a broker it cannot find is
+    # left out of the rows rather than shown at 0 %).
+    assert rows[(name, "kafka CPU")] > 0
+    assert rows[(name, "mosquitto CPU")] > 0
+    assert len(size["p99_alert_ms_by_ten_seconds_of_run"]) == 3
+    assert len(size["cpu_pct_by_ten_seconds_of_run"]["processing"]) == 3
     busy = rows[("30 cars x 30 s", "machine CPU busy (all cores)")]
     stolen = rows[("30 cars x 30 s", "CPU stolen by the hypervisor (all cores)")]
     assert 0 < busy <= 100
