@@ -29,12 +29,13 @@ RUN uv sync --frozen --no-dev --no-editable
 
 # --- runtime stage: the virtualenv only, no build tools, no source tree -----------------------
 FROM python:3.11-slim AS runtime
-# The archive folder exists and belongs to the user: a named volume mounted there starts
-# with this owner, so the archive service can write to it.
+# The archive and ingest-state folders exist and belong to the user: a named volume
+# mounted there starts with this owner, so the services can write to it.
 RUN groupadd --system --gid 10001 fleetstream \
     && useradd --system --uid 10001 --gid fleetstream --home-dir /var/lib/fleetstream \
        --create-home --shell /usr/sbin/nologin fleetstream \
-    && install -d -o 10001 -g 10001 /var/lib/fleetstream/archive
+    && install -d -o 10001 -g 10001 /var/lib/fleetstream/archive \
+       /var/lib/fleetstream/ingest-state
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

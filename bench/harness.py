@@ -192,6 +192,7 @@ class IngestProcess:
             "FLEETSTREAM_MQTT_CLIENT_ID": self.client_id,
             "FLEETSTREAM_INGEST_METRICS_PORT": str(self.port),
             "FLEETSTREAM_MQTT_SESSION_EXPIRY_S": "900",
+            "FLEETSTREAM_INGEST_STATE_DIR": str(self.workdir / "ingest-state"),
         }
         if self.rules is not None:
             env["FLEETSTREAM_INGEST_RULES_FILE"] = str(self.rules)

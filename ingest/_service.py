@@ -39,6 +39,7 @@ from ingest._paho import (
 from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet, subscription_ids
 from ingest._settings import IngestSettings
+from ingest._subscriptions import SubscriptionRecord
 from ingest.errors import FatalConnectError
 
 _log = logging.getLogger("ingest")
@@ -121,6 +122,7 @@ class IngestService:
         self._had_session = False
         self._session_present = False
         self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
+        self._subscribed = SubscriptionRecord(settings.ingest_state_dir, settings.mqtt_client_id)
         # The broker sends one copy of a message per subscription it matches: with
         # overlapping filters, each copy names its subscription by identifier and goes
         # to that subscription's rules only. Off otherwise, since an identifier makes
@@ -352,18 +354,35 @@ class IngestService:
                 msg = f"MQTT broker refused the subscription {subscription!r}: {code}"
                 raise FatalConnectError(msg)
             _log.info("subscribed to %s (QoS %d)", subscription, qos)
-        if not self._session_present:
-            return
-        # A resumed session keeps the subscriptions of the rules it was made with. A rule
-        # that gained a share_group would then get every message through its old plain
-        # filter besides its share through the shared one: duplicates in Kafka. Dropped
-        # after the shared one exists, so no message finds no subscription in between.
-        plain = {r.mqtt for r in self.rules.mqtt_to_kafka if r.share_group} - set(seen)
-        for mqtt_filter in sorted(plain):
-            await client.unsubscribe(mqtt_filter)
-            _log.info(
-                "unsubscribed from %s (shared now; an earlier session may hold it)", mqtt_filter
+        if self._session_present:
+            await self._unsubscribe_stale(client, set(seen))
+        # Written once the session holds exactly these: a crash before leaves the old
+        # record, and the next start unsubscribes again.
+        self._subscribed.save(seen)
+
+    async def _unsubscribe_stale(self, client: aiomqtt.Client, current: set[str]) -> None:
+        # A resumed session keeps the subscriptions it was made with. A rule that gained
+        # a share_group would get every message through its old plain filter too, and a
+        # renamed share_group through both groups: duplicates in Kafka; a removed rule's
+        # messages would come in unmatched. Dropped after the new ones exist, so no
+        # message finds no subscription in between.
+        loaded = self._subscribed.load()
+        if loaded is None:
+            _log.warning(
+                "resumed an MQTT session with no record of its filters (%s): filters "
+                "dropped from the rules before this start stay subscribed",
+                self._subscribed.path,
             )
+        recorded = (loaded or frozenset()) - current
+        plain = {r.mqtt for r in self.rules.mqtt_to_kafka if r.share_group} - current
+        for mqtt_filter in sorted(recorded | plain):
+            await client.unsubscribe(mqtt_filter)
+            why = (
+                "no rule has it now; an earlier process of this client id subscribed"
+                if mqtt_filter in recorded
+                else "shared now; an earlier session may hold it"
+            )
+            _log.info("unsubscribed from %s (%s)", mqtt_filter, why)
 
     async def _until_disconnect_or_stop(self, client: aiomqtt.Client) -> None:
         async def watch() -> None:

@@ -43,6 +43,11 @@ class IngestSettings(KafkaConnectionSettings, MqttConnectionSettings):
     ingest_rules_file: Path | None = Field(
         default=None, description="Rules file; default: the packaged one."
     )
+    ingest_state_dir: Path = Field(
+        default=Path(".run/ingest-state"),
+        description="Where ingest records the MQTT filters its session holds, so that a "
+        "later process under the same client id unsubscribes from those its rules dropped.",
+    )
     ingest_metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = Field(
         default=9464, ge=0, le=65535, description="0 disables /metrics and /healthz."

@@ -283,6 +283,35 @@ def test_a_rule_that_gains_a_share_group_drops_its_old_plain_subscription(
     assert received == len(messages)
 
 
+def test_a_renamed_share_group_is_unsubscribed_from_its_old_name(
+    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+) -> None:
+    # The session of the first process holds $share/<old>/...; without the record of its
+    # filters the second process kept it beside $share/<new>/... and, the only member of
+    # both groups, got every message twice.
+    messages = telemetry_messages(prefix, vehicles=20, seconds=50)
+    name = f"{unique_name}-r"
+    old = write_rules(tmp_path / "old.toml", prefix, share_group=f"old{prefix}")
+    with running(_ingest(brokers, tmp_path, old, name).start()):
+        pass
+    new = write_rules(tmp_path / "new.toml", prefix, share_group=f"new{prefix}")
+    after = _ingest(brokers, tmp_path, new, name)
+    with running(after.start()):
+        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
+        publisher.publish(((t, p) for t, p, _ in messages), rate=2000)
+        publisher.wait_acked(len(messages))
+        publisher.close()
+        records = read_topic(
+            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), settle_s=3
+        )
+        received = after.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
+    row = delivery_report("share_group_renamed", {k for _, _, k in messages}, records)
+    assert row["lost"] == 0
+    assert row["duplicates"] == 0
+    assert received == len(messages)
+    assert f"unsubscribed from $share/old{prefix}/" in after.log_path.read_text()
+
+
 def test_wrong_mqtt_password_is_one_clear_error(
     brokers: infra.InfraSettings, tmp_path: Path, rules: Path
 ) -> None:
