@@ -100,8 +100,11 @@ class _SizeResult:
     # (second of the run of the alert's ts, counted from the first record's ts, ms): shows
     # a start-up or one-off stall that the second of the window averages away.
     alert_by_run_second: list[tuple[int, float]] = field(default_factory=list)
-    # CPU in % of a core per process, per ten seconds of the run.
+    # CPU in % of a core per process, per ten seconds of the run (from the simulator's
+    # start, about half a second before the first record's ts).
     cpu_by_ten_seconds: dict[str, list[float]] = field(default_factory=dict)
+    # Brokers whose process could not be found, so not in the CPU and RSS rows.
+    unwatched: list[str] = field(default_factory=list)
     stats_ms: list[float] = field(default_factory=list)
     close_ms: list[float] = field(default_factory=list)
     processes: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -232,9 +235,10 @@ def _run_size(
             if pid is None:
                 # A 0 % row would read as a measurement; leave the broker's rows out.
                 _log.warning(
-                    "%s was not started by this checkout's `fleetstream infra` (no pid "
-                    "file in %s): its CPU and RSS are not measured", name, settings.run_dir
+                    "%s: no live broker from this checkout's pid file in %s (started "
+                    "elsewhere?): its CPU and RSS are not measured", name, settings.run_dir
                 )  # fmt: skip
+                result.unwatched.append(name)
                 continue
             watched[name] = _process(pid)
         watches = {name: ProcessWatch(get) for name, get in watched.items()}
@@ -286,6 +290,7 @@ def _run_size(
 
 
 def _process(pid: int) -> Callable[[], list[psutil.Process]]:
+    # A function, not a lambda in the caller's loop: that would see the loop's last pid.
     return lambda: [psutil.Process(pid)]
 
 
@@ -314,7 +319,7 @@ def _collect(
     keys: set[tuple[str, int]] = set()
     per_window: dict[tuple[str, int], list[int]] = {}
     max_ts = 0
-    first_ts = min((int(orjson.loads(r.value)["ts"]) for r in telemetry), default=0)
+    first_ts: int | None = None
     for r in telemetry:
         value = orjson.loads(r.value)
         key = (value["vehicle_id"], value["seq"])
@@ -324,6 +329,7 @@ def _collect(
         keys.add(key)
         ts = int(value["ts"])
         max_ts = max(max_ts, ts)
+        first_ts = ts if first_ts is None else min(first_ts, ts)
         window = (value["vehicle_id"], ts - ts % result.window_ms)
         per_window.setdefault(window, []).append(ts)
         received = r.headers.get("received_at")
@@ -342,7 +348,8 @@ def _collect(
                 result.alert_ms.append(latency)
                 second = int(value["ts"]) % result.window_ms // 1000
                 result.alert_by_second.append((second, latency))
-                result.alert_by_run_second.append(((int(value["ts"]) - first_ts) // 1000, latency))
+                run_second = (int(value["ts"]) - (first_ts or 0)) // 1000
+                result.alert_by_run_second.append((run_second, latency))
                 result.alert_append_ms.append(float(appended - int(value["ts"])))
             continue
         start, end = int(value["window_start"]), int(value["window_end"])
@@ -451,11 +458,19 @@ def _by_ten_seconds(alerts: list[tuple[int, float]], window_s: int = 60) -> dict
 
 
 def _by_ten_seconds_of_run(alerts: list[tuple[int, float]], seconds: int) -> dict[str, float]:
-    """p99 ts -> alert per ten seconds of the run ("010-019": ts 10 to 19 s after the first)."""
-    return {
+    """p99 ts -> alert per ten seconds of the run ("010-019": ts 10 to 19 s after the first).
+
+    Alerts of records sent after the run's length (a simulator that fell behind) are in
+    a last "<seconds>+" bucket, present only when there are any.
+    """
+    buckets = {
         f"{low:03d}-{low + 9:03d}": percentile([ms for s, ms in alerts if low <= s < low + 10], 99)
         for low in range(0, seconds, 10)
     }
+    late = [ms for s, ms in alerts if s >= seconds]
+    if late:
+        buckets[f"{seconds:03d}+"] = percentile(late, 99)
+    return buckets
 
 
 def _fill(report: Report, results: list[_SizeResult]) -> None:
@@ -517,7 +532,8 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
          "p99_alert_ms_by_ten_seconds_of_run": _by_ten_seconds_of_run(
              r.alert_by_run_second, r.seconds
          ),
-         "cpu_pct_by_ten_seconds_of_run": r.cpu_by_ten_seconds}
+         "cpu_pct_by_ten_seconds_of_run": r.cpu_by_ten_seconds,
+         "unwatched_processes": r.unwatched}
         for r in results
     ]  # fmt: skip
     passing = [r.vehicles for r in results if r.passed]

@@ -102,7 +102,8 @@ def build_app(
         processing_guarantee=settings.processing_guarantee,
         commit_interval=settings.processing_commit_interval_s,
         # Quix commits after a poll; an empty poll blocked 1 s (its default), so the end
-        # of a burst waited a second for its commit, unseen by read_committed readers.
+        # of a burst waited a second for its commit (unseen by read_committed readers
+        # under exactly-once; its offsets uncommitted either way).
         consumer_poll_timeout=min(1.0, settings.processing_commit_interval_s),
         state_dir=settings.processing_state_dir,
         loglevel="WARNING",

@@ -120,8 +120,14 @@ def test_a_process_watch_measures_the_machine_over_the_same_span() -> None:
     watch.stop()
     assert watch.cpu_s >= 0.25
     # Over the busy span the timeline gives about one core; a span it never sampled, nan.
-    t0, t1 = watch.timeline[0][0], watch.timeline[-1][0]
-    assert 70 < watch.cpu_pct_between(t0, t1) <= 110
+    (t0, used0), (t1, used1) = watch.timeline[0], watch.timeline[-1]
+    assert used0 == 0
+    assert used1 == pytest.approx(watch.cpu_s)
+    assert watch.cpu_pct_between(t0, t1) == pytest.approx(100 * watch.cpu_s / (t1 - t0))
+    # A part of the span: the CPU between the samples at its ends.
+    (ta, ua), (tb, ub) = watch.timeline[1], watch.timeline[-2]
+    if tb > ta:
+        assert watch.cpu_pct_between(ta, tb) == pytest.approx(100 * (ub - ua) / (tb - ta))
     assert math.isnan(watch.cpu_pct_between(t1 + 1, t1 + 2))
     # This process kept one of the machine's cores busy for most of the span.
     assert watch.machine.busy_pct > 0
@@ -183,10 +189,16 @@ def test_alert_latency_is_split_by_time_since_the_window_close() -> None:
     assert _by_ten_seconds([(5, 1.0)])["10-19"] != _by_ten_seconds([(5, 1.0)])["10-19"]
 
 
-def test_alert_latency_by_ten_seconds_of_the_run_shows_a_start_up_stall() -> None:
-    alerts = [(s, 100.0) for s in range(30)] + [(4, 2000.0)]
+def test_alert_latency_by_ten_seconds_of_the_run_shows_a_stall_where_it_was() -> None:
+    alerts = [(s, 100.0) for s in range(30)]
+    # Each bucket's edges: its first and last second count, the next one's first does not.
+    alerts += [(0, 1000.0), (9, 1000.0), (10, 2000.0), (19, 2000.0), (29, 3000.0)]
     buckets = _by_ten_seconds_of_run(alerts, 30)
-    assert buckets == {"000-009": 2000.0, "010-019": 100.0, "020-029": 100.0}
+    assert buckets == {"000-009": 1000.0, "010-019": 2000.0, "020-029": 3000.0}
+    # Records sent past the run's length are kept in a bucket of their own.
+    buckets = _by_ten_seconds_of_run([*alerts, (30, 4000.0)], 30)
+    assert buckets["030+"] == 4000.0
+    assert buckets["020-029"] == 3000.0
 
 
 def test_a_benchmark_slug_is_claimed_once_per_run(tmp_path: Path) -> None:
