@@ -40,7 +40,8 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    FLEETSTREAM_PROCESSING_STATE_DIR=/var/lib/fleetstream/processing-state
+    FLEETSTREAM_PROCESSING_STATE_DIR=/var/lib/fleetstream/processing-state \
+    FLEETSTREAM_INGEST_STATE_DIR=/var/lib/fleetstream/ingest-state
 WORKDIR /var/lib/fleetstream
 USER 10001:10001
 # ingest /metrics + /healthz, processing /metrics, archive /metrics, dashboard

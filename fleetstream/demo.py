@@ -136,6 +136,8 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
         "FLEETSTREAM_MQTT_CLIENT_ID": "fleetstream-demo-ingest",
     }
     env["FLEETSTREAM_PROCESSING_STATE_DIR"] = str(settings.run_dir / "processing-state")
+    # Next to the brokers' data: the demo ingest's MQTT session lives there too.
+    env["FLEETSTREAM_INGEST_STATE_DIR"] = str(settings.run_dir / "ingest-state")
     # So that `fleetstream models promote VERSION` from the same folder reaches the demo.
     registry = os.environ.get("FLEETSTREAM_PROCESSING_MODEL_DIR") or str(DEFAULT_REGISTRY.resolve())
     env["FLEETSTREAM_PROCESSING_MODEL_DIR"] = registry

@@ -45,7 +45,7 @@ from typing import Any, cast
 import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet as paho_packet
-from paho.mqtt.client import CallbackOnConnect_v2
+from paho.mqtt.client import CallbackOnConnect_v2, CallbackOnUnsubscribe_v2
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
@@ -449,3 +449,29 @@ def watch_session_present(client: aiomqtt.Client, on_connack: Callable[[bool], N
             original(c, userdata, flags, reason, properties)
 
     paho.on_connect = on_connect
+
+
+def watch_unsubacks(
+    client: aiomqtt.Client, on_unsuback: Callable[[list[ReasonCode]], None]
+) -> None:
+    """Call ``on_unsuback(reason_codes)`` on every UNSUBACK of ``client``.
+
+    aiomqtt's ``unsubscribe`` drops the reason codes, so a refused unsubscribe (not
+    authorised, say) looked like a done one. Called before aiomqtt completes the awaited
+    ``unsubscribe``, so the codes are there when it returns.
+    """
+    paho = _paho(client)
+    original = cast("CallbackOnUnsubscribe_v2 | None", paho.on_unsubscribe)
+
+    def on_unsubscribe(
+        c: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None = None,
+    ) -> None:
+        on_unsuback(list(reason_codes))
+        if original is not None:
+            original(c, userdata, mid, reason_codes, properties)
+
+    paho.on_unsubscribe = on_unsubscribe

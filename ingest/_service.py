@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest._acks import OrderedAcker, Pending
 from ingest._kafka import KafkaSink, ensure_topics, is_transient, kafka_problem
@@ -35,6 +36,7 @@ from ingest._paho import (
     send_acks,
     take_over_acks_and_delivery,
     watch_session_present,
+    watch_unsubacks,
 )
 from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet, subscription_ids
@@ -47,6 +49,7 @@ _T = TypeVar("_T")
 # CONNACK/SUBACK codes retrying cannot fix: bad credentials, not authorised, banned,
 # unsupported shared subscriptions (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8A, 0x9E).
 _FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
+_NO_SUBSCRIPTION: Final = 0x11  # UNSUBACK: the session did not hold the filter
 _TOPIC_CACHE_MAX: Final = 100_000
 # A crashed command loop is restarted after 1 s, doubling up to 60 s while it keeps crashing.
 _COMMAND_RESTART_MIN_S = 1.0
@@ -123,6 +126,8 @@ class IngestService:
         self._session_present = False
         self._topic_rules: dict[str, tuple[MqttToKafkaRule, ...]] = {}
         self._subscribed = SubscriptionRecord(settings.ingest_state_dir, settings.mqtt_client_id)
+        self._held: frozenset[str] | None = None  # the record as last read or written
+        self._unsuback: list[ReasonCode] = []  # reason codes of the latest UNSUBACK
         # The broker sends one copy of a message per subscription it matches: with
         # overlapping filters, each copy names its subscription by identifier and goes
         # to that subscription's rules only. Off otherwise, since an identifier makes
@@ -276,8 +281,12 @@ class IngestService:
         client.pending_calls_threshold = 10_000
         take_over_acks_and_delivery(client, self._on_publish)
         watch_session_present(client, self._on_connack)
+        watch_unsubacks(client, self._on_unsuback)
         guard_write_registration(client)
         return client
+
+    def _on_unsuback(self, reason_codes: list[ReasonCode]) -> None:
+        self._unsuback = reason_codes
 
     def _on_connack(self, session_present: bool) -> None:
         """Report a session the broker lost: what it held for us is gone with it."""
@@ -343,6 +352,11 @@ class IngestService:
         seen: dict[str, int] = {}
         for rule in self.rules.mqtt_to_kafka:
             seen[rule.subscription] = max(seen.get(rule.subscription, 0), rule.qos)
+        current = frozenset(seen)
+        held = self._held_filters()
+        # Written ahead: whatever happens below, the record names every filter the
+        # session may hold, so a later start can still drop the ones its rules lack.
+        self._record_filters(held | current if self._session_present else current)
         for subscription, qos in seen.items():
             props = None
             if self._sub_ids:
@@ -354,35 +368,63 @@ class IngestService:
                 msg = f"MQTT broker refused the subscription {subscription!r}: {code}"
                 raise FatalConnectError(msg)
             _log.info("subscribed to %s (QoS %d)", subscription, qos)
-        if self._session_present:
-            await self._unsubscribe_stale(client, set(seen))
-        # Written once the session holds exactly these: a crash before leaves the old
-        # record, and the next start unsubscribes again.
-        self._subscribed.save(seen)
+        kept = await self._unsubscribe_stale(client, held, current) if self._session_present else ()
+        self._record_filters(current | frozenset(kept))
 
-    async def _unsubscribe_stale(self, client: aiomqtt.Client, current: set[str]) -> None:
-        # A resumed session keeps the subscriptions it was made with. A rule that gained
-        # a share_group would get every message through its old plain filter too, and a
-        # renamed share_group through both groups: duplicates in Kafka; a removed rule's
-        # messages would come in unmatched. Dropped after the new ones exist, so no
-        # message finds no subscription in between.
-        loaded = self._subscribed.load()
-        if loaded is None:
-            _log.warning(
-                "resumed an MQTT session with no record of its filters (%s): filters "
-                "dropped from the rules before this start stay subscribed",
-                self._subscribed.path,
-            )
-        recorded = (loaded or frozenset()) - current
+    def _held_filters(self) -> frozenset[str]:
+        """The filters an earlier process (or connection) of this client id subscribed."""
+        if self._held is None:
+            loaded = self._subscribed.load()
+            if loaded is None and self._session_present:
+                _log.warning(
+                    "resumed an MQTT session with no record of its filters (%s): any "
+                    "filters dropped from the rules before this start stay subscribed",
+                    self._subscribed.path,
+                )
+            self._held = loaded or frozenset()
+        return self._held
+
+    def _record_filters(self, filters: frozenset[str]) -> None:
+        # Kept in memory too: a reconnect neither reads the file nor rewrites it unchanged.
+        if filters != self._held and self._subscribed.save(filters):
+            self._held = filters
+
+    async def _unsubscribe_stale(
+        self, client: aiomqtt.Client, held: frozenset[str], current: frozenset[str]
+    ) -> list[str]:
+        """Drop the session's filters that no rule has now; the ones the broker kept.
+
+        A resumed session keeps the subscriptions it was made with. A rule that gained a
+        share_group would get every message through its old plain filter too, and a
+        renamed share_group through both groups: duplicates in Kafka; a removed rule's
+        messages would come in unmatched. Dropped after the new ones exist, so no
+        message finds no subscription in between.
+        """
+        recorded = held - current
         plain = {r.mqtt for r in self.rules.mqtt_to_kafka if r.share_group} - current
+        kept: list[str] = []
         for mqtt_filter in sorted(recorded | plain):
+            self._unsuback = []
             await client.unsubscribe(mqtt_filter)
-            why = (
-                "no rule has it now; an earlier process of this client id subscribed"
-                if mqtt_filter in recorded
-                else "shared now; an earlier session may hold it"
-            )
-            _log.info("unsubscribed from %s (%s)", mqtt_filter, why)
+            refused = [c for c in self._unsuback if _reason_value(c) >= 0x80]
+            if refused:
+                _log.warning(
+                    "MQTT broker refused to unsubscribe from %s (%s): kept in the record, "
+                    "tried again at the next start",
+                    mqtt_filter,
+                    refused[0],
+                )
+                kept.append(mqtt_filter)
+            elif any(_reason_value(c) == _NO_SUBSCRIPTION for c in self._unsuback):
+                _log.debug("the session did not hold %s", mqtt_filter)
+            else:
+                why = (
+                    "no rule has it now; an earlier process of this client id subscribed"
+                    if mqtt_filter in recorded
+                    else "shared now; an earlier session held it"
+                )
+                _log.info("unsubscribed from %s (%s)", mqtt_filter, why)
+        return kept
 
     async def _until_disconnect_or_stop(self, client: aiomqtt.Client) -> None:
         async def watch() -> None:
@@ -495,14 +537,14 @@ class IngestService:
         """The rules whose subscription sent this copy of a message (overlapping filters).
 
         A copy without an identifier (or with undecodable properties) goes to every
-        matching rule: a duplicate at worst, never a loss. One whose identifiers name no
-        current rule came through a subscription an earlier session left behind; the
-        current rules' own subscriptions send their copies too.
+        matching rule: a duplicate at worst, never a loss. So does one whose identifiers
+        name no current rule: it was queued through a subscription of rules since changed
+        (a renamed share group is a new subscription that did not exist meanwhile).
         """
         ids = getattr(properties, "SubscriptionIdentifier", None)
         if not ids or type(properties) is UndecodableProperties:
             return rules
-        return tuple(r for r in rules if self._sub_ids[r.subscription] in ids)
+        return tuple(r for r in rules if self._sub_ids[r.subscription] in ids) or rules
 
     def _take(
         self, mid: int, qos: int, inbound: Inbound, work: list[tuple[MqttToKafkaRule, Outbound]]

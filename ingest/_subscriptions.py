@@ -24,6 +24,28 @@ import orjson
 
 _log = logging.getLogger(__name__)
 
+_MAX_TOPIC_BYTES = 65_535
+
+
+def valid_filter(subscription: str) -> bool:
+    """Whether ``subscription`` is a filter the broker accepts (plain or ``$share/g/…``).
+
+    The record is read back from a file anyone may edit: an invalid filter made paho
+    raise (or the broker disconnect) at every start, before the record could be fixed.
+    """
+    if subscription.startswith("$share/"):
+        group, _, subscription = subscription[len("$share/") :].partition("/")
+        if not group or any(c in group for c in "+#"):
+            return False
+    encoded = subscription.encode("utf-8", "surrogatepass")
+    if not subscription or "\0" in subscription or len(encoded) > _MAX_TOPIC_BYTES:
+        return False
+    levels = subscription.split("/")
+    return all(
+        ("+" not in level or level == "+") and ("#" not in level or (level == "#" and last))
+        for last, level in ((i == len(levels) - 1, level) for i, level in enumerate(levels))
+    )
+
 
 class SubscriptionRecord:
     """The file of one client id's subscribed filters.
@@ -52,10 +74,13 @@ class SubscriptionRecord:
             _log.warning("%s is not JSON (%s): stale subscriptions stay", self.path, exc)
             return frozenset()
         filters = value.get("filters") if isinstance(value, dict) else None
-        if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+        if not isinstance(filters, list):
             _log.warning("%s has no list of filters: stale subscriptions stay", self.path)
             return frozenset()
-        return frozenset(filters)
+        bad = [f for f in filters if not (isinstance(f, str) and valid_filter(f))]
+        if bad:
+            _log.warning("%s: ignoring entries that are not MQTT filters: %r", self.path, bad)
+        return frozenset(f for f in filters if f not in bad)
 
     def save(self, filters: Iterable[str]) -> bool:
         """Replace the record with ``filters``; False (and a warning) when it cannot.
@@ -67,7 +92,10 @@ class SubscriptionRecord:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(body)
+            with tmp.open("wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())  # a crash of the machine: the old record or the new
             os.replace(tmp, self.path)
         except OSError as exc:
             _log.warning(

@@ -256,19 +256,37 @@ def test_two_ingest_processes_share_one_subscription(
     assert sum(shares) == len(messages)
 
 
-def test_a_rule_that_gains_a_share_group_drops_its_old_plain_subscription(
-    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
+@pytest.mark.parametrize(
+    ("case", "before", "after"),
+    [
+        # The scale-out step of the packaged rules: the running process keeps its client
+        # id and its rule gains a share_group; its resumed session holds the plain filter.
+        ("share_group_added", None, "new"),
+        # The session holds $share/old/...: beside $share/new/... (or the plain filter),
+        # the only member of both got every message twice before the record of filters.
+        ("share_group_renamed", "old", "new"),
+        ("share_group_removed", "old", None),
+    ],
+)
+def test_a_restart_with_a_changed_share_group_writes_each_message_once(
+    brokers: infra.InfraSettings,
+    tmp_path: Path,
+    prefix: str,
+    unique_name: str,
+    case: str,
+    before: str | None,
+    after: str | None,
 ) -> None:
-    # The scale-out step of the packaged rules: the running process keeps its client id
-    # and its rule gains a share_group. Its resumed session still holds the plain filter.
     messages = telemetry_messages(prefix, vehicles=20, seconds=50)
-    name = f"{unique_name}-a"
-    before = _ingest(brokers, tmp_path, write_rules(tmp_path / "plain.toml", prefix), name)
-    with running(before.start()):
+    name = f"{unique_name}-s"
+
+    def rules(group: str | None, file: str) -> Path:
+        return write_rules(tmp_path / file, prefix, share_group=group and f"{group}{prefix}")
+
+    with running(_ingest(brokers, tmp_path, rules(before, "before.toml"), name).start()):
         pass
-    shared = write_rules(tmp_path / "shared.toml", prefix, share_group=f"g{prefix}")
-    after = _ingest(brokers, tmp_path, shared, name)
-    with running(after.start()):
+    restarted = _ingest(brokers, tmp_path, rules(after, "after.toml"), name)
+    with running(restarted.start()):
         publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
         publisher.publish(((t, p) for t, p, _ in messages), rate=2000)
         publisher.wait_acked(len(messages))
@@ -276,40 +294,13 @@ def test_a_rule_that_gains_a_share_group_drops_its_old_plain_subscription(
         records = read_topic(
             brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), settle_s=3
         )
-        received = after.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
-    row = delivery_report("share_group_added", {k for _, _, k in messages}, records)
+        received = restarted.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
+    row = delivery_report(case, {k for _, _, k in messages}, records)
     assert row["lost"] == 0
     assert row["duplicates"] == 0
     assert received == len(messages)
-
-
-def test_a_renamed_share_group_is_unsubscribed_from_its_old_name(
-    brokers: infra.InfraSettings, tmp_path: Path, prefix: str, unique_name: str
-) -> None:
-    # The session of the first process holds $share/<old>/...; without the record of its
-    # filters the second process kept it beside $share/<new>/... and, the only member of
-    # both groups, got every message twice.
-    messages = telemetry_messages(prefix, vehicles=20, seconds=50)
-    name = f"{unique_name}-r"
-    old = write_rules(tmp_path / "old.toml", prefix, share_group=f"old{prefix}")
-    with running(_ingest(brokers, tmp_path, old, name).start()):
-        pass
-    new = write_rules(tmp_path / "new.toml", prefix, share_group=f"new{prefix}")
-    after = _ingest(brokers, tmp_path, new, name)
-    with running(after.start()):
-        publisher = QosOnePublisher(brokers, f"{unique_name}-pub")
-        publisher.publish(((t, p) for t, p, _ in messages), rate=2000)
-        publisher.wait_acked(len(messages))
-        publisher.close()
-        records = read_topic(
-            brokers.kafka_bootstrap, f"{prefix}-telemetry", expect=len(messages), settle_s=3
-        )
-        received = after.metrics()['fleetstream_ingest_received_total{rule="telemetry"}']
-    row = delivery_report("share_group_renamed", {k for _, _, k in messages}, records)
-    assert row["lost"] == 0
-    assert row["duplicates"] == 0
-    assert received == len(messages)
-    assert f"unsubscribed from $share/old{prefix}/" in after.log_path.read_text()
+    if before is not None:
+        assert f"unsubscribed from $share/{before}{prefix}/" in restarted.log_path.read_text()
 
 
 def test_wrong_mqtt_password_is_one_clear_error(
