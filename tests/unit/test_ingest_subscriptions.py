@@ -144,13 +144,23 @@ def _subscribe(service: IngestService, client: _Client, *, resumed: bool) -> Non
     asyncio.run(service._subscribe(client))  # type: ignore[arg-type]
 
 
+def _restart(
+    make_service: Callable[[str | None], IngestService],
+    before: str | None,
+    after: str | None,
+    refuse: frozenset[str] = frozenset(),
+) -> tuple[IngestService, _Client]:
+    """A process with ``before``'s rules subscribed; the next one and its client."""
+    first = make_service(before)
+    _subscribe(first, _Client(first), resumed=False)
+    second = make_service(after)
+    return second, _Client(second, refuse)
+
+
 def test_a_renamed_group_is_subscribed_then_the_old_one_dropped_then_recorded(
     make_service: Callable[[str | None], IngestService],
 ) -> None:
-    first = make_service("old")
-    _subscribe(first, _Client(first), resumed=False)
-    second = make_service("new")
-    client = _Client(second)
+    second, client = _restart(make_service, "old", "new")
     _subscribe(second, client, resumed=True)
     both = frozenset({"$share/old/raw/+", "$share/new/raw/+"})
     assert client.calls == [
@@ -173,10 +183,7 @@ def test_a_renamed_group_is_subscribed_then_the_old_one_dropped_then_recorded(
 def test_a_new_session_drops_nothing_and_records_its_filters(
     make_service: Callable[[str | None], IngestService],
 ) -> None:
-    first = make_service("old")
-    _subscribe(first, _Client(first), resumed=False)
-    second = make_service(None)
-    client = _Client(second)
+    second, client = _restart(make_service, "old", None)
     _subscribe(second, client, resumed=False)  # the broker lost the session
     assert [c[0] for c in client.calls] == ["subscribe"]
     assert client._on_disk() == frozenset({"raw/+"})
@@ -185,10 +192,7 @@ def test_a_new_session_drops_nothing_and_records_its_filters(
 def test_a_refused_unsubscribe_stays_in_the_record(
     make_service: Callable[[str | None], IngestService], caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = make_service("old")
-    _subscribe(first, _Client(first), resumed=False)
-    second = make_service(None)
-    client = _Client(second, refuse=frozenset({"$share/old/raw/+"}))
+    second, client = _restart(make_service, "old", None, frozenset({"$share/old/raw/+"}))
     with caplog.at_level(logging.WARNING, logger="ingest._service"):
         _subscribe(second, client, resumed=True)
     assert client._on_disk() == frozenset({"raw/+", "$share/old/raw/+"})
@@ -198,10 +202,7 @@ def test_a_refused_unsubscribe_stays_in_the_record(
 def test_a_connection_lost_while_unsubscribing_leaves_every_filter_recorded(
     make_service: Callable[[str | None], IngestService],
 ) -> None:
-    first = make_service("old")
-    _subscribe(first, _Client(first), resumed=False)
-    second = make_service("new")
-    client = _Client(second)
+    second, client = _restart(make_service, "old", "new")
 
     async def lost(topic: str) -> None:
         msg = "connection lost"
