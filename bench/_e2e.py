@@ -94,12 +94,9 @@ class _SizeResult:
     receive_ms: list[float] = field(default_factory=list)
     alert_ms: list[float] = field(default_factory=list)
     alert_append_ms: list[float] = field(default_factory=list)
-    # (second of its window of the alert's ts, ts -> readable ms): windows close at their
-    # end + grace, so this shows whether the tail follows the closes.
-    alert_by_second: list[tuple[int, float]] = field(default_factory=list)
-    # (second of the run of the alert's ts, counted from the first record's ts, ms): shows
-    # a start-up or one-off stall that the second of the window averages away.
-    alert_by_run_second: list[tuple[int, float]] = field(default_factory=list)
+    # (ts, ts -> readable ms) of every rule alert, and the run's first record's ts.
+    alerts_at: list[tuple[int, float]] = field(default_factory=list)
+    first_ts: int = 0
     # CPU in % of a core per process, per ten seconds of the run (from the simulator's
     # start, about half a second before the first record's ts).
     cpu_by_ten_seconds: dict[str, list[float]] = field(default_factory=dict)
@@ -114,6 +111,16 @@ class _SizeResult:
     window_ms: int = 60_000
     grace_ms: int = 10_000
     spread_ms: int = 10_000
+
+    @property
+    def alert_by_second(self) -> list[tuple[int, float]]:
+        """(second of its window, ms) per alert: does the tail follow the closes?"""
+        return [(ts % self.window_ms // 1000, ms) for ts, ms in self.alerts_at]
+
+    @property
+    def alert_by_run_second(self) -> list[tuple[int, float]]:
+        """(second of the run, ms) per alert: a stall the second of the window averages away."""
+        return [((ts - self.first_ts) // 1000, ms) for ts, ms in self.alerts_at]
 
     @property
     def lost(self) -> int:
@@ -336,6 +343,7 @@ def _collect(
         if received is not None:
             result.receive_ms.append(float(int(received) - ts))
     result.in_kafka = len(keys)
+    result.first_ts = first_ts or 0
     # Windows ending before this have closed and, the cars still sending, had their stats
     # emitted: a still-sending car's come up to the stats spread after the close.
     closed = max_ts - result.grace_ms - result.spread_ms - 5_000
@@ -346,10 +354,7 @@ def _collect(
             if value["detector"].startswith("rule"):
                 latency = visible - int(value["ts"])
                 result.alert_ms.append(latency)
-                second = int(value["ts"]) % result.window_ms // 1000
-                result.alert_by_second.append((second, latency))
-                run_second = (int(value["ts"]) - (first_ts or 0)) // 1000
-                result.alert_by_run_second.append((run_second, latency))
+                result.alerts_at.append((int(value["ts"]), latency))
                 result.alert_append_ms.append(float(appended - int(value["ts"])))
             continue
         start, end = int(value["window_start"]), int(value["window_end"])

@@ -307,13 +307,22 @@ _M2K_KEYS: Final = {
 _K2M_KEYS: Final = {"name", "kafka", "mqtt", "qos", "group", "offset_reset"}
 
 
+def valid_levels(topic_filter: str) -> bool:
+    """Whether the wildcards of a topic filter are where MQTT allows them.
+
+    ``+`` only as a whole level, ``#`` only as the whole last level.
+    """
+    levels = topic_filter.split("/")
+    return all(
+        ("+" not in level or level == "+")
+        and ("#" not in level or (level == "#" and i == len(levels) - 1))
+        for i, level in enumerate(levels)
+    )
+
+
 def _check_filter(t: _Table, filt: str) -> None:
-    levels = filt.split("/")
-    for i, level in enumerate(levels):
-        if ("+" in level and level != "+") or (
-            "#" in level and (level != "#" or i != len(levels) - 1)
-        ):
-            raise t.fail("mqtt", f"invalid MQTT topic filter {filt!r}")
+    if not valid_levels(filt):
+        raise t.fail("mqtt", f"invalid MQTT topic filter {filt!r}")
     if filt.startswith("$share/"):
         raise t.fail("mqtt", "use share_group = '...' instead of a $share/ prefix")
 

@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import orjson
 
+from ingest._rules import valid_levels
+
 _log = logging.getLogger(__name__)
 
 _MAX_TOPIC_BYTES = 65_535
@@ -40,11 +42,7 @@ def valid_filter(subscription: str) -> bool:
     encoded = subscription.encode("utf-8", "surrogatepass")
     if not subscription or "\0" in subscription or len(encoded) > _MAX_TOPIC_BYTES:
         return False
-    levels = subscription.split("/")
-    return all(
-        ("+" not in level or level == "+") and ("#" not in level or (level == "#" and last))
-        for last, level in ((i == len(levels) - 1, level) for i, level in enumerate(levels))
-    )
+    return valid_levels(subscription)
 
 
 class SubscriptionRecord:
