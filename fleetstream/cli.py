@@ -485,6 +485,34 @@ def archive(
     )
 
 
+# The pipeline's setting, so that offline scores judge odometers as the pipeline does.
+_ODOMETER_OPTION = typer.Option(
+    None,
+    "--odometer-resolution-km",
+    envvar="FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM",
+    help="The step the cars' odometers count in, as processing's setting "
+    "(also FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM; default 0.1).",
+)
+
+
+def _odometer_resolution(value: float | None) -> float:
+    """The odometer resolution for the workflow (None: the pipeline's default), checked.
+
+    Raises:
+        typer.Exit: Not a positive finite number (code 2).
+    """
+    from processing.detectors import SensorGlitch
+
+    if value is None:
+        return SensorGlitch.ODOMETER_RESOLUTION_KM
+    try:
+        SensorGlitch(value)
+    except ValueError as exc:
+        typer.echo(f"error: --odometer-resolution-km: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return value
+
+
 @app.command("train")
 def train(
     data: str = typer.Option(
@@ -518,6 +546,7 @@ def train(
         envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS",
         help="Kafka for --feedback-topic.",
     ),
+    odometer_resolution_km: float | None = _ODOMETER_OPTION,
 ) -> None:
     """Train and compare consumption models on a time split; save the best with a report."""
     from models.errors import DataError
@@ -525,6 +554,7 @@ def train(
     from models.workflow import run_train
     from processing.evaluate import read_json_topic
 
+    resolution = _odometer_resolution(odometer_resolution_km)
     if feedback is not None and feedback_topic is not None:
         typer.echo("error: give --feedback or --feedback-topic, not both", err=True)
         raise typer.Exit(2)
@@ -538,7 +568,15 @@ def train(
             source = f"kafka://{bootstrap}/{feedback_topic}"
         if verdicts is not None:
             typer.echo(f"feedback: {len(verdicts)} records from {source}")
-        outcome = run_train(data, labels, out, seed=seed, feedback=verdicts, feedback_source=source)
+        outcome = run_train(
+            data,
+            labels,
+            out,
+            seed=seed,
+            feedback=verdicts,
+            feedback_source=source,
+            odometer_resolution_km=resolution,
+        )
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -567,6 +605,7 @@ def backtest(
     alerts_out: Path | None = typer.Option(
         None, "--alerts-out", help="Also write the replayed alerts as JSON lines."
     ),
+    odometer_resolution_km: float | None = _ODOMETER_OPTION,
 ) -> None:
     """Replay archived history through the detectors offline; print `evaluate`'s metrics."""
     import orjson
@@ -575,12 +614,15 @@ def backtest(
     from models.workflow import run_backtest
     from processing.evaluate import format_scores
 
+    resolution = _odometer_resolution(odometer_resolution_km)
     since_ms = None
     if since is not None:
         when = datetime.fromisoformat(since)
         since_ms = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
     try:
-        scores, alerts = run_backtest(model, data, labels, since_ms)
+        scores, alerts = run_backtest(
+            model, data, labels, since_ms, odometer_resolution_km=resolution
+        )
     except (DataError, ModelError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

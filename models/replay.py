@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from processing.detectors import CONSUMPTION, detect, detect_window
+from processing.detectors import CONSUMPTION, GLITCH, SensorGlitch, detect, detect_window
 from processing.stats import Sample, WindowStats, to_sample, window_stats
 from telemetry.alerts import AlertRecord
 
@@ -40,6 +40,7 @@ def replay_records(
     tick: Callable[[int], None] | None = None,
     *,
     rules: bool = True,
+    glitch: SensorGlitch = GLITCH,
 ) -> Replay:
     """Run per-record rules and build every window's stats from time-ordered records.
 
@@ -49,6 +50,7 @@ def replay_records(
         tick: Called with the number of records processed so far every 10,000 records
             (progress bars).
         rules: Run the per-record rules (False: windows only, for features).
+        glitch: The sensor-glitch rule, with the pipeline's odometer resolution.
     """
     cars: dict[str, dict[str, Any]] = defaultdict(dict)
     open_windows: dict[str, tuple[int, str, list[Sample]]] = {}
@@ -64,7 +66,7 @@ def replay_records(
         count += 1
         vid = record["vehicle_id"]
         if rules:
-            alerts += detect(cars[vid], record)
+            alerts += detect(cars[vid], record, glitch)
         start = record["ts"] - record["ts"] % window_ms
         current = open_windows.get(vid)
         if current is not None and current[0] != start:

@@ -21,6 +21,7 @@ from models.feedback import feedback_labels
 from models.replay import Replay, replay_records, window_alerts, window_feature_rows
 from models.report import write_report
 from models.training import TrainResult, label_windows, train
+from processing.detectors import SensorGlitch
 from processing.evaluate import KindScore, evaluate
 
 _log = logging.getLogger("models")
@@ -50,9 +51,13 @@ def _load(data: str, progress: Progress) -> pa.Table:
     return table
 
 
-def _replay(table: pa.Table, progress: Progress) -> Replay:
+def _replay(table: pa.Table, progress: Progress, odometer_resolution_km: float) -> Replay:
     task = progress.add_task("replaying through detectors", total=table.num_rows)
-    result = replay_records(iter_records(table), tick=lambda n: progress.update(task, completed=n))
+    result = replay_records(
+        iter_records(table),
+        tick=lambda n: progress.update(task, completed=n),
+        glitch=SensorGlitch(odometer_resolution_km),
+    )
     progress.update(task, completed=table.num_rows)
     return result
 
@@ -100,12 +105,14 @@ def run_train(
     version: str | None = None,
     feedback: Sequence[Mapping[str, Any]] | None = None,
     feedback_source: str | None = None,
+    odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
 ) -> TrainOutcome:
     """Load, replay, featurise, train, compare, calibrate, save and report.
 
     ``feedback`` (``vehicle-alerts.feedback`` records) adds labels: acknowledged
     ``high_consumption`` alerts mark their windows anomalous, false positives mark them
-    normal (over any label file).
+    normal (over any label file). ``odometer_resolution_km`` is the pipeline's setting
+    of that name, for the per-record rules' held-out scores.
 
     Raises:
         DataError: Unreadable or insufficient data or labels.
@@ -113,7 +120,7 @@ def run_train(
     labels = load_labels(labels_path) if labels_path is not None else None
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress)
+        replayed = _replay(table, progress, odometer_resolution_km)
         frame = pd.DataFrame(window_feature_rows(replayed.windows))
         if frame.empty:
             msg = "no driving windows in the data; nothing to train on"
@@ -204,8 +211,11 @@ def run_backtest(
     since_ms: int | None = None,
     *,
     show_progress: bool = True,
+    odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
 ) -> tuple[dict[str, KindScore], list[dict[str, Any]]]:
     """Replay archived history through the detectors with ``model_dir`` (None: rules only).
+
+    ``odometer_resolution_km`` is the pipeline's setting of that name.
 
     Returns:
         The event-level scores (as ``fleetstream evaluate`` prints them) and the alerts.
@@ -218,7 +228,7 @@ def run_backtest(
     labels = load_labels(labels_path)
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress)
+        replayed = _replay(table, progress, odometer_resolution_km)
     alerts: list[dict[str, Any]] = [
         dict(a) for a in replayed.record_alerts + window_alerts(replayed.windows, model)
     ]

@@ -86,6 +86,19 @@ def _create_topics(settings: ProcessingSettings) -> None:
         _log.info("created topics %s", ", ".join(created))
 
 
+def pipeline_config(settings: ProcessingSettings, metrics: ProcessingMetrics) -> PipelineConfig:
+    """The pipeline's tunables from the service's settings."""
+    return PipelineConfig(
+        window_ms=settings.processing_window_s * 1000,
+        grace_ms=settings.processing_grace_s * 1000,
+        stats_spread_ms=round(settings.processing_stats_spread_s * 1000),
+        metrics=metrics,
+        model_dir=settings.processing_model_dir,
+        max_future_ms=round(settings.processing_max_future_s * 1000),
+        odometer_resolution_km=settings.processing_odometer_resolution_km,
+    )
+
+
 def build_app(
     settings: ProcessingSettings,
     metrics: ProcessingMetrics,
@@ -129,17 +142,7 @@ def build_app(
         value_serializer=OutputSerializer(BytesSerializer()),
         config=config,
     )
-    pipeline = define_pipeline(
-        app.dataframe(source),
-        PipelineConfig(
-            window_ms=settings.processing_window_s * 1000,
-            grace_ms=settings.processing_grace_s * 1000,
-            stats_spread_ms=round(settings.processing_stats_spread_s * 1000),
-            metrics=metrics,
-            model_dir=settings.processing_model_dir,
-            max_future_ms=round(settings.processing_max_future_s * 1000),
-        ),
-    )
+    pipeline = define_pipeline(app.dataframe(source), pipeline_config(settings, metrics))
     topics = {
         roles.STATS: stats,
         roles.SESSIONS: sessions,

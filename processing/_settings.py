@@ -8,6 +8,7 @@ from typing import Final, Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from processing.detectors import SensorGlitch
 from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
 
 # With exactly-once a record is readable only after the commit, and the commit sends
@@ -83,6 +84,15 @@ class ProcessingSettings(KafkaConnectionSettings):
         description="A record whose ts (or message timestamp) is further ahead of the "
         "wall clock is quarantined (reason future_ts): it would move the partition's "
         "clock and make every other car's records late.",
+    )
+    processing_odometer_resolution_km: float = Field(
+        default=SensorGlitch.ODOMETER_RESOLUTION_KM,
+        gt=0,
+        le=10,
+        allow_inf_nan=False,
+        description="The step the cars' odometers count in (0.1: OBD-II and most clusters; "
+        "1.0 for a source in whole km). The sensor-glitch rule tolerates one step "
+        "backwards and one beyond what 300 km/h covers.",
     )
     processing_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_model_dir: Path | None = Field(

@@ -77,16 +77,24 @@ class SensorGlitch:
     Odometer and position are judged against the last sample that passed (``good``), ``h``
     hours earlier (at least one second). An odometer never runs backwards, and a forward
     step is bounded by what the car can drive in ``h``; both readings may be rounded to
-    ``ODOMETER_RESOLUTION_KM``, so the tolerance is one such step either way:
+    the source's odometer resolution, so the tolerance is one such step either way:
 
-    - ``odometer < good - ODOMETER_RESOLUTION_KM``: it went backwards;
-    - ``odometer - good > MAX_SPEED_KMH * h + ODOMETER_RESOLUTION_KM``: it jumped.
+    - ``odometer < good - resolution``: it went backwards;
+    - ``odometer - good > MAX_SPEED_KMH * h + resolution``: it jumped.
 
     A glitch that passes anyway (a car's first sample has nothing to be judged against;
     after a long gap a wrong reading can still be drivable) would become ``good`` and
     every real reading after it would look implausible, forever; so readings that agree
     with each other, but not with ``good``, for ``REANCHOR_MS`` replace it: then ``good``
     was the glitch.
+
+    Args:
+        odometer_resolution_km: The step the cars' odometers count in. A step smaller than
+            the source's flags a car at speed whose odometer ticks one step within one 1 s
+            sample; a larger one lets bigger backwards steps and blips pass.
+
+    Raises:
+        ValueError: ``odometer_resolution_km`` is not a positive finite number.
     """
 
     kind = "sensor_glitch"
@@ -99,12 +107,18 @@ class SensorGlitch:
     # Longer than the glitches the simulator makes (1-8 s): those stay rejected.
     REANCHOR_MS: Final = 30_000
 
+    def __init__(self, odometer_resolution_km: float = ODOMETER_RESOLUTION_KM) -> None:
+        if not (math.isfinite(odometer_resolution_km) and odometer_resolution_km > 0):
+            msg = f"odometer_resolution_km must be a positive number, got {odometer_resolution_km}"
+            raise ValueError(msg)
+        self.odometer_resolution_km = odometer_resolution_km
+
     def _implausible(self, reasons: dict[str, Any], ref: list[Any], sample: list[Any]) -> None:
         """Add the reasons why ``sample`` cannot follow ``ref`` (both [ts, odometer, lat, lon])."""
         ts, odo, lat, lon = sample
         hours = max((ts - ref[0]) / 3_600_000.0, 1 / 3600.0)
         if odo is not None and ref[1] is not None:
-            step = self.ODOMETER_RESOLUTION_KM
+            step = self.odometer_resolution_km
             if odo < ref[1] - step:
                 reasons["odometer_back_km"] = round(ref[1] - odo, 4)
             elif odo - ref[1] > self.MAX_SPEED_KMH * hours + step:
@@ -396,8 +410,16 @@ HEAT: Final = Overheat()
 _RECORD_RULES: Final = (TIRES, DRAIN, FUEL, HEAT)
 
 
-def detect(state: dict[str, Any], record: dict[str, Any]) -> list[AlertRecord]:
-    """Run every per-record rule for one car; ``state`` is the car's detector memory."""
+def detect(
+    state: dict[str, Any], record: dict[str, Any], glitch: SensorGlitch = GLITCH
+) -> list[AlertRecord]:
+    """Run every per-record rule for one car.
+
+    Args:
+        state: The car's detector memory.
+        record: The car's next validated record.
+        glitch: The sensor-glitch rule (its odometer resolution is a setting).
+    """
     book: dict[str, Any] = state.setdefault("alerts", {})
     vid, ts = record["vehicle_id"], record["ts"]
     if ts <= state.get("last_ts", -1):
@@ -405,10 +427,10 @@ def detect(state: dict[str, Any], record: dict[str, Any]) -> list[AlertRecord]:
     state["last_ts"] = ts
     out: list[AlertRecord] = []
     out += RULE_BOOK.update(
-        book, vid, GLITCH.kind, ts, GLITCH.check(state.setdefault("glitch", {}), record)
+        book, vid, glitch.kind, ts, glitch.check(state.setdefault("glitch", {}), record)
     )
     if (
-        book.get(GLITCH.kind) is not None
+        book.get(glitch.kind) is not None
         and "good" in state["glitch"]
         and state["glitch"].get("last_bad") == ts
     ):

@@ -19,7 +19,7 @@ from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.dataframe.windows import Count
 
 from models.registry import SHADOW
-from processing.detectors import detect, detect_window
+from processing.detectors import SensorGlitch, detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from processing.outputs import (
@@ -71,6 +71,8 @@ class PipelineConfig:
     wall_clock: Callable[[], float] = time.time
     # Late and future records are logged at most once per this many seconds each.
     log_every_s: float = 60.0
+    # The step the cars' odometers count in (the sensor-glitch rule's tolerance).
+    odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         _NO_KEY: _SummaryLog("key-less record(s) quarantined", logging.WARNING, cfg.log_every_s),
     }
     max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
+    glitch = SensorGlitch(cfg.odometer_resolution_km)
     spread = cfg.stats_spread_ms
 
     def due_at(vid: str, start: int) -> int:
@@ -301,7 +304,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if windows and windows[0][0] + window_ms + grace_ms <= clock:
             vid = _car(key)
             close_passed(car, clock - window_ms - grace_ms, lambda start: due_at(vid, start))
-        alerts = detect(car, record)
+        alerts = detect(car, record, glitch)
         sessions = track(car, record)
         marker = None
         samples = chunks.view(state, ident)

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from fleetstream.cli import app
 from models.archive import (
@@ -36,6 +36,8 @@ from processing.evaluate import evaluate
 from simulator import Fleet, FleetConfig
 from simulator import iter_records as simulate
 from telemetry.contract import ContractError
+
+from .records import make_ev
 
 pytestmark = pytest.mark.unit
 
@@ -319,6 +321,38 @@ def test_backtest_cli_prints_evaluate_metrics(small_run: dict[str, Path], tmp_pa
     assert table[-1].startswith("overall")
     written = [orjson.loads(line) for line in alerts.read_bytes().splitlines()]
     assert int(table[-1].split()[2]) == sum(1 for a in written if a["status"] == "raised")
+
+
+def test_backtest_judges_odometers_at_the_pipelines_resolution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One car at 100 km/h whose odometer counts whole kilometres (see processing's
+    # FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM).
+    data, labels, alerts = tmp_path / "run.jsonl", tmp_path / "labels.jsonl", tmp_path / "a.jsonl"
+    records = [
+        make_ev(1_767_225_600_000 + s * 1000, seq=s, state="driving", speed_kmh=100.0,
+                odometer_km=float(1000 + s * 100 // 3600))
+        for s in range(300)
+    ]  # fmt: skip
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    labels.write_text("")
+
+    def backtest(*options: str) -> Result:
+        command = ["backtest", "--data", str(data), "--labels", str(labels)]
+        return CliRunner().invoke(app, [*command, "--alerts-out", str(alerts), *options])
+
+    def glitches(*options: str) -> int:
+        result = backtest(*options)
+        assert result.exit_code == 0, result.output
+        return sum(orjson.loads(line)["kind"] == "sensor_glitch" for line in alerts.open("rb"))
+
+    assert glitches() > 0
+    assert glitches("--odometer-resolution-km", "1") == 0
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM", "1.0")
+    assert glitches() == 0
+    refused = backtest("--odometer-resolution-km", "0")
+    assert refused.exit_code == 2
+    assert "must be a positive number" in refused.output
 
 
 def test_train_and_backtest_fail_clearly_on_bad_input(tmp_path: Path) -> None:

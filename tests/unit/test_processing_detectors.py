@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +45,14 @@ def ice(s: float, **fields: Any) -> dict[str, Any]:
 Event = tuple[float, str, str]  # (seconds after T0, kind, status)
 
 
-def run(records: list[dict[str, Any]]) -> tuple[list[AlertRecord], list[Event]]:
+def run(
+    records: list[dict[str, Any]], glitch: SensorGlitch | None = None
+) -> tuple[list[AlertRecord], list[Event]]:
     """Feed one car's records to ``detect``; returns the alerts and a compact view of them."""
     state: dict[str, Any] = {}
     alerts: list[AlertRecord] = []
     for record in records:
-        alerts += detect(state, record)
+        alerts += detect(state, record) if glitch is None else detect(state, record, glitch)
     return alerts, [((a["ts"] - T0) / 1000, a["kind"], a["status"]) for a in alerts]
 
 
@@ -112,15 +115,16 @@ def test_a_forward_odometer_jump_no_car_can_drive_is_flagged_on_the_jump() -> No
     assert alerts[0]["evidence"] == {"odometer_jump_km": 0.5}
 
 
-def test_the_odometer_tolerance_is_one_resolution_step_either_way() -> None:
-    # Forward: the distance 300 km/h covers in the elapsed time, plus the same 0.1 km
-    # rounding tolerated backwards; not a fixed extra kilometre.
-    step = SensorGlitch.ODOMETER_RESOLUTION_KM
+@pytest.mark.parametrize("step", [None, 1.0, 0.01])
+def test_the_odometer_tolerance_is_one_resolution_step_either_way(step: float | None) -> None:
+    # Forward: the distance 300 km/h covers in the elapsed time, plus the same rounding
+    # step tolerated backwards; not a fixed extra kilometre. None: the default, 0.1 km.
+    glitch = SensorGlitch() if step is None else SensorGlitch(step)
+    step = glitch.odometer_resolution_km
     drivable = SensorGlitch.MAX_SPEED_KMH / 60  # one minute at 300 km/h: 5 km
 
     def verdicts(odometer_km: float) -> list[bool]:
         memory: dict[str, Any] = {}
-        glitch = SensorGlitch()
         return [glitch.check(memory, ev(s, odometer_km=o)).anomalous
                 for s, o in ((0, 1000.0), (60, odometer_km))]  # fmt: skip
 
@@ -128,6 +132,31 @@ def test_the_odometer_tolerance_is_one_resolution_step_either_way() -> None:
     assert verdicts(1000.0 - step * 1.5) == [False, True]
     assert verdicts(1000.0 + drivable + step * 0.5) == [False, False]
     assert verdicts(1000.0 + drivable + step * 1.5) == [False, True]
+
+
+def whole_km_drive(s: int) -> dict[str, Any]:
+    """A car at a steady 100 km/h whose odometer counts whole kilometres."""
+    return ev(s, state="driving", speed_kmh=100.0, odometer_km=float(1000 + s * 100 // 3600),
+              lat=48.1 + s * 100 / 3600 / 111.2)  # fmt: skip
+
+
+def test_a_whole_km_odometer_needs_its_resolution_set() -> None:
+    # Each 1 km tick lands within one 1 s sample: more than 0.1 km + what 300 km/h covers.
+    _, events = run(seconds(600, whole_km_drive))
+    assert events[0] == (36.0, "sensor_glitch", "raised")
+    _, events = run(seconds(600, whole_km_drive), SensorGlitch(1.0))
+    assert events == []
+    # Going backwards by more than one whole step is still a glitch.
+    _, events = run(
+        seconds(120, lambda s: ev(s, odometer_km=998.5 if s == 60 else 1000.0)), SensorGlitch(1.0)
+    )
+    assert events[0] == (60.0, "sensor_glitch", "raised")
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, math.nan, math.inf])
+def test_an_odometer_resolution_that_is_not_a_positive_number_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="odometer_resolution_km must be a positive number"):
+        SensorGlitch(bad)
 
 
 def test_a_gps_jump_no_car_can_drive_is_a_glitch() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from pydantic import ValidationError
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 from quixstreams.models.messagecontext import MessageContext
@@ -26,7 +27,9 @@ from quixstreams.models.topics import Topic
 from sklearn.ensemble import IsolationForest
 
 from models.registry import SHADOW, LoadedModel, load, promote, save
-from processing.detectors import detect, detect_window
+from processing import ProcessingSettings
+from processing._main import pipeline_config
+from processing.detectors import SensorGlitch, detect, detect_window
 from processing.metrics import ProcessingMetrics
 from processing.outputs import record_of
 from processing.pipeline import PipelineConfig, define_pipeline, parse
@@ -112,6 +115,7 @@ class Harness:
         stats_spread_ms: int = 0,
         wall_clock: Callable[[], float] = time.time,
         model_dir: Path | None = None,
+        odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
     ) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
@@ -136,6 +140,7 @@ class Harness:
             max_future_ms=MAX_FUTURE_MS,
             wall_clock=wall_clock,
             model_dir=model_dir,
+            odometer_resolution_km=odometer_resolution_km,
         )
         pipeline = define_pipeline(self.sdf, config)
         # Each output as (role, its Kafka value), as the topic's serializer sees it.
@@ -252,6 +257,42 @@ def test_sessions_alerts_and_windows_match_the_pure_functions(harness: Harness) 
     assert harness.metric("fleetstream_processing_records_in_total") == len(stream)
     assert harness.metric("fleetstream_processing_alerts_total", kind="sensor_glitch",
                           status="raised") == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(("resolution", "glitches"), [(None, True), (1.0, False)])
+def test_the_sensor_glitch_rule_uses_the_configured_odometer_resolution(
+    tmp_path: Path, resolution: float | None, glitches: bool
+) -> None:
+    # A car at 100 km/h whose odometer counts whole kilometres: each tick is a glitch
+    # at the default 0.1 km step, normal driving at 1.0.
+    if resolution is None:
+        harness = Harness(tmp_path / "state")
+    else:
+        harness = Harness(tmp_path / "state", odometer_resolution_km=resolution)
+    try:
+        for s in range(120):
+            harness.send(ev(s, state="driving", speed_kmh=100.0,
+                            odometer_km=float(1000 + s * 100 // 3600)))  # fmt: skip
+        kinds = {a["kind"] for a in harness.out["alerts"]}
+        assert ("sensor_glitch" in kinds) is glitches
+    finally:
+        harness.close()
+
+
+def test_the_service_settings_reach_the_pipeline_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "WINDOW_S": "30", "GRACE_S": "5", "STATS_SPREAD_S": "2.5", "MAX_FUTURE_S": "60",
+        "ODOMETER_RESOLUTION_KM": "1", "MODEL_DIR": "/srv/models",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"FLEETSTREAM_PROCESSING_{name}", value)
+    metrics = ProcessingMetrics()
+    config = pipeline_config(ProcessingSettings(), metrics)
+    assert (config.window_ms, config.grace_ms, config.stats_spread_ms) == (30_000, 5_000, 2_500)
+    assert (config.max_future_ms, config.odometer_resolution_km) == (60_000, 1.0)
+    assert (config.model_dir, config.metrics) == (Path("/srv/models"), metrics)
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM", "0")
+    with pytest.raises(ValidationError, match="processing_odometer_resolution_km"):
+        ProcessingSettings()
 
 
 def test_a_record_later_than_the_grace_is_counted_not_windowed(harness: Harness) -> None:
