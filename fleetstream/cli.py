@@ -489,6 +489,7 @@ def archive(
 _ODOMETER_OPTION = typer.Option(
     None,
     "--odometer-resolution-km",
+    max=10.0,  # processing's own bound
     envvar="FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM",
     help="The step the cars' odometers count in, as processing's setting "
     "(also FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM; default 0.1).",
@@ -770,6 +771,7 @@ def bench_ingest(
     """MQTT QoS 1 -> Kafka: fleetstream ingest next to mosquitto_sub, MQTTSource, a naive bridge."""
     from bench import BenchError, run_ingest
 
+    _check_bench_settings()
     try:
         report = run_ingest(vehicles=vehicles, seconds=seconds, outage_s=outage_s, repeats=repeats)
     except BenchError as exc:
@@ -795,6 +797,7 @@ def bench_pipeline(
     """Records/s of processing from a pre-filled topic, next to a bare deserialising consumer."""
     from bench import BenchError, run_pipeline
 
+    _check_bench_settings()
     try:
         report = run_pipeline(vehicles=vehicles, seconds=seconds, model=model)
     except BenchError as exc:
@@ -821,12 +824,28 @@ def bench_e2e(
     """Simulated cars at 1 Hz through ingest and processing: loss, latency, CPU, RSS."""
     from bench import BenchError, run_e2e
 
+    _check_bench_settings()
     try:
         report = run_e2e(vehicles=vehicles, seconds=seconds, search=search, processes=processes)
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     _finish_bench(report, out, as_json)
+
+
+def _check_bench_settings() -> None:
+    """Read the settings a benchmark and the services it starts read, before anything starts.
+
+    Raises:
+        typer.Exit: A setting is invalid (code 2); named without its value.
+    """
+    from ingest import IngestSettings
+    from processing import ProcessingSettings
+
+    with _checked_settings():
+        infra.InfraSettings()
+        IngestSettings()
+        ProcessingSettings()
 
 
 def _print_status(statuses: list[infra.ServiceStatus]) -> None:

@@ -42,6 +42,30 @@ def test_invalid_infra_settings_name_the_setting_not_its_value(command: list[str
     assert "input_value" not in result.output
 
 
+@pytest.mark.parametrize("kind", ["ingest", "pipeline", "e2e"])
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"FLEETSTREAM_KAFKA_PORT": "abc"}, "FLEETSTREAM_KAFKA_PORT: Input should be a valid"),
+        # Read by the services the benchmark starts: refused before anything starts.
+        ({"FLEETSTREAM_KAFKA_CONFIG": '{"sasl.password": "hunter2", "x": [1]}'}, "'x'"),
+        ({"FLEETSTREAM_PROCESSING_WINDOW_S": "0"}, "FLEETSTREAM_PROCESSING_WINDOW_S"),
+        ({"FLEETSTREAM_INGEST_STALL_S": "0"}, "FLEETSTREAM_INGEST_STALL_S"),
+    ],
+)
+def test_bench_refuses_invalid_settings_before_it_starts_anything(
+    kind: str, env: dict[str, str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(f"bench.run_{kind}", lambda **_kw: started.append(kind))
+    result = _run("bench", kind, env=env)
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert "hunter2" not in result.output
+    assert "input_value" not in result.output
+    assert started == []
+
+
 def test_demo_with_invalid_infra_settings_is_a_usage_error() -> None:
     result = _run("demo", "--duration", "5", env={"FLEETSTREAM_KAFKA_PORT": "abc"})
     assert result.exit_code == 2
