@@ -129,6 +129,8 @@ def stats_row(value: bytes) -> dict[str, Any]:
 
 
 _INT64: Final = range(-(2**63), 2**63)
+# Integers a float64 column takes: pyarrow refuses any it cannot hold exactly.
+_EXACT_IN_FLOAT64: Final = range(-(2**53), 2**53 + 1)
 
 
 def _check_stats_value(column: pa.Field, value: Any) -> None:
@@ -146,7 +148,7 @@ def _check_stats_value(column: pa.Field, value: Any) -> None:
     elif pa.types.is_integer(kind):
         ok = isinstance(value, int) and value in _INT64
     else:
-        ok = isinstance(value, int | float)
+        ok = isinstance(value, float) or (isinstance(value, int) and value in _EXACT_IN_FLOAT64)
     if not ok:
         detail = f"{value!r} is not a {kind} value"
         raise ContractError(Problem.WRONG_TYPE, name, detail)

@@ -122,6 +122,9 @@ _GOOD_STATS: dict[str, Any] = {
         ({"samples": 60.5}, "wrong_type:samples"),
         ({"distance_km": "1.0"}, "wrong_type:distance_km"),
         ({"distance_km": True}, "wrong_type:distance_km"),
+        # A float64 column holds integers exactly up to 2**53 only; pyarrow refuses more.
+        ({"distance_km": 2**53 + 1}, "wrong_type:distance_km"),
+        ({"distance_km": -(2**62)}, "wrong_type:distance_km"),
         ({"vehicle_id": 7}, "wrong_type:vehicle_id"),
         ({"window_end": None}, "null:window_end"),
         ({"powertrain": "../x"}, "bad_value:powertrain"),
