@@ -23,8 +23,10 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "setup: installing mosquitto from Debian packages"
+# The clients too: the integration tests and `bench ingest` publish with mosquitto_pub.
+if { ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; } \
+  || ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+  echo "setup: installing mosquitto and mosquitto-clients from Debian packages"
   apt_install mosquitto mosquitto-clients
 fi
 # The broker is started by `fleetstream infra up`, never by the distribution's service.
