@@ -25,7 +25,19 @@ FEEDBACK_SOURCE = "dashboard"
 
 
 def feedback_record(alert: AlertEntry, verdict: Verdict, now_ms: int) -> FeedbackRecord:
-    """The feedback record for one verdict on one alert at ``now_ms``."""
+    """The feedback record for one verdict on one alert at ``now_ms``.
+
+    Raises:
+        FeedbackError: Only the alert's clear was read, so its raise time is unknown:
+            ``alert_ts`` would be the clear's and label the wrong windows.
+    """
+    if not alert["raised_seen"]:
+        msg = (
+            f"{alert['alert_id']}: only the alert's clear is in the feed (it was raised before "
+            "the dashboard's backfill), so its raise time is unknown and feedback would label "
+            "the wrong windows"
+        )
+        raise FeedbackError(msg)
     return FeedbackRecord(
         alert_id=alert["alert_id"],
         episode_id=alert["episode_id"],
@@ -76,9 +88,11 @@ class KafkaFeedbackSink:
                 errors.append(str(err))
 
         with self._lock:
-            if self._producer is None:
-                self._producer = Producer(self._config)
             try:
+                # Created here, not at start: a dashboard without write access still shows
+                # the fleet. A bad client config fails here, as any other Kafka error.
+                if self._producer is None:
+                    self._producer = Producer(self._config)
                 self._producer.produce(
                     self._topic,
                     key=record["vehicle_id"].encode(),

@@ -209,8 +209,8 @@ def render_map(points: list[kpis.MapPoint], style: str) -> None:
 
 
 def _send_feedback(runtime: Runtime, alert: AlertEntry, verdict: Verdict) -> None:
-    record = feedback_record(alert, verdict, runtime.now_ms())
     try:
+        record = feedback_record(alert, verdict, runtime.now_ms())
         runtime.feedback.send(record)
     except FeedbackError as exc:
         _log.warning("%s", exc)
@@ -256,9 +256,17 @@ def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
         text.markdown(alert["message"])
         evidence = ", ".join(f"{k}={v}" for k, v in alert["evidence"].items())
         text.caption(f"evidence: {evidence or '-'} · detector {alert['detector']}")
-        if ack.button("Acknowledge", key=f"ack-{alert['alert_id']}", width="stretch"):
+        # Feedback labels the windows before the raise, which is unknown here.
+        no_raise = not alert["raised_seen"]
+        if no_raise:
+            text.caption("raised before the dashboard's backfill: no feedback possible")
+        if ack.button(
+            "Acknowledge", key=f"ack-{alert['alert_id']}", width="stretch", disabled=no_raise
+        ):
             _send_feedback(runtime, alert, "acknowledged")
-        if false_positive.button("False positive", key=f"fp-{alert['alert_id']}", width="stretch"):
+        if false_positive.button(
+            "False positive", key=f"fp-{alert['alert_id']}", width="stretch", disabled=no_raise
+        ):
             _send_feedback(runtime, alert, "false_positive")
 
 

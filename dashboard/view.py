@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, TypedDict, get_type_hints
 from processing.sessions import SessionRecord
 from processing.stats import WindowStats
 from telemetry.alerts import AlertFields
+from telemetry.contract import NUMBER_FIELDS
 
 RecordKind = Literal["telemetry", "stats", "sessions", "alerts", "feedback"]
 RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
@@ -35,6 +36,11 @@ RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
 )
 # Feedback that arrives before its alert (another topic, another order) waits here.
 _MAX_PENDING_FEEDBACK: Final = 10_000
+# A car's samples follow its clock, so one sample far ahead of the wall clock hid every
+# later one and kept the car "online" at that position; processing quarantines such
+# records at the same default (FLEETSTREAM_PROCESSING_MAX_FUTURE_S).
+MAX_AHEAD_MS: Final = 300_000
+_TS: Final = NUMBER_FIELDS["ts"]
 
 
 def _field_types(shape: type) -> dict[str, tuple[tuple[type, ...], bool]]:
@@ -75,6 +81,22 @@ def check_shape(
         raise TypeError(msg)
 
 
+def check_time(record: Mapping[str, Any], name: str, what: str) -> int:
+    """A time field of a record: ms since the epoch in the contract's range (to 2100).
+
+    A time beyond what a date can show made every later render of the page raise.
+
+    Raises:
+        KeyError: The field is missing.
+        ValueError: It is not such a time.
+    """
+    value = record[name]
+    if type(value) is not int or not _TS.low <= value <= _TS.high:
+        msg = f"{what} field {name!r} is {value!r}, not a time in ms since 1970 up to 2100"
+        raise ValueError(msg)
+    return value
+
+
 class CarSample(TypedDict):
     """The part of one telemetry record the dashboard keeps."""
 
@@ -96,8 +118,15 @@ class CarSample(TypedDict):
 
 
 class AlertEntry(AlertFields):
-    """One alert episode: its raised record, whether it cleared, and operator feedback."""
+    """One alert episode: its raised record, whether it cleared, and operator feedback.
 
+    ``raised_seen`` is False while only the episode's cleared record was read (its raised
+    one is older than the feed's backfill, or was evicted): ``ts`` and ``message`` are then
+    the clear's, and the entry takes no feedback, whose ``alert_ts`` must be the raise time
+    (training labels the windows before it).
+    """
+
+    raised_seen: bool
     active: bool
     cleared_ts: int | None
     verdict: str | None
@@ -272,6 +301,10 @@ class FleetView:
 
     def _telemetry(self, record: Mapping[str, Any]) -> None:
         sample = sample_from_record(record)
+        ahead_ms = sample["ts"] - self._clock() * 1000
+        if ahead_ms > MAX_AHEAD_MS:
+            msg = f"telemetry ts {sample['ts']} is {ahead_ms / 1000:.0f} s ahead of the wall clock"
+            raise ValueError(msg)
         car = self._car(str(record["vehicle_id"]))
         car.powertrain = sample["powertrain"]
         if car.samples and sample["ts"] <= car.samples[-1]["ts"]:
@@ -280,6 +313,8 @@ class FleetView:
 
     def _stats(self, record: Mapping[str, Any]) -> None:
         check_shape(record, _STATS_FIELDS, "stats")
+        check_time(record, "window_start", "stats")
+        check_time(record, "window_end", "stats")
         stats: WindowStats = dict(record)  # type: ignore[assignment]
         car = self._car(str(stats["vehicle_id"]))
         car.powertrain = str(stats["powertrain"])
@@ -295,6 +330,8 @@ class FleetView:
 
     def _session(self, record: Mapping[str, Any]) -> None:
         check_shape(record, _SESSION_FIELDS, "session")
+        check_time(record, "start_ts", "session")
+        check_time(record, "end_ts", "session")
         session: SessionRecord = dict(record)  # type: ignore[assignment]
         car = self._car(str(session["vehicle_id"]))
         car.powertrain = str(session["powertrain"])
@@ -305,21 +342,29 @@ class FleetView:
     def _alert(self, record: Mapping[str, Any]) -> None:
         episode = str(record["episode_id"])
         status = str(record["status"])
+        ts = check_time(record, "ts", "alert")
         entry = self._alerts.get(episode)
+        raised = status == "raised"
+        if entry is not None and raised and not entry["raised_seen"]:
+            # The raise, read after its clear (a replay from further back).
+            entry["ts"], entry["message"] = ts, str(record["message"])
+            entry["evidence"] = dict(record.get("evidence") or {})
+            entry["raised_seen"] = True
+            return
         if entry is None:
-            raised = status == "raised"
             entry = AlertEntry(
                 alert_id=f"{episode}-raised",
                 episode_id=episode,
                 vehicle_id=str(record["vehicle_id"]),
                 kind=str(record["kind"]),
                 severity=str(record["severity"]),
-                ts=int(record["ts"]),
+                ts=ts,
                 message=str(record["message"]),
                 evidence=dict(record.get("evidence") or {}),
                 detector=str(record.get("detector", "")),
+                raised_seen=raised,
                 active=raised,
-                cleared_ts=None if raised else int(record["ts"]),
+                cleared_ts=None if raised else ts,
                 verdict=None,
                 verdict_ts=None,
             )
@@ -332,15 +377,18 @@ class FleetView:
                 self._alerts.popitem(last=False)
         elif status == "cleared":
             entry["active"] = False
-            entry["cleared_ts"] = int(record["ts"])
+            entry["cleared_ts"] = ts
 
     def _feedback(self, record: Mapping[str, Any]) -> None:
         alert_id = str(record["alert_id"])
         verdict = str(record["verdict"])
-        ts = int(record["ts"])
+        ts = check_time(record, "ts", "feedback")
         entry = self._alerts.get(str(record.get("episode_id") or alert_id.rsplit("-", 1)[0]))
         if entry is None:
-            self._pending[alert_id] = (verdict, ts)
+            # The latest verdict by its time wins, as for training (telemetry.feedback).
+            waiting = self._pending.get(alert_id)
+            if waiting is None or ts >= waiting[1]:
+                self._pending[alert_id] = (verdict, ts)
             while len(self._pending) > _MAX_PENDING_FEEDBACK:
                 self._pending.popitem(last=False)
             return

@@ -9,11 +9,12 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.feedback import ListFeedbackSink
 from dashboard.runtime import Runtime
+from dashboard.settings import DashboardSettings
 from dashboard.ui import RUNTIME_KEY
 from dashboard.view import FleetView
 
 from ..records import make_ev
-from .fleet_data import Recording, runtime_for
+from .fleet_data import Recording, _alert, runtime_for
 
 pytestmark = pytest.mark.unit
 
@@ -121,6 +122,18 @@ def test_feedback_buttons_produce_records(small: Recording) -> None:
     assert verdicts["ep-glitch-raised"] == "false_positive"
     at.sidebar.radio(key="page").set_value("Fleet overview").run()
     assert metrics(at)["Active info"] == "0"
+
+
+def test_an_alert_known_only_by_its_clear_has_its_feedback_buttons_disabled() -> None:
+    view = FleetView()
+    view.ingest("alerts", _alert("ep-old", "ev-1", "overheat", "critical", 1_767_225_600_000,
+                                 "cleared"))  # fmt: skip
+    runtime = Runtime(view=view, feedback=ListFeedbackSink(), settings=DashboardSettings())
+    at = app_with(runtime, "Alerts")
+    assert not at.exception
+    assert at.button(key="ack-ep-old-raised").disabled
+    assert at.button(key="fp-ep-old-raised").disabled
+    assert any("no feedback possible" in c.value for c in at.caption)
 
 
 def test_car_page_renders_charts_sessions_and_alerts(recorded: Recording) -> None:

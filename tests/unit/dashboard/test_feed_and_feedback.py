@@ -75,6 +75,17 @@ def test_feedback_error_when_kafka_does_not_confirm(small: Recording) -> None:
     assert isinstance(caught.value, FleetstreamError)
 
 
+def test_feedback_error_when_the_client_config_is_refused(small: Recording) -> None:
+    # The producer is built at the first click; its config error was a raw KafkaException.
+    alert = filled_view(small).snapshot().alerts[0]
+    sink = KafkaFeedbackSink(
+        {"bootstrap.servers": NO_BROKER, "security.protocol": "SASL_PLAINTEXT",
+         "sasl.mechanism": "NOPE"}, "feedback", timeout_s=3,
+    )  # fmt: skip
+    with pytest.raises(FeedbackError, match="could not write feedback to feedback"):
+        sink.send(feedback_record(alert, "acknowledged", small.end_ms))
+
+
 def test_latest_verdict_per_alert_is_the_label() -> None:
     records = [
         {"alert_id": "a-raised", "verdict": "acknowledged", "ts": 1},

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 import pytest
 
-from dashboard.view import FleetView
+from dashboard.errors import FeedbackError
+from dashboard.feedback import feedback_record
+from dashboard.view import MAX_AHEAD_MS, FleetView, RecordKind
 
 from ..records import make_ev
 from .fleet_data import T0, Recording, _alert, _drive, _stats, filled_view
@@ -48,8 +50,10 @@ def test_car_count_is_bounded_oldest_car_goes_first() -> None:
 
 def test_alert_episode_lifecycle_and_feedback_in_any_order() -> None:
     view = FleetView()
-    # Feedback read before its alert (another topic) waits for it.
+    # Feedback read before its alert (another topic) waits for it; the latest by its time
+    # wins, whatever the order it is read in.
     view.ingest("feedback", {"alert_id": "ep1-raised", "verdict": "false_positive", "ts": 5})
+    view.ingest("feedback", {"alert_id": "ep1-raised", "verdict": "acknowledged", "ts": 4})
     view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
     view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 1, "cleared"))
     view.ingest("alerts", _alert("ep2", "car-1", "tire_leak", "warning", T0 + 2))
@@ -190,3 +194,56 @@ def test_concurrent_writer_and_readers() -> None:
     assert not errors, errors
     assert view.status().records["telemetry"] == 5000
     assert len(view.snapshot().alerts) == 50
+
+
+def test_an_alert_first_read_as_cleared_takes_no_feedback_until_its_raise_is_read() -> None:
+    # Its raise is older than the backfill: the entry's time is the clear's, and feedback
+    # with that alert_ts would label the windows before the clear, not before the raise.
+    view = FleetView()
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 600_000, "cleared"))
+    [entry] = view.snapshot().alerts
+    assert (entry["raised_seen"], entry["active"], entry["ts"]) == (False, False, T0 + 600_000)
+    with pytest.raises(FeedbackError, match="raise time is unknown"):
+        feedback_record(entry, "acknowledged", T0 + 700_000)
+    # A replay from further back brings the raise: the entry becomes the episode's.
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
+    [entry] = view.snapshot().alerts
+    assert (entry["raised_seen"], entry["active"], entry["ts"]) == (True, False, T0)
+    assert entry["message"] == "car-1: overheat"
+    assert entry["cleared_ts"] == T0 + 600_000
+    assert feedback_record(entry, "acknowledged", T0 + 700_000)["alert_ts"] == T0
+
+
+@pytest.mark.parametrize(
+    ("kind", "record"),
+    [
+        ("alerts", _alert("ep1", "car-1", "overheat", "critical", 10**16)),
+        ("alerts", _alert("ep1", "car-1", "overheat", "critical", -1)),
+        ("stats", {**_stats("car-1", "ev", T0, 1.0, 5.0, samples=60, missing=0),
+                   "window_end": 2**62}),
+        ("sessions", {**_drive("car-1", T0), "start_ts": 10**16}),
+        ("feedback", {"alert_id": "ep1-raised", "verdict": "acknowledged", "ts": 10**17}),
+    ],
+)  # fmt: skip
+def test_times_no_date_can_show_are_refused(kind: RecordKind, record: dict[str, Any]) -> None:
+    # Stored, they made every later render of the alerts or car page raise.
+    view = FleetView()
+    with pytest.raises(ValueError, match="not a time in ms since 1970 up to 2100"):
+        view.ingest(kind, record)
+    snapshot = view.snapshot()
+    assert snapshot.alerts == []
+    assert snapshot.recent_stats == []
+
+
+def test_a_sample_far_ahead_of_the_wall_clock_is_refused_and_hides_nothing() -> None:
+    now_ms = T0 + 3_600_000
+    view = FleetView(clock=lambda: now_ms / 1000)
+    view.ingest("telemetry", make_ev(now_ms - 1000, seq=1))
+    with pytest.raises(ValueError, match="ahead of the wall clock"):
+        view.ingest("telemetry", make_ev(now_ms + MAX_AHEAD_MS + 1000, seq=2, lat=10.0))
+    view.ingest("telemetry", make_ev(now_ms, seq=3))
+    view.ingest("telemetry", make_ev(now_ms + 60_000, seq=4))  # a clock a minute fast
+    car = view.car("car-1")
+    assert car is not None
+    assert [s["ts"] for s in car.samples] == [now_ms - 1000, now_ms, now_ms + 60_000]
+    assert car.samples[-1]["lat"] == 48.1
