@@ -250,6 +250,13 @@ def simulate(
             check_topic(topic or default_topic(form), config)
         with _checked_settings("MQTT settings"):
             mqtt = MqttConnectionSettings()
+        if mqtt.mqtt_tls:
+            # The services' shared setting: ignoring it would send the password in clear.
+            msg = (
+                "FLEETSTREAM_MQTT_TLS is set, but simulate publishes over plain TCP only; "
+                "unset it for the simulator and give a plain listener in --mqtt"
+            )
+            raise typer.BadParameter(msg, param_hint="--mqtt")
         secret = mqtt.mqtt_password.get_secret_value() if mqtt.mqtt_password else None
         with _usage_error("--mqtt"):
             target = MqttTarget.parse(mqtt_url, mqtt.mqtt_username, secret)

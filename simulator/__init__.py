@@ -13,6 +13,7 @@ from simulator._formats import Format, default_topic, render, to_tesla
 from simulator._run import (
     MqttTarget,
     RunReport,
+    check_format,
     check_output,
     check_topic,
     iter_records,
@@ -32,6 +33,7 @@ __all__ = [
     "MqttTarget",
     "RunReport",
     "SimulatorError",
+    "check_format",
     "check_output",
     "check_topic",
     "default_topic",

@@ -94,7 +94,9 @@ class LeanPublisher:
         qos: 0 or 1 for every message.
         username: Optional user name.
         password: Optional password.
-        keepalive_s: MQTT keep-alive; a PINGREQ goes out when nothing was sent for half of it.
+        keepalive_s: MQTT keep-alive; a PINGREQ goes out when nothing was sent for half of it,
+            and a broker silent for this long while a PUBACK or PINGRESP is due is taken
+            as gone (a half-open connection otherwise hung the run until TCP gave up).
         timeout_s: Connect and CONNACK timeout.
 
     Raises:
@@ -123,6 +125,10 @@ class LeanPublisher:
         self._error: str | None = None
         self._closing = False
         self._last_send = time.monotonic()
+        # The later of the last packet received and the moment an answer became due (a
+        # first message in flight, a ping): the broker's silence is measured from it.
+        self._heard_or_asked = self._last_send
+        self._ping_due = False
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as exc:
@@ -184,12 +190,21 @@ class LeanPublisher:
                     return
                 readable, _, _ = select.select([self._sock], [], [], 1.0)
                 if not readable:
+                    if self._broker_silent():
+                        why = f"no answer from the MQTT broker for {self._keepalive_s} s"
+                        self._fail(why)
+                        # Unblocks a writer stuck on a full send buffer.
+                        with contextlib.suppress(OSError):
+                            self._sock.shutdown(socket.SHUT_RDWR)
+                        return
                     self._ping_if_idle()
                     continue
                 chunk = self._sock.recv(_READ_SIZE)
                 if not chunk:
                     self._fail("the MQTT broker closed the connection")
                     return
+                self._heard_or_asked = time.monotonic()
+                self._ping_due = False
                 data += chunk
         except (OSError, SimulatorError) as exc:
             self._fail(f"MQTT connection failed: {exc}")
@@ -221,9 +236,25 @@ class LeanPublisher:
                 self._error = why
             self._cond.notify_all()
 
+    def _broker_silent(self) -> bool:
+        """Whether nothing came for a keep-alive although a PUBACK or PINGRESP is due."""
+        waiting = self._ping_due or bool(self._inflight)
+        return waiting and time.monotonic() - self._heard_or_asked >= self._keepalive_s
+
     def _ping_if_idle(self) -> None:
-        if time.monotonic() - self._last_send >= self._keepalive_s / 2:
-            self._send(_PINGREQ_PACKET)
+        if time.monotonic() - self._last_send < self._keepalive_s / 2:
+            return
+        # A writer holding the lock is sending (or stuck on a full buffer): not idle.
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            self._sock.sendall(_PINGREQ_PACKET)
+            self._last_send = time.monotonic()
+            if not self._ping_due and not self._inflight:
+                self._heard_or_asked = self._last_send
+            self._ping_due = True
+        finally:
+            self._send_lock.release()
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -241,6 +272,8 @@ class LeanPublisher:
                 if room <= 0:
                     self._cond.wait(1.0)
                     continue
+                if not self._inflight and not self._ping_due:
+                    self._heard_or_asked = time.monotonic()
                 for _ in range(min(room, count - len(ids))):
                     while self._next_id in self._inflight:
                         self._next_id = self._next_id % _MAX_PACKET_ID + 1

@@ -109,6 +109,17 @@ def check_topic(topic: str, config: FleetConfig) -> None:
         raise SimulatorError(msg) from None
 
 
+def check_format(fmt: Format, config: FleetConfig) -> None:
+    """Check that every car of the run can be rendered in ``fmt``.
+
+    Raises:
+        SimulatorError: ``tesla`` payloads with combustion cars in the fleet.
+    """
+    if fmt is Format.TESLA and config.ev_share < 1.0:
+        msg = f"the tesla format renders EVs only; ev_share must be 1, not {config.ev_share}"
+        raise SimulatorError(msg)
+
+
 def _write_labels(fleet: Fleet, labels: Path | None, until_ms: int | None = None) -> int:
     if labels is None:
         return 0
@@ -123,8 +134,10 @@ def run_to_file(config: FleetConfig, output: Path, fmt: Format, labels: Path | N
     """Simulate the whole run as fast as possible, one JSON message per line.
 
     Raises:
-        SimulatorError: The output or labels file cannot be created.
+        SimulatorError: The output or labels file cannot be created, or ``fmt`` cannot
+            render the fleet (:func:`check_format`).
     """
+    check_format(fmt, config)
     check_output(output)
     check_output(labels, "labels")
     began = time.monotonic()
@@ -230,9 +243,10 @@ def run_to_mqtt(
     and the exception is re-raised afterwards.
 
     Raises:
-        SimulatorError: The topic or labels file is unusable (before connecting), or
-            the broker cannot be reached or the connection is lost.
+        SimulatorError: The topic, format or labels file is unusable (before
+            connecting), or the broker cannot be reached or the connection is lost.
     """
+    check_format(fmt, config)
     check_topic(topic, config)
     check_output(labels, "labels")
     start_ms = time.time_ns() // 1_000_000

@@ -12,7 +12,17 @@ import numpy as np
 import orjson
 import pytest
 
-from simulator import FleetConfig, Kind, iter_records
+from simulator import (
+    FleetConfig,
+    Format,
+    Kind,
+    MqttTarget,
+    SimulatorError,
+    check_format,
+    iter_records,
+    run_to_file,
+    run_to_mqtt,
+)
 from simulator._anomalies import schedule
 from simulator._fleet import Fleet
 from telemetry.contract import parse
@@ -178,6 +188,25 @@ def test_tesla_format_file(tmp_path: Path) -> None:
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(rows) == 30
     assert {"car_id", "shift_state", "power", "tpms_pressure_fl", "timestamp"} <= set(rows[0])
+
+
+def test_the_tesla_format_with_combustion_cars_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # The library's callers are not forced to ev_share 1 as the CLI is: a KeyError came
+    # mid-run, after the output file had been truncated.
+    out = tmp_path / "tesla.jsonl"
+    out.write_bytes(b"kept\n")
+    config = FleetConfig(vehicles=3, duration_s=10, ev_share=0.6)
+    with pytest.raises(SimulatorError, match="tesla format renders EVs only"):
+        run_to_file(config, out, Format.TESLA, None)
+    assert out.read_bytes() == b"kept\n"
+    unreachable = MqttTarget.parse("mqtt://127.0.0.1:1")
+    with pytest.raises(SimulatorError, match="tesla format renders EVs only"):
+        run_to_mqtt(config, target=unreachable, fmt=Format.TESLA, topic="t/{vehicle_id}",
+                    qos=1, labels=None)  # fmt: skip
+    check_format(Format.TESLA, FleetConfig(vehicles=1, ev_share=1.0))
+    check_format(Format.V1, config)
 
 
 @pytest.mark.parametrize("duration_s", [60.0, 600.0, 4 * 3600.0, 5 * 3600.0])

@@ -79,6 +79,17 @@ def test_bad_urls_are_usage_errors_with_the_password_hidden(
     assert targets == []
 
 
+def test_mqtt_tls_set_for_the_services_is_refused_not_ignored(targets: list[MqttTarget]) -> None:
+    # The simulator speaks plain TCP only: ignoring the setting sent the password in clear.
+    env = {"FLEETSTREAM_MQTT_TLS": "true", "FLEETSTREAM_MQTT_PASSWORD": SECRET}
+    result = _simulate("--mqtt", "mqtt://fleet@broker:8883", env=env)
+    assert result.exit_code == 2
+    assert "FLEETSTREAM_MQTT_TLS is set, but simulate publishes over plain TCP only" in (
+        result.output
+    )
+    assert targets == []
+
+
 def test_unparsable_start_time_is_a_usage_error(tmp_path: Path) -> None:
     result = _simulate("--output", str(tmp_path / "out.jsonl"), "--start-time", "yesterday")
     assert result.exit_code == 2

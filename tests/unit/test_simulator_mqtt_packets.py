@@ -1,12 +1,18 @@
-"""The simulator's MQTT packets are what paho itself decodes them to."""
+"""The simulator's MQTT packets are what paho itself decodes them to; a silent broker fails it."""
 
 from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
 
 import pytest
 from paho.mqtt import _packet as paho_packet
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from simulator._mqtt import _split, connect_packet, publish_packet
+from simulator import SimulatorError
+from simulator._mqtt import LeanPublisher, _split, connect_packet, publish_packet
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +57,45 @@ def test_connect_packet_fields() -> None:
     assert body[8:10] == b"\x00\x1e"
     assert body[10] == 0  # no properties
     assert body[11:] == b"\x00\x05sim-1\x00\x05fleet\x00\x06secret"
+
+
+def _silent_broker(receive_maximum: int) -> tuple[socket.socket, threading.Thread]:
+    """A listener that accepts one client, sends CONNACK, then reads and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    props = bytes((0x21, 0, receive_maximum))  # Receive Maximum
+    connack = bytes((0x20, 3 + len(props), 0, 0, len(props))) + props
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(connack)
+            conn.settimeout(30)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("receive_maximum", [1, 100])
+def test_a_broker_that_stops_answering_fails_the_run_instead_of_hanging_it(
+    receive_maximum: int,
+) -> None:
+    # A half-open connection: writes still succeed, no PUBACK comes. With a full window
+    # the publisher waited for packet ids for as long as TCP took to give up.
+    server, thread = _silent_broker(receive_maximum)
+    publisher = LeanPublisher("127.0.0.1", server.getsockname()[1], "sim-test", 1, keepalive_s=2)
+    began = time.monotonic()
+    try:
+        with pytest.raises(SimulatorError, match="no answer from the MQTT broker for 2 s"):
+            for _ in range(20):
+                publisher.publish([("t/car-1", b"{}"), ("t/car-2", b"{}")])
+                time.sleep(0.5)
+    finally:
+        publisher.close()
+        server.close()
+    assert time.monotonic() - began < 6
+    thread.join(5)
