@@ -47,7 +47,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt import _packet as paho_packet
 from paho.mqtt.client import CallbackOnConnect_v2, CallbackOnUnsubscribe_v2
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -68,6 +68,10 @@ PublishHandler = Callable[[str, bytes, int, bool, int, "Properties | None"], Non
 # Bytes asked of the socket per read. Receive Maximum bounds what the broker sends
 # unacknowledged, so this only caps one read, not memory.
 _READ_SIZE = 256 * 1024
+# A packet still this many bytes short after a read is gathered read by read and joined
+# once complete: appending each read to the partial packet copied it again every time,
+# ~110 s of CPU for one 256 MB message (no broker limit applies by default).
+_GATHER_FROM = _READ_SIZE
 _PUBLISH = 0x30
 
 
@@ -100,7 +104,8 @@ def take_over_acks_and_delivery(client: aiomqtt.Client, on_publish: PublishHandl
 class _ChunkReader:
     """Reads what the socket holds in one call and decodes QoS 0/1 PUBLISH packets.
 
-    A packet cut by the end of a read waits in ``_rest`` for the next one. Other packets
+    A packet cut by the end of a read waits in ``_rest`` for the next one, or, when it is
+    more than a read short (:data:`_GATHER_FROM`), in ``_parts`` until whole. Other packets
     (CONNACK, SUBACK, PUBACK, PINGRESP, DISCONNECT, QoS 2 flows) go to paho's
     ``_packet_handle`` exactly as paho's own reader would hand them over.
     """
@@ -110,6 +115,9 @@ class _ChunkReader:
         self._on_publish = on_publish
         self._sock: object = None
         self._rest = b""
+        self._parts: list[bytes] = []  # the reads of a large packet, joined once whole
+        self._parts_size = 0
+        self._need = 0  # the large packet's size
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read once and handle every complete packet (paho's ``loop_read`` contract)."""
@@ -121,6 +129,7 @@ class _ChunkReader:
             # A new connection: a partial packet of the old one means nothing now.
             self._sock = sock
             self._rest = b""
+            self._parts = []
         try:
             chunk = paho._sock_recv(_READ_SIZE)  # noqa: SLF001
         except BlockingIOError:
@@ -132,13 +141,30 @@ class _ChunkReader:
             return paho._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
         with paho._msgtime_mutex:  # noqa: SLF001
             paho._last_bytes_received = mqtt.time_func()  # noqa: SLF001
-        data = self._rest + chunk if self._rest else chunk
+        if self._parts:
+            self._parts.append(chunk)
+            self._parts_size += len(chunk)
+            if self._parts_size < self._need:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            data = b"".join(self._parts)
+            self._parts = []
+        else:
+            data = self._rest + chunk if self._rest else chunk
         rc, used = self._handle(data)
-        self._rest = data[used:]
         if rc:
             self._rest = b""
             return paho._loop_rc_handle(rc)  # noqa: SLF001
+        self._keep(data[used:])
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _keep(self, rest: bytes) -> None:
+        """Keep the start of a packet cut by the end of the read, for the next reads."""
+        size = _packet_size(rest)
+        if size is not None and size - len(rest) > _GATHER_FROM:
+            self._parts, self._parts_size, self._need = [rest], len(rest), size
+            self._rest = b""
+        else:
+            self._rest = rest
 
     def _handle(self, data: bytes) -> tuple[MQTTErrorCode, int]:
         """Handle the complete packets at the start of ``data``; returns (rc, bytes used)."""
@@ -208,6 +234,17 @@ class _ChunkReader:
         return rc
 
 
+def _packet_size(data: bytes) -> int | None:
+    """The size of the packet at the start of ``data``, if its fixed header is there."""
+    if not data:
+        return None
+    try:
+        decoded = decode_length(data, 1)
+    except MalformedLength:
+        return None  # the next read's _handle reports it
+    return None if decoded is None else decoded[1] + decoded[0]
+
+
 def _decode_publish(
     data: bytes, start: int, end: int, qos: int, *, v5: bool
 ) -> tuple[str, int, Properties | None, int] | None:
@@ -249,7 +286,17 @@ def _decode_publish(
             properties = _SharedTableProperties(PacketTypes.PUBLISH)
             try:
                 properties.unpack(data[at:block_end])  # type: ignore[no-untyped-call]
-            except (MalformedPacket, IndexError, struct.error, UnicodeDecodeError) as exc:
+            # KeyError: an unknown property id; MQTTException: one paho refuses (repeated,
+            # out of range, not for PUBLISH). Raised, they escaped the reader and ended the
+            # connection with a partial read kept.
+            except (
+                MalformedPacket,
+                MQTTException,
+                KeyError,
+                IndexError,
+                struct.error,
+                UnicodeDecodeError,
+            ) as exc:
                 # The packet's framing is intact: the message is delivered (for quarantine)
                 # instead of ending the connection, which would bring it back forever.
                 properties = UndecodableProperties(f"{type(exc).__name__}: {exc}")

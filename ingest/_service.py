@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,14 @@ _TOPIC_CACHE_MAX: Final = 100_000
 _COMMAND_RESTART_MIN_S = 1.0
 _COMMAND_RESTART_MAX_S: Final = 60.0
 _MQTT_TOPIC_MAX_BYTES: Final = 65_535
+# Code points the MQTT spec says a string should not hold and Mosquitto refuses in a
+# topic (mosquitto_validate_utf8): control characters and non-characters. A PUBLISH with
+# one is a malformed packet, and the broker drops the whole connection for it.
+_MQTT_REFUSED_CHARS: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
 
 
 async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
@@ -92,8 +101,14 @@ def _key_problem(key: str) -> str | None:
     """Why a command's key cannot be part of an MQTT topic name, or None."""
     if "/" in key or "+" in key or "#" in key:
         return "the key contains '/', '+' or '#'"
-    if "\x00" in key:
-        return "the key contains U+0000"
+    return _topic_text_problem(key, "key")
+
+
+def _topic_text_problem(text: str, what: str) -> str | None:
+    """Why ``text`` cannot be (part of) a topic the broker accepts, or None."""
+    refused = _MQTT_REFUSED_CHARS.search(text)
+    if refused is not None:
+        return f"the {what} contains U+{ord(refused.group()):04X}, which MQTT brokers refuse"
     return None
 
 
@@ -314,8 +329,12 @@ class IngestService:
             client = self._make_client()
             self.metrics.mqtt_reconnects.inc()
             try:
+                # Set before connecting: a resumed session's queued messages can come in
+                # the same read as the CONNACK, before the connect returns, and PUBACKs
+                # released then (a message no rule takes) were dropped, each holding a
+                # Receive Maximum slot for the whole connection.
+                self._client = client
                 async with client:
-                    self._client = client
                     await self._subscribe(client)
                     self._connected.set()
                     self.metrics.mqtt_up.set(1)
@@ -1030,8 +1049,11 @@ class IngestService:
         else:
             problem = _key_problem(text)
         topic = rule.mqtt.render([], {"key": text, "topic": m.topic()})
-        if problem is None and topic is not None and len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
-            problem = f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+        if problem is None and topic is not None:
+            if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+                problem = f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+            else:
+                problem = _topic_text_problem(topic, "MQTT topic")
         if topic is None or problem is not None:
             reason = "bad_key" if problem is not None else "no_key"
             detail = problem or "the record has no key"

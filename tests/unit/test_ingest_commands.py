@@ -172,12 +172,30 @@ def test_a_crashed_command_loop_is_loud_unhealthy_and_restarted(
     ("key", "needle"),
     [
         (b"car\x00x", "U+0000"),
+        # Mosquitto drops the connection for a topic with a control character or a
+        # non-character: every ~31 s, the batch's other commands were sent again.
+        (b"car\n7", "U+000A"),
+        (b"car\x7f", "U+007F"),
+        ("car\u0085".encode(), "U+0085"),
+        ("car\ufdd0".encode(), "U+FDD0"),
+        ("car\U0010ffff".encode(), "U+10FFFF"),
         (b"k" * 70_000, "65535"),
         (b"car\xff1", "UTF-8"),
         (b"a/b", "'/'"),
         (b"a#", "'#'"),
     ],
-    ids=["nul", "too-long", "invalid-utf8", "slash", "hash"],
+    ids=[
+        "nul",
+        "newline",
+        "del",
+        "c1",
+        "nonchar",
+        "plane16-nonchar",
+        "too-long",
+        "invalid-utf8",
+        "slash",
+        "hash",
+    ],
 )
 def test_a_key_that_makes_no_mqtt_topic_is_quarantined_as_bad_key(
     service: IngestService, key: bytes, needle: str

@@ -6,6 +6,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import patch
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest._paho import UndecodableProperties, _ChunkReader
+from ingest._paho import _GATHER_FROM, UndecodableProperties, _ChunkReader
 from telemetry.mqttwire import encode_length
 
 pytestmark = pytest.mark.unit
@@ -126,8 +127,12 @@ def test_reader_decodes_like_paho_in_one_read() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=400))
-def test_reader_decodes_like_paho_however_the_stream_is_cut(sizes: list[int]) -> None:
+@given(
+    st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=400),
+    st.sampled_from([_GATHER_FROM, 8]),
+)
+def test_reader_decodes_like_paho_however_the_stream_is_cut(sizes: list[int], gather: int) -> None:
+    # gather 8: nearly every cut packet is gathered read by read (as large ones are).
     stream = b"".join(STREAM)
 
     def chunks() -> Iterator[bytes]:
@@ -140,8 +145,29 @@ def test_reader_decodes_like_paho_however_the_stream_is_cut(sizes: list[int]) ->
         if at < len(stream):
             yield stream[at:]
 
-    seen, _ = _reader_decodes(chunks())
+    with patch("ingest._paho._GATHER_FROM", gather):
+        seen, _ = _reader_decodes(chunks())
     assert seen == _paho_decodes(stream)
+
+
+def test_a_large_packet_is_gathered_read_by_read_and_joined_once() -> None:
+    # Appending every read to the partial packet copied it again each time: quadratic,
+    # ~110 s of CPU for a 256 MB message.
+    payload = bytes(range(256)) * 12_000
+    stream = _publish("fleet/car-1/telemetry", payload, 1, 42) + STREAM[0]
+    client, peer = _client()
+    seen: list[Seen] = []
+    reader = _ChunkReader(client, lambda *a: seen.append((*a[:5], _describe(a[5]))))
+    read = 64 * 1024  # what a socket pair holds at once
+    chunks = [stream[at : at + read] for at in range(0, len(stream), read)]
+    for index, chunk in enumerate(chunks):
+        peer.sendall(chunk)
+        assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if index < len(chunks) - 1:
+            assert (len(reader._parts), reader._rest) == (index + 1, b"")
+    peer.close()
+    assert seen == [("fleet/car-1/telemetry", payload, 1, False, 42, None),
+                    ("fleet/car-1/telemetry", b'{"a": 1}', 1, False, 1, None)]  # fmt: skip
 
 
 def test_reader_reports_a_closed_socket_and_a_malformed_packet() -> None:
@@ -179,6 +205,38 @@ def test_a_publish_whose_properties_paho_rejects_is_delivered_not_a_protocol_err
     assert not isinstance(props2, UndecodableProperties)
     assert props2 is not None
     assert getattr(props2, "UserProperty", None) == [("k", "v")]
+    peer.close()
+
+
+def _with_properties(mid: int, payload: bytes, block: bytes) -> bytes:
+    """A QoS 1 PUBLISH on topic "a" with a raw properties block."""
+    body = b"\x00\x01a" + struct.pack("!H", mid) + encode_length(len(block)) + block + payload
+    return b"\x32" + encode_length(len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"\x7f\x00",  # an unknown property id (KeyError in paho)
+        b"\x01\x01\x01\x01",  # a property twice
+        b"\x01\x02",  # PayloadFormatIndicator 2
+        b"\x23\x00\x00",  # TopicAlias 0
+        b"\x11\x00\x00\x00\x01",  # SessionExpiryInterval, not a PUBLISH property
+    ],
+    ids=["unknown-id", "twice", "format-2", "alias-0", "not-for-publish"],
+)
+def test_any_properties_paho_refuses_leave_the_message_delivered(block: bytes) -> None:
+    # Raised out of the reader, they ended the connection and the message came back after
+    # every reconnect (a broker that forwards them; Mosquitto checks most itself).
+    client, peer = _client()
+    seen: list[tuple[bytes, int, Properties | None]] = []
+    reader = _ChunkReader(
+        client, lambda _t, payload, _q, _d, mid, p: seen.append((payload, mid, p))
+    )
+    peer.sendall(_with_properties(1, b"one", block) + _publish("a", b"two", 1, 2))
+    assert reader.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert [(payload, mid) for payload, mid, _ in seen] == [(b"one", 1), (b"two", 2)]
+    assert isinstance(seen[0][2], UndecodableProperties)
     peer.close()
 
 

@@ -96,3 +96,40 @@ def test_reconnect_waits_double_with_jitter_and_never_exceed_the_cap() -> None:
     assert all(d <= 30.0 for d in delays)
     assert max(delays) > 24.0  # it does reach the cap's neighbourhood
     assert 0.8 <= delays[1] <= 1.0  # 0.5 doubled, at most 20 % shorter
+
+
+def test_pubacks_released_while_connecting_reach_the_new_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A resumed session's queued messages can arrive in the same read as the CONNACK,
+    # before the connect returns; a message no rule takes is acknowledged at once. Its
+    # PUBACK was dropped (no client yet) and held a Receive Maximum slot for good.
+    service = IngestService(IngestSettings(ingest_metrics_port=0), load_rules(None))
+    sent: list[tuple[object, list[tuple[int, int]]]] = []
+    monkeypatch.setattr(
+        "ingest._service.send_acks", lambda client, batch: sent.append((client, batch))
+    )
+
+    class Connecting:
+        async def __aenter__(self) -> Connecting:
+            service._on_publish("old/filter/x", b"{}", 1, False, 7, None)
+            return self
+
+        async def __aexit__(self, *_exc: object) -> None:
+            return None
+
+    client = Connecting()
+
+    async def connected(_client: object) -> None:
+        service._stop.set()
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    monkeypatch.setattr(service, "_make_client", lambda: client)
+    monkeypatch.setattr(service, "_subscribe", nothing)
+    monkeypatch.setattr(service, "_until_disconnect_or_stop", connected)
+    monkeypatch.setattr(service, "_drain", nothing)
+    asyncio.run(service._mqtt_loop())
+    assert sent == [(client, [(7, 1)])]
+    assert service.metrics.acked._value.get() == 1
