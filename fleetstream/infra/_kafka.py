@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import time
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Final
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -35,19 +37,40 @@ def process(settings: InfraSettings) -> ManagedProcess:
     return ManagedProcess("kafka", root / "kafka.pid", str(root / "server.properties"))
 
 
+# Written last, once Maven has copied every jar: a copy cut short (Ctrl-C, a full disk)
+# used to count as complete because its first jar was there, and Kafka then failed on
+# missing classes at every start.
+_COMPLETE: Final = ".complete"
+
+
 def jars_present(settings: InfraSettings) -> bool:
-    """Whether the broker jars are already in the cache."""
-    return (settings.kafka_libs_dir / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    """Whether the broker jars are already in the cache, all of them."""
+    return (settings.kafka_libs_dir / _COMPLETE).is_file()
 
 
 def ensure_jars(settings: InfraSettings) -> None:
     """Resolve the broker jars with Maven into the cache folder unless they are there.
+
+    One process at a time per cache folder: ``infra jars`` next to an ``up`` (or two
+    checkouts sharing the cache) must not start Kafka on a folder still being filled.
 
     Raises:
         InfraError: Maven is missing or the resolution failed.
     """
     if jars_present(settings):
         return
+    lock_path = settings.kafka_libs_dir.parent / "jars.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not jars_present(settings):  # another process may have fetched them
+                _fetch_jars(settings)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fetch_jars(settings: InfraSettings) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
         msg = (
@@ -55,19 +78,34 @@ def ensure_jars(settings: InfraSettings) -> None:
         )
         raise InfraError(msg)
     libs = settings.kafka_libs_dir
-    libs.mkdir(parents=True, exist_ok=True)
+    # Copied into a folder of their own, then moved into place jar by jar (a running
+    # Kafka keeps the files it has open), the marker last.
+    partial = libs.with_name(libs.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     _log.info("resolving Kafka %s jars from Maven Central into %s", KAFKA_VERSION, libs)
     with resources.as_file(_FILES / "pom.xml") as pom:
         result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-Dlibs.dir={libs}"],
+            [
+                *(mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"),
+                f"-Dlibs.dir={partial}",
+            ],
             capture_output=True,
             text=True,
             check=False,
         )
-    if result.returncode != 0 or not jars_present(settings):
-        output = result.stdout[-3000:]
+    main_jar = partial / f"kafka_2.13-{KAFKA_VERSION}.jar"
+    if result.returncode != 0 or not main_jar.is_file():
+        # mvn's own complaints (a JAVA_HOME that is gone) go to stderr.
+        output = (result.stdout + result.stderr)[-3000:]
         msg = f"mvn could not resolve the Kafka jars (exit {result.returncode}):\n{output}"
         raise InfraError(msg)
+    libs.mkdir(parents=True, exist_ok=True)
+    jars = sorted(partial.glob("*.jar"))
+    for jar in jars:
+        os.replace(jar, libs / jar.name)
+    (libs / _COMPLETE).write_text("".join(f"{jar.name}\n" for jar in jars))
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _render(settings: InfraSettings) -> Path:
@@ -187,8 +225,10 @@ def start(settings: InfraSettings) -> float:
     config = _render(settings)
     _format_storage(settings, config)
     began = time.monotonic()
+    log_file = kafka_dir(settings) / "logs" / "kafka.out"
+    # The file keeps every start's output: a failure shows only this start's.
+    since = log_file.stat().st_size if log_file.exists() else 0
     if proc.pid() is None:
-        log_file = kafka_dir(settings) / "logs" / "kafka.out"
         proc.start([_java(), *_jvm_flags(settings), "kafka.Kafka", str(config)], log_file)
     deadline = began + settings.kafka_start_timeout_s
     while time.monotonic() < deadline:
@@ -197,14 +237,18 @@ def start(settings: InfraSettings) -> float:
         if proc.pid() is None:
             break
         time.sleep(0.2)
-    tail = _tail(kafka_dir(settings) / "logs" / "kafka.out")
+    tail = _tail(log_file, since)
     proc.stop(timeout_s=5)
     msg = f"Kafka did not become ready on {settings.kafka_bootstrap}; last output:\n{tail}"
     raise InfraError(msg)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def _tail(path: Path, since: int = 0, lines: int = 30) -> str:
+    """The last ``lines`` lines written to ``path`` after its first ``since`` bytes."""
     try:
-        return "\n".join(path.read_text("utf-8", errors="replace").splitlines()[-lines:])
+        with path.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return "(no output)"
+    return "\n".join(text.splitlines()[-lines:]) or "(no output)"

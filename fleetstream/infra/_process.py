@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from fleetstream.infra.errors import InfraError
+
 
 @dataclass(frozen=True, slots=True)
 class ManagedProcess:
@@ -103,23 +105,48 @@ class ManagedProcess:
 
         Returns:
             True if a running process was stopped, False if none was running.
+
+        Raises:
+            InfraError: It runs as another user, or outlived SIGKILL.
         """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        proc = psutil.Process(pid)
-        with contextlib.suppress(psutil.NoSuchProcess):
+        try:
+            proc = psutil.Process(pid)
             # A frozen (SIGSTOP) broker, as left by a fault test, cannot act on SIGTERM.
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
-            try:
-                proc.wait(timeout=timeout_s)
-            except psutil.TimeoutExpired:
+            if not wait_until(lambda: _ended(proc), timeout_s, 0.1):
                 proc.kill()
-                proc.wait(timeout=10)
+                if not wait_until(lambda: _ended(proc), 10, 0.1):
+                    msg = f"{self.name} (pid {pid}) is still running after SIGKILL"
+                    raise InfraError(msg)
+        except psutil.NoSuchProcess:
+            pass  # ended on its own in the meantime
+        except psutil.AccessDenied as exc:
+            msg = f"not permitted to stop {self.name} (pid {pid}): it runs as another user"
+            raise InfraError(msg) from exc
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def _ended(proc: psutil.Process) -> bool:
+    """Whether the process has exited: gone, or a zombie its parent has not reaped.
+
+    A broker started by another running process (``make demo``) becomes that process's
+    zombie when stopped from here; waiting for it to disappear (psutil's ``wait``) timed
+    out, raised, and left the other broker running.
+    """
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)  # reaped here when it is this process's child
+    return True
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

@@ -133,6 +133,41 @@ def test_a_frozen_broker_is_resumed(tmp_path: Path) -> None:
         proc.stop(timeout_s=5)
 
 
+def test_a_broker_another_running_process_started_is_stopped_without_waiting_for_its_reaping(
+    tmp_path: Path,
+) -> None:
+    # As when `make demo` started the brokers and `infra down` runs in another terminal:
+    # the stopped broker stays a zombie of the demo, and waiting for it to vanish timed
+    # out after 40 s with a traceback, leaving Mosquitto running.
+    pid_file = tmp_path / "sleeper.pid"
+    starter = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from pathlib import Path; "
+            "from fleetstream.infra._process import ManagedProcess; "
+            f"ManagedProcess('sleeper', Path({str(pid_file)!r}), 'sleep').start("
+            f"['sleep', '60'], Path({str(tmp_path / 'sleeper.out')!r})); "
+            "print('started', flush=True); time.sleep(60)"
+        )],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert starter.stdout is not None
+        assert starter.stdout.readline().strip() == "started"
+        proc = ManagedProcess("sleeper", pid_file, "sleep")
+        pid = proc.pid()
+        assert pid is not None
+        began = time.monotonic()
+        assert proc.stop(timeout_s=20)
+        assert time.monotonic() - began < 5
+        assert not pid_file.exists()
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # the starter's to reap
+        assert proc.pid() is None
+    finally:
+        starter.kill()
+        starter.wait()
+
+
 def test_a_recycled_pid_of_another_mosquitto_program_is_not_our_broker(tmp_path: Path) -> None:
     settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     ours = _mosquitto.process(settings)
@@ -147,3 +182,49 @@ def test_a_recycled_pid_of_another_mosquitto_program_is_not_our_broker(tmp_path:
     finally:
         other.kill()
         other.wait()
+
+
+def _fake_mvn(bin_dir: Path, script: str) -> None:
+    """An ``mvn`` on PATH whose copy-dependencies runs ``script`` with $LIBS set."""
+    bin_dir.mkdir()
+    mvn = bin_dir / "mvn"
+    mvn.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -Dlibs.dir=*) LIBS="${a#-Dlibs.dir=}";; esac; done\n'
+        f"{script}\n"
+    )
+    mvn.chmod(0o755)
+
+
+def test_jars_cut_short_never_count_as_present_and_a_later_fetch_completes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first jar of a copy cut short used to mark the cache complete for good.
+    settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    jar = f"kafka_2.13-{_kafka.KAFKA_VERSION}.jar"
+    _fake_mvn(tmp_path / "bin", f'touch "$LIBS/{jar}"; echo "JAVA_HOME is gone" >&2; exit 1')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(_kafka.InfraError, match="JAVA_HOME is gone"):
+        _kafka.ensure_jars(settings)
+    assert not _kafka.jars_present(settings)
+    assert not (settings.kafka_libs_dir / jar).exists()
+
+    (tmp_path / "bin" / "mvn").unlink()
+    (tmp_path / "bin").rmdir()
+    _fake_mvn(tmp_path / "bin", f'touch "$LIBS/{jar}" "$LIBS/kafka-clients.jar"')
+    _kafka.ensure_jars(settings)
+    assert _kafka.jars_present(settings)
+    assert sorted(p.name for p in settings.kafka_libs_dir.iterdir()) == sorted(
+        [".complete", jar, "kafka-clients.jar"]
+    )
+    assert not settings.kafka_libs_dir.with_name("libs.partial").exists()
+
+
+def test_a_failed_start_shows_only_its_own_output(tmp_path: Path) -> None:
+    log = tmp_path / "kafka.out"
+    log.write_text("ERROR from a start last week\n")
+    since = log.stat().st_size
+    assert _kafka._tail(log, since) == "(no output)"
+    with log.open("a") as f:
+        f.write("ERROR this start\n")
+    assert _kafka._tail(log, since) == "ERROR this start"
