@@ -15,7 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fleetstream.infra import InfraSettings, ServiceStatus, _kafka, _mosquitto, _stack
+from fleetstream.infra import (
+    KAFKA_VERSION,
+    InfraError,
+    InfraSettings,
+    ServiceStatus,
+    _kafka,
+    _mosquitto,
+    _stack,
+)
 from fleetstream.infra._process import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.unit
@@ -201,10 +209,10 @@ def test_jars_cut_short_never_count_as_present_and_a_later_fetch_completes_them(
 ) -> None:
     # The first jar of a copy cut short used to mark the cache complete for good.
     settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
-    jar = f"kafka_2.13-{_kafka.KAFKA_VERSION}.jar"
+    jar = f"kafka_2.13-{KAFKA_VERSION}.jar"
     _fake_mvn(tmp_path / "bin", f'touch "$LIBS/{jar}"; echo "JAVA_HOME is gone" >&2; exit 1')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    with pytest.raises(_kafka.InfraError, match="JAVA_HOME is gone"):
+    with pytest.raises(InfraError, match="JAVA_HOME is gone"):
         _kafka.ensure_jars(settings)
     assert not _kafka.jars_present(settings)
     assert not (settings.kafka_libs_dir / jar).exists()
