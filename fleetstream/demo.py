@@ -25,6 +25,7 @@ from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 _log = logging.getLogger("fleetstream.demo")
 TELEMETRY_TOPIC = "vehicle-telemetry"
 OUTPUT_TOPICS = (TELEMETRY_TOPIC, "vehicle-stats", "vehicle-sessions", "vehicle-alerts")
+DEMO_SESSION_EXPIRY_S = 600  # the demo ingest's MQTT session outlives a stop by this long
 
 
 def topic_size(bootstrap: str, topic: str, attempts: int = 20) -> int:
@@ -134,6 +135,10 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
         "FLEETSTREAM_MQTT_PORT": str(settings.mqtt_port),
         "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "FLEETSTREAM_MQTT_CLIENT_ID": "fleetstream-demo-ingest",
+        # Ingest's 7-day default kept the stopped demo's session collecting every later
+        # fleet/+/telemetry message (another ingest's, a simulate run) for a week, and the
+        # next demo wrote that backlog into Kafka again. A quick restart still resumes.
+        "FLEETSTREAM_MQTT_SESSION_EXPIRY_S": str(DEMO_SESSION_EXPIRY_S),
     }
     env["FLEETSTREAM_PROCESSING_STATE_DIR"] = str(settings.run_dir / "processing-state")
     # Next to the brokers' data: the demo ingest's MQTT session lives there too.
