@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from dashboard.settings import DashboardSettings
 from fleetstream import infra
 from ingest import IngestSettings
 from models import DEFAULT_REGISTRY
+from processing import ProcessingSettings
 from simulator import FleetConfig, Format, MqttTarget, run_to_mqtt
 
 _log = logging.getLogger("fleetstream.demo")
@@ -81,18 +83,53 @@ def service(
         _log.info("%s stopped (exit %s)", name, proc.returncode)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def _wait_healthy(
+    name: str, url: str, proc: subprocess.Popen[bytes], log_dir: Path, timeout_s: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            msg = f"service exited with {proc.returncode}; see its log"
+            msg = f"{name} exited with {proc.returncode}; see {log_dir / f'{name}.log'}"
             raise RuntimeError(msg)
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - localhost
             if resp.status == 200:
                 return
         time.sleep(0.3)
-    msg = f"{url} did not report healthy within {timeout_s:.0f} s"
+    msg = f"{name} ({url}) did not report healthy within {timeout_s:.0f} s"
     raise RuntimeError(msg)
+
+
+def _check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
+    """Refuse to start when a service's port is taken (a leftover demo or service).
+
+    The new service would die on the busy port while the old one answered the health
+    check in its place.
+
+    Raises:
+        RuntimeError: A port is in use.
+    """
+    for name, (host, port) in ports.items():
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            # As the servers bind: a port whose last connections are in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                msg = (
+                    f"{name}'s port {host}:{port} is in use ({exc.strerror}); another demo "
+                    f"or {name} still running? Stop it first"
+                )
+                raise RuntimeError(msg) from None
+
+
+def _watch(services: dict[str, subprocess.Popen[bytes]], log_dir: Path) -> str | None:
+    """An error naming the first service that exited, or None while all run."""
+    for name, proc in services.items():
+        if proc.poll() is not None:
+            return f"{name} exited with {proc.returncode}; see {log_dir / f'{name}.log'}"
+    return None
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -151,19 +188,32 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
     dashboard_url = (
         f"http://{dashboard_settings.dashboard_host}:{dashboard_settings.dashboard_port}"
     )
+    ingest_settings, processing_settings = IngestSettings(), ProcessingSettings()
+    _check_ports_free(
+        {
+            "ingest": (ingest_settings.ingest_metrics_host, ingest_settings.ingest_metrics_port),
+            "processing": (
+                processing_settings.processing_metrics_host,
+                processing_settings.processing_metrics_port,
+            ),
+            "dashboard": (dashboard_settings.dashboard_host, dashboard_settings.dashboard_port),
+        }
+    )
     with (
         service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest,
-        service("processing", [sys.executable, "-m", "processing"], logs, env),
+        service("processing", [sys.executable, "-m", "processing"], logs, env) as processing,
         service("dashboard", [sys.executable, "-m", "dashboard"], logs, env) as dashboard,
     ):
+        services = {"ingest": ingest, "processing": processing, "dashboard": dashboard}
+        failed: list[str] = []
         health_url = _ingest_health_url()
         if health_url is None:
             _log.info(
                 "ingest's /healthz is off (FLEETSTREAM_INGEST_METRICS_PORT=0): not waited for"
             )
         else:
-            _wait_healthy(health_url, ingest)
-        _wait_healthy(f"{dashboard_url}/_stcore/health", dashboard)
+            _wait_healthy("ingest", health_url, ingest, logs)
+        _wait_healthy("dashboard", f"{dashboard_url}/_stcore/health", dashboard, logs)
         _log.info("dashboard: %s", dashboard_url)
         _log.info(
             "processing scores with the model promoted in %s (`fleetstream models promote`); "
@@ -174,6 +224,13 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
 
         def progress() -> None:
             while not stop.wait(10):
+                exited = _watch(services, logs)
+                if exited is not None:
+                    # Loud: a demo whose processing died reported "+0" every 10 s.
+                    _log.error("%s; stopping the demo", exited)
+                    failed.append(exited)
+                    os.kill(os.getpid(), signal.SIGTERM)  # the main thread's way out
+                    return
                 grown = {t: topic_size(settings.kafka_bootstrap, t) - n for t, n in before.items()}
                 _log.info(
                     "since the demo started: %s", ", ".join(f"{t} +{n}" for t, n in grown.items())
@@ -215,3 +272,5 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
     else:
         _log.info("%s grew by %d records", TELEMETRY_TOPIC, added)
     _log.info("brokers keep running; stop them with `fleetstream infra down`")
+    if failed:
+        raise RuntimeError(failed[0])

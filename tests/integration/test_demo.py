@@ -88,6 +88,29 @@ def test_sigterm_stops_the_demo_and_every_service_it_started(
     assert re.search(r"processing stopped \(exit (0|-15)\)", rest), "".join(lines) + rest
 
 
+def test_a_service_that_dies_stops_the_demo_with_an_error(brokers: infra.InfraSettings) -> None:
+    # A demo whose processing had died went on reporting "vehicle-stats +0" every 10 s.
+    env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert demo.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any("publishing 2 simulated cars" in line for line in lines):
+        assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
+        lines.append(demo.stderr.readline())
+    found = re.search(r"processing started \(pid (\d+)", "".join(lines))
+    assert found is not None, "".join(lines)
+    os.kill(int(found.group(1)), signal.SIGKILL)
+    _, rest = demo.communicate(timeout=120)
+    assert demo.returncode == 1, "".join(lines) + rest
+    assert "error: processing exited with -9; see " in rest, "".join(lines) + rest
+    for name in ("ingest", "dashboard"):
+        assert f"{name} stopped (exit 0)" in rest, "".join(lines) + rest
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

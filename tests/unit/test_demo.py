@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ def test_the_demo_ingest_session_expires_soon_after_a_stop(
     monkeypatch.setenv("FLEETSTREAM_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(infra, "up", lambda _settings: infra.StartReport(0.0, 0.0))
     monkeypatch.setattr(demo, "service", first_service)
+    monkeypatch.setattr(demo, "_check_ports_free", lambda _ports: None)
     with pytest.raises(_StartedError):
         demo._run_demo(1, 1.0, 0.0, 0)
     assert seen["name"] == "ingest"
@@ -38,3 +42,27 @@ def test_the_demo_ingest_session_expires_soon_after_a_stop(
     settings = IngestSettings()
     assert settings.mqtt_session_expiry_s == demo.DEMO_SESSION_EXPIRY_S <= 3600
     assert settings.mqtt_client_id == "fleetstream-demo-ingest"
+
+
+def test_a_busy_service_port_is_refused_before_anything_starts() -> None:
+    # The old service answered the health check while the new one died on the port.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"dashboard's port 127.0.0.1:{port} is in use"):
+            demo._check_ports_free({"ingest": ("127.0.0.1", 0), "dashboard": ("127.0.0.1", port)})
+    demo._check_ports_free({"dashboard": ("127.0.0.1", port)})
+
+
+def test_a_service_that_exited_is_named_with_its_log(tmp_path: Path) -> None:
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    try:
+        crashed.wait(30)
+        services = {"ingest": running, "processing": crashed}
+        assert demo._watch(services, tmp_path) == (
+            f"processing exited with 3; see {tmp_path / 'processing.log'}"
+        )
+        assert demo._watch({"ingest": running}, tmp_path) is None
+    finally:
+        running.kill()
+        running.wait()
