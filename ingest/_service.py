@@ -43,7 +43,7 @@ from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine,
 from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet, subscription_ids
 from ingest._settings import IngestSettings
 from ingest._subscriptions import SubscriptionRecord
-from ingest.errors import FatalConnectError
+from ingest.errors import BackgroundTaskError, FatalConnectError
 
 _log = logging.getLogger("ingest")
 _T = TypeVar("_T")
@@ -52,6 +52,9 @@ _T = TypeVar("_T")
 _FATAL_CONNECT_CODES: Final = {4, 5, 134, 135, 138}
 _NO_SUBSCRIPTION: Final = 0x11  # UNSUBACK: the session did not hold the filter
 _TOPIC_CACHE_MAX: Final = 100_000
+# Longer topics are matched every time: 100,000 of the 64 KiB topics a publisher may send
+# (through fleet/+/telemetry) would have held ~6.5 GB.
+_TOPIC_CACHE_MAX_LEN: Final = 256
 # A crashed command loop is restarted after 1 s, doubling up to 60 s while it keeps crashing.
 _COMMAND_RESTART_MIN_S = 1.0
 _COMMAND_RESTART_MAX_S: Final = 60.0
@@ -136,6 +139,7 @@ class IngestService:
         self._stop = asyncio.Event()
         self._topics_ready = asyncio.Event()
         self._stopping = False
+        self._crashed: str | None = None  # why a vital background task ended
         # Once subscribed, the broker must keep our session until it expires.
         self._had_session = False
         self._session_present = False
@@ -176,11 +180,26 @@ class IngestService:
         """Ask the service to stop: no new messages, finish and acknowledge the in-flight ones."""
         self._stop.set()
 
+    def _on_vital_task_done(self, task: asyncio.Task[None]) -> None:
+        """Stop the service when a task it cannot run without ends before a stop."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        self._crashed = f"background task {task.get_name()} ended: {exc!r}"
+        _log.error(
+            "%s; stopping ingest (the broker redelivers what was not acknowledged)",
+            self._crashed,
+            exc_info=exc,
+        )
+        self.stop()
+
     async def run(self) -> None:
         """Run until stopped.
 
         Raises:
             FatalConnectError: The MQTT broker refused us for a reason retrying cannot fix.
+            BackgroundTaskError: Kafka polling or probing ended (a bug): no PUBACK would
+                go out again.
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,9 +223,14 @@ class IngestService:
         )
         self.metrics.mqtt_up.set(0)
         self.metrics.kafka_up.set(0)
-        self._tasks = [
+        vital = [
             asyncio.create_task(self._poll_loop(), name="kafka-poll"),
             asyncio.create_task(self._probe_loop(), name="kafka-probe"),
+        ]
+        for task in vital:
+            task.add_done_callback(self._on_vital_task_done)
+        self._tasks = [
+            *vital,
             *(
                 asyncio.create_task(self._run_commands(rule), name=f"commands-{rule.name}")
                 for rule in self.rules.kafka_to_mqtt
@@ -236,6 +260,8 @@ class IngestService:
             if http is not None:
                 http.shutdown()
             _log.info("ingest stopped (%d messages acknowledged)", self.acker.acked)
+        if self._crashed is not None:
+            raise BackgroundTaskError(self._crashed)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Health for /healthz: MQTT connected and Kafka confirming within the stall limit."""
@@ -486,7 +512,8 @@ class IngestService:
             rules = tuple(
                 r for r in self.rules.mqtt_to_kafka if mqtt.topic_matches_sub(r.mqtt, topic)
             )
-            self._topic_rules[topic] = rules
+            if len(topic) <= _TOPIC_CACHE_MAX_LEN:
+                self._topic_rules[topic] = rules
         return rules
 
     def _on_publish(  # noqa: PLR0917 - the hot path, no message object per PUBLISH

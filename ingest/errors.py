@@ -28,3 +28,11 @@ class RulesError(IngestError):
 
 class FatalConnectError(IngestError):
     """The broker refused us for a reason retrying cannot fix (e.g. bad credentials)."""
+
+
+class BackgroundTaskError(IngestError):
+    """A background task ingest cannot work without (Kafka polling or probing) ended.
+
+    Without the poll loop no PUBACK goes out again, while the service looked alive; it
+    stops instead, and the broker redelivers what it had not acknowledged.
+    """

@@ -18,6 +18,7 @@ from ingest._paho import guard_write_registration, watch_session_present
 from ingest._rules import load_rules
 from ingest._service import IngestService, next_reconnect_delay
 from ingest._settings import IngestSettings
+from ingest.errors import BackgroundTaskError
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +134,37 @@ def test_pubacks_released_while_connecting_reach_the_new_connection(
     asyncio.run(service._mqtt_loop())
     assert sent == [(client, [(7, 1)])]
     assert service.metrics.acked._value.get() == 1
+
+
+def test_a_vital_background_task_that_ends_stops_the_service_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The Kafka poll loop sends every PUBACK: dead, ingest looked alive and acknowledged
+    # nothing again. It stops instead, and the broker redelivers.
+    service = IngestService(IngestSettings(ingest_metrics_port=0), load_rules(None))
+
+    async def broken_probe() -> None:
+        msg = "a bug"
+        raise RuntimeError(msg)
+
+    async def until_stopped() -> None:
+        await service._stop.wait()
+
+    monkeypatch.setattr(service, "_probe_loop", broken_probe)
+    monkeypatch.setattr(service, "_mqtt_loop", until_stopped)
+    with (
+        caplog.at_level(logging.ERROR, logger="ingest"),
+        pytest.raises(BackgroundTaskError, match="kafka-probe ended: RuntimeError"),
+    ):
+        asyncio.run(asyncio.wait_for(service.run(), timeout=30))
+    assert any("stopping ingest" in r.getMessage() for r in caplog.records)
+
+
+def test_only_short_topics_are_kept_in_the_rule_cache() -> None:
+    # 100,000 cached 64 KiB topics (fleet/<anything>/telemetry) would have held ~6.5 GB.
+    service = IngestService(IngestSettings(ingest_metrics_port=0), load_rules(None))
+    long_topic = f"fleet/{'x' * 60_000}/telemetry"
+    assert [r.name for r in service._rules_for(long_topic)] == [
+        r.name for r in service._rules_for("fleet/car-1/telemetry")
+    ]
+    assert list(service._topic_rules) == ["fleet/car-1/telemetry"]
