@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
+import os
+import pwd
 import shutil
 import subprocess
 import threading
@@ -93,6 +94,18 @@ def _write_password_file(passwd_tool: str, path: Path, username: str, password: 
         raise InfraError(msg)
 
 
+def _user_name() -> str:
+    """The user this process runs as, for Mosquitto to keep (never ``$USER``).
+
+    ``getpass`` trusted ``$USER``: as root after ``su`` without ``-`` Mosquitto dropped to
+    the invoking user and could not write its root-owned data folder.
+    """
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a container uid with no passwd entry
+        return str(os.geteuid())
+
+
 def _render(settings: InfraSettings) -> Path:
     root = mosquitto_dir(settings)
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -114,7 +127,7 @@ def _render(settings: InfraSettings) -> Path:
         "password_file": password_file,
         "data_dir": root / "data",
         "log_file": log_path(settings),
-        "user": getpass.getuser(),
+        "user": _user_name(),
     }
     text = Template((_FILES / "mosquitto.conf").read_text("utf-8")).substitute(values)
     config = root / "mosquitto.conf"

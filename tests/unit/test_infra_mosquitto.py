@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import stat
 import subprocess
 from pathlib import Path
@@ -86,3 +88,13 @@ def test_user_name_with_a_colon_is_rejected_before_anything_runs(
         _mosquitto._render(bad)
     assert SECRET not in str(caught.value)
     assert fake.calls == []
+
+
+def test_mosquitto_keeps_the_user_this_process_runs_as_not_the_one_user_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As root after `su` without `-`, $USER still named the invoking user: Mosquitto
+    # dropped to it and could not write its root-owned data folder.
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    assert _mosquitto._user_name() == pwd.getpwuid(os.geteuid()).pw_name
