@@ -53,12 +53,18 @@ if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
 
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
 for tool in java mvn; do
   if ! command -v "$tool" >/dev/null; then
     echo "setup: installing $tool"
-    apt_install openjdk-17-jre-headless maven
+    # Debian 13 has no openjdk-17 package; its default JRE (21) runs Kafka as well.
+    apt_install openjdk-17-jre-headless maven || apt_install default-jre-headless maven
   fi
 done
+if [ "$(java_major)" -lt 17 ] 2>/dev/null; then
+  echo "setup: Kafka 4.1 needs Java 17 or later; 'java' here is $(java -version 2>&1 | head -1)" >&2
+  exit 1
+fi
 
 UV=$(command -v uv || true)
 if [ -z "$UV" ]; then
