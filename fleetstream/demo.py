@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import signal
@@ -12,8 +14,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -59,16 +62,44 @@ def _topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+_PR_SET_PDEATHSIG: Final = 1
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """The C library's ``prctl``, looked up in the demo, not in a child before its exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl: Callable[..., int] = ctypes.CDLL(None).prctl
+    return prctl
+
+
+def _end_with_parent() -> None:
+    """In a service's process: SIGTERM when the demo ends, however (``kill -9`` too).
+
+    Orphaned services kept the ports and the MQTT session, untracked: the next demo's
+    health checks were answered by them.
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def service(
     name: str, argv: list[str], log_dir: Path, env: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a fleetstream service as a child process; SIGTERM it on exit."""
+    """Run a fleetstream service as a child process; SIGTERM it on exit, or if the demo dies."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    _prctl()
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            preexec_fn=_end_with_parent,  # noqa: PLW1509 - no other thread runs yet
         )
     _log.info("%s started (pid %d, log %s)", name, proc.pid, log_path)
     try:

@@ -111,6 +111,30 @@ def test_a_service_that_dies_stops_the_demo_with_an_error(brokers: infra.InfraSe
         assert f"{name} stopped (exit 0)" in rest, "".join(lines) + rest
 
 
+def test_services_end_with_a_demo_killed_without_warning(brokers: infra.InfraSettings) -> None:
+    # Orphaned by a kill -9 (or the OOM killer), they kept their ports and MQTT session,
+    # and the next demo's health checks were answered by them.
+    env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert demo.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any("publishing 2 simulated cars" in line for line in lines):
+        assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
+        lines.append(demo.stderr.readline())
+    pids = [int(m.group(1)) for m in re.finditer(r"started \(pid (\d+)", "".join(lines))]
+    assert len(pids) == 3, "".join(lines)
+    demo.kill()
+    demo.wait(30)
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [pid for pid in pids if _alive(pid)] == [], "".join(lines)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
