@@ -97,7 +97,11 @@ def infra_down() -> None:
     """Stop the brokers that `infra up` started (data is kept in the run folder)."""
     with _checked_settings():
         settings = infra.InfraSettings()
-    stopped = infra.down(settings)
+    try:
+        stopped = infra.down(settings)
+    except infra.InfraError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import logging
 import os
@@ -74,7 +75,7 @@ def _prctl() -> Callable[..., int] | None:
     return prctl
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(demo_pid: int) -> None:
     """In a service's process: SIGTERM when the demo ends, however (``kill -9`` too).
 
     Orphaned services kept the ports and the MQTT session, untracked: the next demo's
@@ -83,6 +84,8 @@ def _end_with_parent() -> None:
     prctl = _prctl()
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != demo_pid:  # the demo died before the signal was asked for
+            os._exit(1)
 
 
 @contextlib.contextmanager
@@ -99,7 +102,7 @@ def service(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
-            preexec_fn=_end_with_parent,  # noqa: PLW1509 - no other thread runs yet
+            preexec_fn=functools.partial(_end_with_parent, os.getpid()),  # noqa: PLW1509 - no other thread runs yet
         )
     _log.info("%s started (pid %d, log %s)", name, proc.pid, log_path)
     try:
@@ -142,15 +145,23 @@ def _check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
     for name, (host, port) in ports.items():
         if port == 0:
             continue
-        with socket.socket() as probe:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except OSError:
+            continue  # an address the service itself will report on
+        with socket.socket(family, kind, proto) as probe:
             # As the servers bind: a port whose last connections are in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host, port))
+                probe.bind(address)
             except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue
                 msg = (
-                    f"{name}'s port {host}:{port} is in use ({exc.strerror}); another demo "
-                    f"or {name} still running? Stop it first"
+                    f"{name}'s port {host}:{port} is in use; another demo or {name} still "
+                    "running? Stop it first"
                 )
                 raise RuntimeError(msg) from None
 
@@ -256,7 +267,7 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
         def progress() -> None:
             while not stop.wait(10):
                 exited = _watch(services, logs)
-                if exited is not None:
+                if exited is not None and not stop.is_set():
                     # Loud: a demo whose processing died reported "+0" every 10 s.
                     _log.error("%s; stopping the demo", exited)
                     failed.append(exited)

@@ -249,7 +249,8 @@ class IngestService:
                 except asyncio.CancelledError:
                     pass
                 except Exception:  # noqa: BLE001 - logged; the others must still finish
-                    _log.exception("background task %s failed", task.get_name())
+                    if task.get_name() not in (self._crashed or ""):  # else reported already
+                        _log.exception("background task %s failed", task.get_name())
             self._closing = True  # the final flush runs callbacks in a worker thread
             remaining = await asyncio.to_thread(self.sink.flush, 10.0)
             if remaining:
@@ -494,6 +495,8 @@ class IngestService:
     async def _drain(self) -> None:
         """Graceful stop: take no new messages, wait until Kafka confirmed and we acked the rest."""
         self._stopping = True
+        if self._crashed is not None:
+            return  # the loop that would confirm them is gone: the broker redelivers
         deadline = time.monotonic() + self.settings.ingest_shutdown_timeout_s
         _log.info("stopping: waiting for %d in-flight messages", len(self.acker))
         while len(self.acker) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls two conditions

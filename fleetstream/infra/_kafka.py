@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import logging
 import os
@@ -238,7 +239,8 @@ def start(settings: InfraSettings) -> float:
             break
         time.sleep(0.2)
     tail = _tail(log_file, since)
-    proc.stop(timeout_s=5)
+    with contextlib.suppress(InfraError):  # the start's failure is the news
+        proc.stop(timeout_s=5)
     msg = f"Kafka did not become ready on {settings.kafka_bootstrap}; last output:\n{tail}"
     raise InfraError(msg)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -200,6 +201,7 @@ def start(settings: InfraSettings, timeout_s: float = 60.0) -> float:
     tail = "\n".join(
         p.read_text("utf-8", errors="replace")[-2000:] for p in (out, log) if p.is_file()
     )
-    proc.stop(timeout_s=5)
+    with contextlib.suppress(InfraError):  # the start's failure is the news
+        proc.stop(timeout_s=5)
     msg = f"Mosquitto did not become ready on port {settings.mqtt_port}:\n{tail}"
     raise InfraError(msg)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fleetstream.infra import _kafka, _mosquitto
 from fleetstream.infra._settings import InfraSettings
+from fleetstream.infra.errors import InfraError
 
 _log = logging.getLogger(__name__)
 
@@ -81,13 +82,25 @@ def _exclusive(settings: InfraSettings) -> Iterator[None]:
 
 
 def down(settings: InfraSettings | None = None) -> list[str]:
-    """Stop the brokers fleetstream started; returns the names of those it stopped."""
+    """Stop the brokers fleetstream started; returns the names of those it stopped.
+
+    Raises:
+        InfraError: A broker could not be stopped (after trying every one).
+    """
     settings = settings or InfraSettings()
     stopped = []
+    errors = []
     with _exclusive(settings):
         for proc in (_kafka.process(settings), _mosquitto.process(settings)):
-            if proc.stop():
-                stopped.append(proc.name)
+            try:
+                if proc.stop():
+                    stopped.append(proc.name)
+            except InfraError as exc:
+                errors.append(str(exc))  # the next broker is still stopped
+    if errors:
+        done = f" (stopped: {', '.join(stopped)})" if stopped else ""
+        msg = "; ".join(errors) + done
+        raise InfraError(msg)
     return stopped
 
 

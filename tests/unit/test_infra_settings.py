@@ -236,3 +236,28 @@ def test_a_failed_start_shows_only_its_own_output(tmp_path: Path) -> None:
     with log.open("a") as f:
         f.write("ERROR this start\n")
     assert _kafka._tail(log, since) == "ERROR this start"
+
+
+def test_down_stops_the_other_broker_when_one_cannot_be_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Kafka run by another user raised out of `down`, and Mosquitto was never stopped.
+    settings = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    stopped: list[str] = []
+
+    class Broker:
+        def __init__(self, name: str, refuse: bool) -> None:
+            self.name, self.refuse = name, refuse
+
+        def stop(self) -> bool:
+            if self.refuse:
+                msg = f"not permitted to stop {self.name} (pid 1): it runs as another user"
+                raise InfraError(msg)
+            stopped.append(self.name)
+            return True
+
+    monkeypatch.setattr(_kafka, "process", lambda _s: Broker("kafka", refuse=True))
+    monkeypatch.setattr(_mosquitto, "process", lambda _s: Broker("mosquitto", refuse=False))
+    with pytest.raises(InfraError, match=r"not permitted to stop kafka.*\(stopped: mosquitto\)"):
+        _stack.down(settings)
+    assert stopped == ["mosquitto"]

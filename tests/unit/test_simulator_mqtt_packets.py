@@ -97,5 +97,5 @@ def test_a_broker_that_stops_answering_fails_the_run_instead_of_hanging_it(
     finally:
         publisher.close()
         server.close()
-    assert time.monotonic() - began < 6
+    assert time.monotonic() - began < 15  # detected after ~2-3 s; it used to hang
     thread.join(5)
