@@ -52,7 +52,7 @@ def test_a_busy_service_port_is_refused_before_anything_starts() -> None:
             demo._check_ports_free({"ingest": ("127.0.0.1", 0), "dashboard": ("127.0.0.1", port)})
     demo._check_ports_free({"dashboard": ("127.0.0.1", port)})
     # Any address a service may listen on: "::" was refused as an IPv4 lookup error.
-    demo._check_ports_free({"ingest": ("::", port), "dashboard": ("0.0.0.0", port)})
+    demo._check_ports_free({"ingest": ("::", port), "dashboard": ("0.0.0.0", port)})  # noqa: S104
 
 
 def test_a_service_that_exited_is_named_with_its_log(tmp_path: Path) -> None:
