@@ -61,18 +61,7 @@ def test_a_model_promoted_in_the_default_registry_reaches_the_demo(
 def test_sigterm_stops_the_demo_and_every_service_it_started(
     brokers: infra.InfraSettings,
 ) -> None:
-    # Also on a metrics port of its own: the demo waited for ingest's /healthz on 9464.
-    env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert demo.stderr is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while not any("publishing 2 simulated cars" in line for line in lines):
-        assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
-        lines.append(demo.stderr.readline())
+    demo, lines = _publishing_demo()
     pids = [int(m.group(1)) for m in re.finditer(r"started \(pid (\d+)", "".join(lines))]
     assert len(pids) == 3, "".join(lines)  # ingest, processing, dashboard
     demo.send_signal(signal.SIGTERM)
@@ -90,17 +79,7 @@ def test_sigterm_stops_the_demo_and_every_service_it_started(
 
 def test_a_service_that_dies_stops_the_demo_with_an_error(brokers: infra.InfraSettings) -> None:
     # A demo whose processing had died went on reporting "vehicle-stats +0" every 10 s.
-    env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert demo.stderr is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while not any("publishing 2 simulated cars" in line for line in lines):
-        assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
-        lines.append(demo.stderr.readline())
+    demo, lines = _publishing_demo()
     found = re.search(r"processing started \(pid (\d+)", "".join(lines))
     assert found is not None, "".join(lines)
     os.kill(int(found.group(1)), signal.SIGKILL)
@@ -114,6 +93,20 @@ def test_a_service_that_dies_stops_the_demo_with_an_error(brokers: infra.InfraSe
 def test_services_end_with_a_demo_killed_without_warning(brokers: infra.InfraSettings) -> None:
     # Orphaned by a kill -9 (or the OOM killer), they kept their ports and MQTT session,
     # and the next demo's health checks were answered by them.
+    demo, lines = _publishing_demo()
+    pids = [int(m.group(1)) for m in re.finditer(r"started \(pid (\d+)", "".join(lines))]
+    assert len(pids) == 3, "".join(lines)
+    demo.kill()
+    demo.wait(30)
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [pid for pid in pids if _alive(pid)] == [], "".join(lines)
+
+
+def _publishing_demo() -> tuple[subprocess.Popen[str], list[str]]:
+    """A 2-car demo started and publishing, with the log lines it wrote until then."""
+    # Also on a metrics port of its own: the demo waited for ingest's /healthz on 9464.
     env = {**os.environ, "FLEETSTREAM_INGEST_METRICS_PORT": str(free_port())}
     demo = subprocess.Popen(
         [sys.executable, "-m", "fleetstream", "demo", "--vehicles", "2"],
@@ -125,14 +118,7 @@ def test_services_end_with_a_demo_killed_without_warning(brokers: infra.InfraSet
     while not any("publishing 2 simulated cars" in line for line in lines):
         assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
         lines.append(demo.stderr.readline())
-    pids = [int(m.group(1)) for m in re.finditer(r"started \(pid (\d+)", "".join(lines))]
-    assert len(pids) == 3, "".join(lines)
-    demo.kill()
-    demo.wait(30)
-    deadline = time.monotonic() + 60
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert [pid for pid in pids if _alive(pid)] == [], "".join(lines)
+    return demo, lines
 
 
 def _alive(pid: int) -> bool:
