@@ -122,9 +122,9 @@ def _wait_healthy(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            msg = f"{name} exited with {proc.returncode}; see {log_dir / f'{name}.log'}"
-            raise RuntimeError(msg)
+        exited = _watch({name: proc}, log_dir)
+        if exited is not None:
+            raise RuntimeError(exited)
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - localhost
             if resp.status == 200:
                 return

@@ -101,17 +101,23 @@ def next_reconnect_delay(delay: float, max_s: float) -> float:
 
 
 def _key_problem(key: str) -> str | None:
-    """Why a command's key cannot be part of an MQTT topic name, or None."""
+    """Why a command's key cannot be one level of an MQTT topic name, or None.
+
+    The characters brokers refuse anywhere are checked on the whole topic
+    (:func:`_topic_problem`).
+    """
     if "/" in key or "+" in key or "#" in key:
         return "the key contains '/', '+' or '#'"
-    return _topic_text_problem(key, "key")
+    return None
 
 
-def _topic_text_problem(text: str, what: str) -> str | None:
-    """Why ``text`` cannot be (part of) a topic the broker accepts, or None."""
-    refused = _MQTT_REFUSED_CHARS.search(text)
+def _topic_problem(topic: str) -> str | None:
+    """Why ``topic`` is not a topic name the broker accepts, or None."""
+    if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+        return f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+    refused = _MQTT_REFUSED_CHARS.search(topic)
     if refused is not None:
-        return f"the {what} contains U+{ord(refused.group()):04X}, which MQTT brokers refuse"
+        return f"the MQTT topic contains U+{ord(refused.group()):04X}, which MQTT brokers refuse"
     return None
 
 
@@ -1080,10 +1086,7 @@ class IngestService:
             problem = _key_problem(text)
         topic = rule.mqtt.render([], {"key": text, "topic": m.topic()})
         if problem is None and topic is not None:
-            if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
-                problem = f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
-            else:
-                problem = _topic_text_problem(topic, "MQTT topic")
+            problem = _topic_problem(topic)
         if topic is None or problem is not None:
             reason = "bad_key" if problem is not None else "no_key"
             detail = problem or "the record has no key"
