@@ -204,7 +204,9 @@ class _PeerBridge:
                  "--mqtt-host", self.settings.host, "--mqtt-port", str(self.settings.mqtt_port),
                  "--filter", f"{prefix}/+/telemetry", "--topic", topic,
                  "--bootstrap", self.settings.kafka_bootstrap,
-                 "--client-id", f"{prefix}-{self.kind}"],
+                 "--client-id", f"{prefix}-{self.kind}",
+                 # Not the working folder: the bench would leave a state/ folder behind.
+                 "--state-dir", str(self.workdir / f"{prefix}-{self.kind}-state")],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

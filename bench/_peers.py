@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--topic", required=True, help="Kafka topic.")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--client-id", required=True)
+    parser.add_argument(
+        "--state-dir", default="state", help="MQTTSource's state folder (Application's default)."
+    )
     return parser
 
 
@@ -66,6 +69,7 @@ def _run_mqtt_source(args: argparse.Namespace) -> None:
         broker_address=args.bootstrap,
         consumer_group=f"{args.client_id}-group",
         auto_create_topics=False,
+        state_dir=args.state_dir,
     )
     source = MQTTSource(
         topic=args.filter,

@@ -6,6 +6,7 @@ Speed is not asserted here (benchmarks report it); these tests guard the measuri
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -23,12 +24,17 @@ def _rows(report: Report) -> dict[tuple[str, str], float]:
     return {(r["subject"], r["metric"]): r["value"] for r in report.rows}
 
 
-def test_bench_ingest_measures_every_bridge(brokers: infra.InfraSettings) -> None:
+def test_bench_ingest_measures_every_bridge(
+    brokers: infra.InfraSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Three floods each: the third once shared its slug (MQTT prefix and client ids) with
     # the two-process bridge, which resumed its session and counted every message twice.
     admin = AdminClient({"bootstrap.servers": brokers.kafka_bootstrap})
     before = set(admin.list_topics(timeout=10).topics)
+    # MQTTSource's Application once left its state/ folder in the user's working folder.
+    monkeypatch.chdir(tmp_path)
     report = run_ingest(vehicles=40, seconds=25, outage_s=0, paced_s=2, repeats=3)
+    assert not list(tmp_path.iterdir())
     # Every topic of the run is deleted again, those the ingest processes created too.
     left = set(admin.list_topics(timeout=10).topics) - before
     assert not [t for t in left if t.startswith("bench-")]
