@@ -307,6 +307,27 @@ _M2K_KEYS: Final = {
 _K2M_KEYS: Final = {"name", "kafka", "mqtt", "qos", "group", "offset_reset"}
 
 
+_MQTT_TOPIC_MAX_BYTES: Final = 65_535
+# Code points the MQTT spec says a string should not hold and Mosquitto refuses in a
+# topic (mosquitto_validate_utf8): control characters and non-characters. A PUBLISH or
+# SUBSCRIBE with one is a malformed packet, and the broker drops the whole connection.
+_MQTT_REFUSED_CHARS: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` (a topic name or filter) is not one MQTT brokers accept, or None."""
+    if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+        return f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
+    refused = _MQTT_REFUSED_CHARS.search(topic)
+    if refused is not None:
+        return f"the MQTT topic contains U+{ord(refused.group()):04X}, which MQTT brokers refuse"
+    return None
+
+
 def valid_levels(topic_filter: str) -> bool:
     """Whether the wildcards of a topic filter are where MQTT allows them.
 
@@ -321,6 +342,9 @@ def valid_levels(topic_filter: str) -> bool:
 
 
 def _check_filter(t: _Table, filt: str) -> None:
+    problem = topic_problem(filt)
+    if problem is not None:
+        raise t.fail("mqtt", problem)
     if not valid_levels(filt):
         raise t.fail("mqtt", f"invalid MQTT topic filter {filt!r}")
     if filt.startswith("$share/"):
@@ -396,6 +420,10 @@ def _parse_k2m(t: _Table) -> KafkaToMqttRule:
         raise t.fail("mqtt", "Kafka -> MQTT templates may only use {key} and {topic}")
     if "+" in template.text or "#" in template.text:
         raise t.fail("mqtt", "an MQTT topic to publish to cannot contain wildcards")
+    # The placeholders' values are checked per command; the template's own text here.
+    problem = topic_problem(template.text)
+    if problem is not None:
+        raise t.fail("mqtt", problem)
     kafka = t.get("kafka", str)
     if not _TOPIC_OK.fullmatch(kafka):
         raise t.fail("kafka", f"{kafka!r} is not a valid Kafka topic name")

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import random
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +39,13 @@ from ingest._paho import (
     watch_unsubacks,
 )
 from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
-from ingest._rules import KafkaToMqttRule, MqttToKafkaRule, RuleSet, subscription_ids
+from ingest._rules import (
+    KafkaToMqttRule,
+    MqttToKafkaRule,
+    RuleSet,
+    subscription_ids,
+    topic_problem,
+)
 from ingest._settings import IngestSettings
 from ingest._subscriptions import SubscriptionRecord
 from ingest.errors import BackgroundTaskError, FatalConnectError
@@ -58,15 +63,6 @@ _TOPIC_CACHE_MAX_LEN: Final = 256
 # A crashed command loop is restarted after 1 s, doubling up to 60 s while it keeps crashing.
 _COMMAND_RESTART_MIN_S = 1.0
 _COMMAND_RESTART_MAX_S: Final = 60.0
-_MQTT_TOPIC_MAX_BYTES: Final = 65_535
-# Code points the MQTT spec says a string should not hold and Mosquitto refuses in a
-# topic (mosquitto_validate_utf8): control characters and non-characters. A PUBLISH with
-# one is a malformed packet, and the broker drops the whole connection for it.
-_MQTT_REFUSED_CHARS: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
-    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
-    + "]"
-)
 
 
 async def _finish_in_thread(fn: Callable[..., _T], *args: object) -> _T:
@@ -104,20 +100,10 @@ def _key_problem(key: str) -> str | None:
     """Why a command's key cannot be one level of an MQTT topic name, or None.
 
     The characters brokers refuse anywhere are checked on the whole topic
-    (:func:`_topic_problem`).
+    (:func:`ingest._rules.topic_problem`).
     """
     if "/" in key or "+" in key or "#" in key:
         return "the key contains '/', '+' or '#'"
-    return None
-
-
-def _topic_problem(topic: str) -> str | None:
-    """Why ``topic`` is not a topic name the broker accepts, or None."""
-    if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
-        return f"the MQTT topic would be {len(topic.encode())} bytes (at most 65535)"
-    refused = _MQTT_REFUSED_CHARS.search(topic)
-    if refused is not None:
-        return f"the MQTT topic contains U+{ord(refused.group()):04X}, which MQTT brokers refuse"
     return None
 
 
@@ -1086,7 +1072,7 @@ class IngestService:
             problem = _key_problem(text)
         topic = rule.mqtt.render([], {"key": text, "topic": m.topic()})
         if problem is None and topic is not None:
-            problem = _topic_problem(topic)
+            problem = topic_problem(topic)
         if topic is None or problem is not None:
             reason = "bad_key" if problem is not None else "no_key"
             detail = problem or "the record has no key"

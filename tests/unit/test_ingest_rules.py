@@ -101,6 +101,11 @@ def test_full_rule() -> None:
         ),
         ('[[kafka_to_mqtt]]\nkafka = "c"\nmqtt = "fleet/{vehicle}/cmd"\n', 3, "{key}"),
         ('[[kafka_to_mqtt]]\nkafka = "c"\nmqtt = "fleet/+/cmd"\n', 3, "wildcards"),
+        # Characters Mosquitto refuses: every command, or the subscription, would cost
+        # the connection.
+        ('[[kafka_to_mqtt]]\nkafka = "c"\nmqtt = "fleet/{key}/\\u0085"\n', 3, "U+0085"),
+        ('[[kafka_to_mqtt]]\nkafka = "c"\nmqtt = "fleet\\t/{key}"\n', 3, "U+0009"),
+        ('[[mqtt_to_kafka]]\nmqtt = "a/\\uFDD0/+"\ntopic = "t"\nkey = "{2}"\n', 2, "U+FDD0"),
         (
             '[[mqtt_to_kafka]]\nmqtt = "a/+"\ntopic = "t"\nkey = "{1}"\nheaders = ["x"]\n',
             5,
