@@ -45,7 +45,7 @@ class Runtime:
         self.feedback.close()
 
 
-def view_for(settings: DashboardSettings) -> FleetView:
+def view_for(settings: DashboardSettings, clock: Callable[[], float] = time.time) -> FleetView:
     """An empty view with the bounds from the settings."""
     return FleetView(
         windows_per_car=settings.dashboard_windows_per_car,
@@ -53,6 +53,8 @@ def view_for(settings: DashboardSettings) -> FleetView:
         sessions_per_car=settings.dashboard_sessions_per_car,
         max_alerts=settings.dashboard_max_alerts,
         max_cars=settings.dashboard_max_cars,
+        max_ahead_s=settings.processing_max_future_s,
+        clock=clock,
     )
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
+from telemetry.settings import ENV_PREFIX, FutureLimitSettings, KafkaConnectionSettings
 
 
-class DashboardSettings(KafkaConnectionSettings):
+class DashboardSettings(KafkaConnectionSettings, FutureLimitSettings):
     """Everything ``fleetstream dashboard`` reads from the environment.
 
     The Kafka connection (``FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS``, ``..._CONFIG``,
-    ``..._PASSWORD``) is shared with every other service.
+    ``..._PASSWORD``) is shared with every other service, and
+    ``FLEETSTREAM_PROCESSING_MAX_FUTURE_S`` with processing.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")

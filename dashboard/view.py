@@ -36,10 +36,6 @@ RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
 )
 # Feedback that arrives before its alert (another topic, another order) waits here.
 _MAX_PENDING_FEEDBACK: Final = 10_000
-# A car's samples follow its clock, so one sample far ahead of the wall clock hid every
-# later one and kept the car "online" at that position; processing quarantines such
-# records at the same default (FLEETSTREAM_PROCESSING_MAX_FUTURE_S).
-MAX_AHEAD_MS: Final = 300_000
 _TS: Final = NUMBER_FIELDS["ts"]
 
 
@@ -231,6 +227,7 @@ class FleetView:
         sessions_per_car: int = 100,
         max_alerts: int = 5000,
         max_cars: int = 10_000,
+        max_ahead_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._windows_per_car = windows_per_car
@@ -238,6 +235,9 @@ class FleetView:
         self._sessions_per_car = sessions_per_car
         self._max_alerts = max_alerts
         self._max_cars = max_cars
+        # A car's samples follow its clock, so one sample far ahead of the wall clock hid
+        # every later one and kept the car "online" at that position.
+        self._max_ahead_ms = max_ahead_s * 1000
         self._clock = clock
         self._lock = threading.Lock()
         self._cars: OrderedDict[str, _Car] = OrderedDict()
@@ -302,7 +302,7 @@ class FleetView:
     def _telemetry(self, record: Mapping[str, Any]) -> None:
         sample = sample_from_record(record)
         ahead_ms = sample["ts"] - self._clock() * 1000
-        if ahead_ms > MAX_AHEAD_MS:
+        if ahead_ms > self._max_ahead_ms:
             msg = f"telemetry ts {sample['ts']} is {ahead_ms / 1000:.0f} s ahead of the wall clock"
             raise ValueError(msg)
         car = self._car(str(record["vehicle_id"]))

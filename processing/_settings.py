@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from processing.detectors import SensorGlitch
-from telemetry.settings import ENV_PREFIX, KafkaConnectionSettings
+from telemetry.settings import ENV_PREFIX, FutureLimitSettings, KafkaConnectionSettings
 
 # With exactly-once a record is readable only after the commit, and the commit sends
 # what lingers at once (librdkafka >= 1.9, its pull request 3494): a longer linger adds
@@ -20,7 +20,7 @@ EXACTLY_ONCE_LINGER_MS: Final = 100
 AT_LEAST_ONCE_LINGER_MS: Final = 5
 
 
-class ProcessingSettings(KafkaConnectionSettings):
+class ProcessingSettings(KafkaConnectionSettings, FutureLimitSettings):
     """Everything ``fleetstream process`` reads from the environment."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
@@ -78,13 +78,6 @@ class ProcessingSettings(KafkaConnectionSettings):
     # A Kafka transaction operation can block without end when the broker restarts in
     # the middle of it; after this long a stop exits hard instead of hanging.
     processing_stop_timeout_s: float = Field(default=30.0, gt=0)
-    processing_max_future_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="A record whose ts (or message timestamp) is further ahead of the "
-        "wall clock is quarantined (reason future_ts): it would move the partition's "
-        "clock and make every other car's records late.",
-    )
     processing_odometer_resolution_km: float = Field(
         default=SensorGlitch.ODOMETER_RESOLUTION_KM,
         gt=0,

@@ -67,6 +67,25 @@ class KafkaConnectionSettings(BaseSettings):
         return config
 
 
+class FutureLimitSettings(BaseSettings):
+    """How far ahead of the wall clock a record's time may be.
+
+    Processing quarantines such records and the dashboard skips them, at the same limit.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    processing_max_future_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A record whose ts (or message timestamp) is further ahead of the "
+        "wall clock is quarantined (reason future_ts): it would move the partition's "
+        "clock and make every other car's records late. The dashboard skips such "
+        "telemetry: it would hide the car's later samples.",
+    )
+
+
 class MqttConnectionSettings(BaseSettings):
     """How to reach the MQTT broker."""
 

@@ -9,7 +9,9 @@ import pytest
 
 from dashboard.errors import FeedbackError
 from dashboard.feedback import feedback_record
-from dashboard.view import MAX_AHEAD_MS, FleetView, RecordKind
+from dashboard.runtime import view_for
+from dashboard.settings import DashboardSettings
+from dashboard.view import FleetView, RecordKind
 
 from ..records import make_ev
 from .fleet_data import T0, Recording, _alert, _drive, _stats, filled_view
@@ -235,12 +237,19 @@ def test_times_no_date_can_show_are_refused(kind: RecordKind, record: dict[str, 
     assert snapshot.recent_stats == []
 
 
-def test_a_sample_far_ahead_of_the_wall_clock_is_refused_and_hides_nothing() -> None:
+@pytest.mark.parametrize("max_future_s", [None, "90"])
+def test_a_sample_far_ahead_of_the_wall_clock_is_refused_and_hides_nothing(
+    max_future_s: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limit is processing's setting: both skip the same records.
+    if max_future_s is not None:
+        monkeypatch.setenv("FLEETSTREAM_PROCESSING_MAX_FUTURE_S", max_future_s)
+    limit_ms = int(float(max_future_s or 300) * 1000)
     now_ms = T0 + 3_600_000
-    view = FleetView(clock=lambda: now_ms / 1000)
+    view = view_for(DashboardSettings(), clock=lambda: now_ms / 1000)
     view.ingest("telemetry", make_ev(now_ms - 1000, seq=1))
     with pytest.raises(ValueError, match="ahead of the wall clock"):
-        view.ingest("telemetry", make_ev(now_ms + MAX_AHEAD_MS + 1000, seq=2, lat=10.0))
+        view.ingest("telemetry", make_ev(now_ms + limit_ms + 1000, seq=2, lat=10.0))
     view.ingest("telemetry", make_ev(now_ms, seq=3))
     view.ingest("telemetry", make_ev(now_ms + 60_000, seq=4))  # a clock a minute fast
     car = view.car("car-1")
