@@ -12,11 +12,14 @@ from typing import Any, Final, NamedTuple, cast
 
 from ingest._rules import MqttToKafkaRule, ValueMode
 from telemetry.adapters import DECODING_ADAPTERS, get_adapter
-from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, encode, encode_decoded
+from telemetry.contract import (
+    MAX_PAYLOAD_BYTES,
+    QUARANTINE_MAX_BYTES,
+    ContractError,
+    encode,
+    encode_decoded,
+)
 
-# Quarantine keeps the raw bytes, but a Kafka record must stay under the broker's
-# message.max.bytes (1 MiB by default): larger payloads are cut and marked.
-QUARANTINE_MAX_BYTES: Final = 512 * 1024
 # MQTT 5 allows user properties up to the packet limit (256 MiB); copied into headers, a
 # few of them made a record Kafka's client refused outright. Names and values together.
 USER_PROPERTIES_MAX_BYTES: Final = 64 * 1024

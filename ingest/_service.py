@@ -38,7 +38,7 @@ from ingest._paho import (
     watch_session_present,
     watch_unsubacks,
 )
-from ingest._routing import QUARANTINE_MAX_BYTES, Inbound, Outbound, quarantine, route
+from ingest._routing import Inbound, Outbound, quarantine, route
 from ingest._rules import (
     KafkaToMqttRule,
     MqttToKafkaRule,
@@ -49,6 +49,7 @@ from ingest._rules import (
 from ingest._settings import IngestSettings
 from ingest._subscriptions import SubscriptionRecord
 from ingest.errors import BackgroundTaskError, FatalConnectError
+from telemetry.contract import QUARANTINE_MAX_BYTES
 
 _log = logging.getLogger("ingest")
 _T = TypeVar("_T")

@@ -17,6 +17,8 @@ from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.models import Topic
 from quixstreams.models.serializers import SerializationContext, Serializer
 
+from telemetry.contract import QUARANTINE_MAX_BYTES
+
 # Roles, and what their payload is.
 STATS: Final = "stats"  # a WindowStats dict
 SESSIONS: Final = "sessions"  # a SessionRecord dict
@@ -36,7 +38,8 @@ def record_of(output: Output) -> Any:
     if role in WINDOWED:
         return payload[0]
     if role == QUARANTINE:
-        return bytes(payload["_raw"])
+        # Cut as ingest cuts it: with its reason headers, it must stay under Kafka's limit.
+        return bytes(payload["_raw"][:QUARANTINE_MAX_BYTES])
     return payload
 
 

@@ -50,6 +50,7 @@ from processing.windows import (
 )
 from telemetry import contract
 from telemetry.alerts import AlertRecord
+from telemetry.contract import QUARANTINE_MAX_BYTES
 
 _log = logging.getLogger("processing")
 
@@ -157,13 +158,30 @@ class _SummaryLog:
 _MAX_CARS_LOGGED = 10
 
 
-_FUTURE, _NO_KEY = "future_ts", "no_key"
+_FUTURE, _NO_KEY, _NULL_VALUE, _BAD_KEY = "future_ts", "no_key", "null_value", "bad_key"
 
 
 def _no_key(value: bytes) -> dict[str, Any]:
     """The quarantine form of a message without a key (the key names the car)."""
     detail = "no_key: the message has no key; processing keys every car's state by it"
     return {"_invalid": _NO_KEY, "_detail": detail, "_raw": value}
+
+
+def _null_value() -> dict[str, Any]:
+    """The quarantine form of a message without a value (a tombstone)."""
+    detail = "null_value: the message has no value (a tombstone); telemetry is a JSON object"
+    return {"_invalid": _NULL_VALUE, "_detail": detail, "_raw": b""}
+
+
+def _bad_key(value: bytes, key: bytes) -> dict[str, Any]:
+    """The quarantine form of a message whose key is not UTF-8 (the key names the car)."""
+    detail = f"bad_key: the message key {key[:64]!r} is not UTF-8; it names the car"
+    return {"_invalid": _BAD_KEY, "_detail": detail, "_raw": value}
+
+
+def _key_text(key: Any) -> str:
+    """The key for a log line, whatever its bytes."""
+    return key.decode(errors="backslashreplace") if isinstance(key, bytes) else str(key)
 
 
 def _future(value: bytes, record: dict[str, Any], timestamp: int, now_ms: int) -> dict[str, Any]:
@@ -193,12 +211,16 @@ def _output_headers(output: Output, _key: Any, _timestamp: int, headers: Any) ->
     if role != QUARANTINE:
         return headers
     # Same reason headers as ingest's quarantine, after the record's own headers.
-    own = [(k, v) for k, v in (headers or []) if k not in {"reason", "detail"}]
-    return [
-        *own,
+    own = [
+        (k, v) for k, v in (headers or []) if k not in {"reason", "detail", "truncated_from_bytes"}
+    ]
+    added = [
         ("reason", payload["_invalid"].encode()),
         ("detail", payload["_detail"].encode()[:1024]),
     ]
+    if len(payload["_raw"]) > QUARANTINE_MAX_BYTES:
+        added.append(("truncated_from_bytes", str(len(payload["_raw"])).encode()))
+    return [*own, *added]
 
 
 # A window marker: per_record's output for Quix's closing window, never written out.
@@ -244,6 +266,12 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             "record(s) ahead of the wall clock quarantined", logging.WARNING, cfg.log_every_s
         ),
         _NO_KEY: _SummaryLog("key-less record(s) quarantined", logging.WARNING, cfg.log_every_s),
+        _NULL_VALUE: _SummaryLog(
+            "value-less record(s) (tombstones) quarantined", logging.WARNING, cfg.log_every_s
+        ),
+        _BAD_KEY: _SummaryLog(
+            "record(s) with a non-UTF-8 key quarantined", logging.WARNING, cfg.log_every_s
+        ),
     }
     max_future_ms, wall_clock = cfg.max_future_ms, cfg.wall_clock
     glitch = SensorGlitch(cfg.odometer_resolution_km)
@@ -267,19 +295,29 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         metrics.quarantined.labels(reason=reason).inc()
         summary = summaries.get(reason)
         if summary is not None:
-            summary.add(_car(key), record["_detail"])
+            summary.add(_key_text(key), record["_detail"])
         else:
             _log.warning("quarantining an invalid record: %s", record["_detail"])
         return [(QUARANTINE, record)]
 
     def per_record(
-        value: bytes, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
+        value: bytes | None, key: Any, timestamp: int, _headers: Any, state: State[str, Any]
     ) -> list[Output]:
         records_in.inc()
+        if value is None:
+            # A tombstone (Quix passes its null value on): nothing to parse or keep.
+            return quarantined(_null_value(), key)
         if not key:
             # Quix's windows skip key-less messages: such a car would never get stats
             # while its samples piled up in one shared state.
             return quarantined(_no_key(value), key)
+        if isinstance(key, bytes) and not key.isascii():
+            # The car's name in its stats and metrics; a key that does not decode
+            # crashed the app at this record's window close, again at every replay.
+            try:
+                key.decode()
+            except UnicodeDecodeError:
+                return quarantined(_bad_key(value, key), key)
         where = _partition()
         seen = partition_clock.get(where)
         held = store_partition(state)

@@ -29,6 +29,10 @@ from telemetry.errors import FleetstreamError
 
 SCHEMA_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# Quarantine keeps the raw bytes, but a Kafka record must stay under the broker's
+# message.max.bytes (1 MiB by default): larger payloads are cut to this and marked with a
+# ``truncated_from_bytes`` header.
+QUARANTINE_MAX_BYTES: Final = 512 * 1024
 VEHICLE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 POWERTRAINS: Final = ("ev", "ice")
 STATES: Final = ("parked", "driving", "charging", "refueling", "asleep")

@@ -38,7 +38,7 @@ from processing.statecache import DecodedCache
 from processing.stats import to_sample, window_stats
 from processing.windows import spread_offset
 from simulator import Fleet, FleetConfig
-from telemetry.contract import encode
+from telemetry.contract import QUARANTINE_MAX_BYTES, encode
 
 from .records import make_ev
 
@@ -519,6 +519,49 @@ def test_a_message_without_a_key_is_quarantined_before_it_touches_state(
     for s in range(140):
         harness.send(ev(s))
     assert [w["samples"] for w in harness.out["stats"]] == [60, 60]
+
+
+def _send_raw(harness: Harness, raw: bytes | None, key: bytes | None, ts: int) -> list[Any]:
+    ctx = MessageContext(harness.topic.name, 0, harness.offset, len(raw or b""))
+    harness.offset += 1
+    return list(harness.sdf.test(raw, key=key, timestamp=ts, ctx=ctx))
+
+
+def test_a_tombstone_and_a_non_utf8_key_are_quarantined_and_crash_nothing(
+    harness: Harness,
+) -> None:
+    # Both crashed the app (len(None); the key's decode at its window's close), and again
+    # at every replay of the record.
+    for s in range(140):
+        for raw, key, reason in (
+            (None, b"car-1", b"null_value"),
+            (None, None, b"null_value"),
+            (orjson.dumps(ev(s)), b"\xffcar", b"bad_key"),
+        ):
+            results = _send_raw(harness, raw, key, T0 + s * 1000)
+            assert [(name, value) for (name, value), *_ in results] == [("quarantine", raw or b"")]
+            [(_value, _key, _ts, headers)] = results
+            assert dict(headers)["reason"] == reason
+    quarantined = "fleetstream_processing_quarantined_total"
+    assert harness.metric(quarantined, reason="null_value") == 280
+    assert harness.metric(quarantined, reason="bad_key") == 140
+    # A car with a non-ASCII UTF-8 key is a car like any other.
+    for s in range(140):
+        harness.send(ev(s), key="car-é")
+    assert [w["vehicle_id"] for w in harness.out["stats"]] == ["car-é", "car-é"]
+
+
+def test_a_quarantined_record_near_kafkas_limit_is_cut_as_ingest_cuts_it(
+    harness: Harness,
+) -> None:
+    # With its reason headers, a 999 KB record went over the producer's 1 MB limit: the
+    # app failed at the record, and again at every replay.
+    raw = b'{"x": "' + b"a" * 999_000 + b'"}'
+    [((name, value), _key, _ts, headers)] = _send_raw(harness, raw, b"car-1", T0)
+    assert name == "quarantine"
+    assert value == raw[:QUARANTINE_MAX_BYTES]
+    assert dict(headers)["truncated_from_bytes"] == str(len(raw)).encode()
+    assert dict(headers)["reason"] == b"oversize"
 
 
 def test_stats_name_the_car_by_its_key_on_both_paths(harness: Harness) -> None:
