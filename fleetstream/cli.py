@@ -675,10 +675,17 @@ def models_list(
     """List model versions; '*' marks the promoted one, 's' the shadow candidate."""
     import orjson
 
-    from models.registry import METADATA_FILE, SHADOW, current_version, list_versions
+    from models.errors import ModelError
+    from models.registry import CURRENT, METADATA_FILE, SHADOW, current_version, list_versions
 
-    current = current_version(registry)
-    shadow = current_version(registry, SHADOW)
+    marks: dict[str, str | None] = {}
+    for pointer in (CURRENT, SHADOW):
+        try:
+            marks[pointer] = current_version(registry, pointer)
+        except ModelError as exc:
+            typer.echo(f"warning: {exc}", err=True)
+            marks[pointer] = None
+    current, shadow = marks[CURRENT], marks[SHADOW]
     versions = list_versions(registry)
     if not versions:
         typer.echo(f"no models in {registry}")

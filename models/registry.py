@@ -163,11 +163,24 @@ def _check_pointer(pointer: str) -> None:
 
 
 def current_version(root: Path, pointer: str = CURRENT) -> str | None:
-    """The version a pointer names, or None."""
+    """The version a pointer names, or None.
+
+    Raises:
+        ModelError: The pointer cannot be read, or names no folder of the registry.
+    """
+    path = root / pointer
     try:
-        return (root / pointer).read_text("utf-8").strip() or None
+        version = path.read_text("utf-8").strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        # A folder, no permission, not UTF-8: the pipeline crashed at every window close.
+        msg = f"cannot read the {pointer} pointer {path}: {exc}"
+        raise ModelError(msg) from exc
+    if any(c in version for c in "/\\\x00\n") or version in {".", ".."}:
+        msg = f"the {pointer} pointer {path} names {version[:80]!r}, not a version folder"
+        raise ModelError(msg)
+    return version or None
 
 
 def list_versions(root: Path) -> list[str]:

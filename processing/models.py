@@ -59,6 +59,7 @@ class ModelWatcher:
         # (version, _signature() of its folder, time of the refusal)
         self._refused: tuple[str, tuple[int, ...], float] | None = None
         self._failed: set[str] = set()  # versions whose scoring raised (logged once)
+        self._pointer_error: str | None = None  # the unreadable pointer's, logged once
         self.current()
 
     def current(self) -> LoadedModel | None:
@@ -69,8 +70,17 @@ class ModelWatcher:
         if self._checked is not None and now - self._checked < self._every_s:
             return self._model
         self._checked = now
-        version = current_version(self._root, self._pointer)
         active = self._model.version if self._model else None
+        try:
+            version = current_version(self._root, self._pointer)
+        except ModelError as exc:
+            # Checked every few seconds: logged and counted once until the pointer changes.
+            if str(exc) != self._pointer_error:
+                self._pointer_error = str(exc)
+                _log.error("keeping %s: %s", active or "the rules", exc)
+                self._metrics.models_refused.inc()
+            return self._model
+        self._pointer_error = None
         if version is None and self._pointer == SHADOW and self._model is not None:
             _log.info("shadow model %s removed", active)
             self._model = None

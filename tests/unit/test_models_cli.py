@@ -51,3 +51,12 @@ def test_promoting_a_missing_version_fails_clearly(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cannot read model artifact" in result.output
     assert current_version(tmp_path) is None
+
+
+def test_list_warns_about_an_unreadable_pointer_and_lists_the_versions(tmp_path: Path) -> None:
+    _save(tmp_path, "v1")
+    (tmp_path / "current").write_bytes(b"v\xe91\n")
+    result = CliRunner().invoke(app, ["models", "list", "--registry", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: cannot read the current pointer" in result.output
+    assert "  v1  isolation_forest" in result.output.splitlines()

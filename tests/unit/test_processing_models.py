@@ -87,3 +87,33 @@ def test_a_model_that_fails_to_score_is_counted_and_logged_once(
     errors = "fleetstream_processing_model_errors_total"
     assert metrics.registry.get_sample_value(errors, {"pointer": "current"}) == 3
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+@pytest.mark.parametrize(
+    "pointer", [b"v1\x00x\n", b"v\xe91\n", b"../v1\n", None], ids=["nul", "latin1", "up", "dir"]
+)
+def test_an_unreadable_pointer_keeps_the_model_and_is_counted_once(
+    tmp_path: Path, pointer: bytes | None
+) -> None:
+    # Each raised from current() (IsADirectoryError, UnicodeDecodeError, ValueError): the
+    # app crashed at start and at every window close.
+    save(forest(5), META, tmp_path, version="v1")
+    _point(tmp_path, "v1")
+    clock = Clock()
+    metrics = ProcessingMetrics()
+    watcher = ModelWatcher(tmp_path, metrics, every_s=5.0, clock=clock)
+    assert watcher.current() is not None
+    (tmp_path / CURRENT).unlink()
+    if pointer is None:
+        (tmp_path / CURRENT).mkdir()
+    else:
+        (tmp_path / CURRENT).write_bytes(pointer)
+    refused = "fleetstream_processing_models_refused_total"
+    for _ in range(3):
+        clock.now += 5.0
+        model = watcher.current()
+        assert model is not None
+        assert model.version == "v1"
+    assert metrics.registry.get_sample_value(refused) == 1
+    # A new watcher (a restart) starts on the rules rather than crashing.
+    assert ModelWatcher(tmp_path, ProcessingMetrics(), every_s=5.0, clock=clock).current() is None
