@@ -33,7 +33,13 @@ from processing.outputs import (
     Output,
 )
 from processing.sessions import track
-from processing.statecache import BytesCache, DecodedCache, store_partition
+from processing.statecache import (
+    BytesCache,
+    DecodedCache,
+    get_partition_value,
+    set_partition_value,
+    store_partition,
+)
 from processing.stats import to_sample
 from processing.windows import (
     CLOSED,
@@ -43,6 +49,7 @@ from processing.windows import (
     close_window,
     crosses_close,
     is_sending,
+    last_close,
     packed_stats,
     spread_offset,
     stats_due,
@@ -158,6 +165,8 @@ class _SummaryLog:
 _MAX_CARS_LOGGED = 10
 
 
+# The partition's clock in its state (see per_record).
+_CLOCK: Final = "clock"
 _FUTURE, _NO_KEY, _NULL_VALUE, _BAD_KEY = "future_ts", "no_key", "null_value", "bad_key"
 
 
@@ -321,7 +330,14 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         where = _partition()
         seen = partition_clock.get(where)
         held = store_partition(state)
-        clock = seen[0] if seen is not None and seen[1] is held else 0
+        if seen is not None and seen[1] is held:
+            clock = seen[0]
+        else:
+            # A restart or a new assignment: replayed from the last commit, so the clock
+            # as of that commit. From 0, a late record right after a restart was added to
+            # a window the car had already been given stats for.
+            clock = get_partition_value(state, _CLOCK) or 0
+            partition_clock[where] = (clock, held)
         start = timestamp - timestamp % window_ms
         late = start + window_ms + grace_ms <= clock
         record = parse(value)
@@ -335,6 +351,10 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         # Only valid records reach the marker window, so only they move the clock.
         if timestamp > clock:
             partition_clock[where] = (timestamp, held)
+            if crosses_close(clock, timestamp, window_ms, grace_ms):
+                # Once per window and partition: the last closing time passed is all the
+                # decisions need (last_close).
+                set_partition_value(state, _CLOCK, last_close(timestamp, window_ms, grace_ms))
         ident = (*where, key)
         car = cars.load(state, "car", ident)
         # Windows the partition's clock closed before this record (see on_close).

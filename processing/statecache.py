@@ -56,6 +56,30 @@ def store_partition(state: object) -> object | None:
     return getattr(transaction, "_partition", None)
 
 
+# The prefix of partition-wide state values. A car's state is prefixed by its message
+# key, which is UTF-8 (other keys are quarantined as bad_key), so this is no car's.
+_PARTITION_PREFIX: Final = b"\xff\xfefleetstream-partition"
+
+
+def get_partition_value(state: object, key: str) -> Any:
+    """A value kept for the whole store partition behind ``state`` (None: unset or unknown).
+
+    Written in the record's transaction, so it is committed (and lost) with the cars'
+    state: after a restart it is the value as of the last commit.
+    """
+    transaction = getattr(state, "_transaction", None)
+    getter = getattr(transaction, "get", None)
+    return getter(key, prefix=_PARTITION_PREFIX) if getter is not None else None
+
+
+def set_partition_value(state: object, key: str, value: Any) -> None:
+    """Keep ``value`` for the whole store partition behind ``state`` (see the getter)."""
+    transaction = getattr(state, "_transaction", None)
+    setter = getattr(transaction, "set", None)
+    if setter is not None:
+        setter(key, value, prefix=_PARTITION_PREFIX)
+
+
 class DecodedCache:
     """JSON state values by key, decoded once per write instead of once per read.
 

@@ -171,6 +171,15 @@ def crosses_close(clock: int, timestamp: int, window_ms: int, grace_ms: int) -> 
     return (timestamp - grace_ms) // window_ms > (clock - grace_ms) // window_ms
 
 
+def last_close(clock: int, window_ms: int, grace_ms: int) -> int:
+    """The latest closing time ``k * window_ms + grace_ms`` at or before ``clock``.
+
+    Every lateness and closing decision compares the clock with closing times only, so
+    a clock restored as this value decides them as the exact one did.
+    """
+    return (clock - grace_ms) // window_ms * window_ms + grace_ms
+
+
 def _take_samples(store: SampleStore, window: list[Any]) -> bytes:
     start, count, pending = window[0], window[3], window[4]
     chunks = []
