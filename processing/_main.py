@@ -88,6 +88,15 @@ def _create_topics(settings: ProcessingSettings) -> None:
 
 def pipeline_config(settings: ProcessingSettings, metrics: ProcessingMetrics) -> PipelineConfig:
     """The pipeline's tunables from the service's settings."""
+    if settings.processing_max_future_s > settings.processing_grace_s:
+        _log.warning(
+            "FLEETSTREAM_PROCESSING_MAX_FUTURE_S (%s) exceeds FLEETSTREAM_PROCESSING_GRACE_S "
+            "(%s): a car whose clock runs ahead by more than the grace period moves its "
+            "partition's clock so far that the other cars' last records of each window "
+            "are late",
+            settings.processing_max_future_s,
+            settings.processing_grace_s,
+        )
     return PipelineConfig(
         window_ms=settings.processing_window_s * 1000,
         grace_ms=settings.processing_grace_s * 1000,

@@ -75,7 +75,9 @@ class PipelineConfig:
     model_dir: Path | None = None
     # A record whose time is further ahead of the wall clock than this is quarantined
     # (future_ts): it would move the partition clock and make every other car late.
-    max_future_ms: int = 300_000
+    # Above grace_ms, a car 70 s fast (one window + grace) made the other cars' records on
+    # its partition late but one per window.
+    max_future_ms: int = 10_000
     wall_clock: Callable[[], float] = time.time
     # Late and future records are logged at most once per this many seconds each.
     log_every_s: float = 60.0

@@ -76,13 +76,15 @@ class FutureLimitSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     processing_max_future_s: float = Field(
-        default=300.0,
+        default=10.0,
         gt=0,
         allow_inf_nan=False,
         description="A record whose ts (or message timestamp) is further ahead of the "
         "wall clock is quarantined (reason future_ts): it would move the partition's "
-        "clock and make every other car's records late. The dashboard skips such "
-        "telemetry: it would hide the car's later samples.",
+        "clock, and a clock more than the grace period ahead of a car's records makes "
+        "them late. At most FLEETSTREAM_PROCESSING_GRACE_S (default 10), or one car with a "
+        "fast clock costs every other car on its partition the end of each window. The "
+        "dashboard skips such telemetry: it would hide the car's later samples.",
     )
 
 

@@ -116,6 +116,7 @@ class Harness:
         wall_clock: Callable[[], float] = time.time,
         model_dir: Path | None = None,
         odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
+        max_future_ms: int = MAX_FUTURE_MS,
     ) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
@@ -137,7 +138,7 @@ class Harness:
             grace_ms=GRACE_MS,
             metrics=self.metrics,
             stats_spread_ms=stats_spread_ms,
-            max_future_ms=MAX_FUTURE_MS,
+            max_future_ms=max_future_ms,
             wall_clock=wall_clock,
             model_dir=model_dir,
             odometer_resolution_km=odometer_resolution_km,
@@ -172,6 +173,7 @@ class Harness:
     def commit(self) -> None:
         """Flush the state written so far, as a checkpoint's commit does."""
         checkpoint = self.app._processing_context._checkpoint
+        assert checkpoint is not None
         for transaction in checkpoint._store_transactions.values():
             transaction.prepare(processed_offsets={})
             transaction.flush()
@@ -287,6 +289,27 @@ def test_the_sensor_glitch_rule_uses_the_configured_odometer_resolution(
         harness.close()
 
 
+@pytest.mark.parametrize("ahead_s", [20, 240])
+def test_a_car_with_a_fast_clock_costs_the_other_cars_nothing_at_the_defaults(
+    tmp_path: Path, ahead_s: int
+) -> None:
+    # At the former 300 s limit a car 240 s fast moved the partition's clock so far that
+    # 399 of an on-time car's 400 records were late; 20 s fast cost it 10 s per window.
+    limit_ms = round(ProcessingSettings().processing_max_future_s * 1000)
+    now = {"ms": T0}
+    h = Harness(tmp_path / "state", wall_clock=lambda: now["ms"] / 1000, max_future_ms=limit_ms)
+    try:
+        for s in range(200):
+            now["ms"] = T0 + s * 1000
+            h.send(ev(s), key="car-1")
+            h.send(ev(s + ahead_s, vehicle_id="car-fast"), key="car-fast")
+    finally:
+        h.close()
+    assert h.metric("fleetstream_processing_late_total", vehicle_id="car-1") == 0
+    assert [w["samples"] for w in h.out["stats"] if w["vehicle_id"] == "car-1"] == [60, 60, 60]
+    assert h.metric("fleetstream_processing_quarantined_total", reason="future_ts") == 200
+
+
 def test_the_service_settings_reach_the_pipeline_config(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "WINDOW_S": "30", "GRACE_S": "5", "STATS_SPREAD_S": "2.5", "MAX_FUTURE_S": "60",
@@ -301,6 +324,18 @@ def test_the_service_settings_reach_the_pipeline_config(monkeypatch: pytest.Monk
     monkeypatch.setenv("FLEETSTREAM_PROCESSING_ODOMETER_RESOLUTION_KM", "0")
     with pytest.raises(ValidationError, match="processing_odometer_resolution_km"):
         ProcessingSettings()
+
+
+@pytest.mark.parametrize(("future_s", "warned"), [(None, False), ("10", False), ("11", True)])
+def test_a_future_limit_above_the_grace_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, future_s: str | None,
+    warned: bool,
+) -> None:  # fmt: skip
+    if future_s is not None:
+        monkeypatch.setenv("FLEETSTREAM_PROCESSING_MAX_FUTURE_S", future_s)
+    with caplog.at_level(logging.WARNING, logger="processing"):
+        pipeline_config(ProcessingSettings(), ProcessingMetrics())
+    assert ("exceeds FLEETSTREAM_PROCESSING_GRACE_S" in caplog.text) is warned
 
 
 def test_a_record_later_than_the_grace_is_counted_not_windowed(harness: Harness) -> None:
