@@ -90,6 +90,10 @@ class _SizeResult:
     consumed: float = 0.0
     window_samples: int = 0
     window_expected: int = 0
+    # Compared window by window, (vehicle, window start): one car's missing window and
+    # another's emitted twice must not net out to nothing.
+    window_missing: int = 0
+    window_surplus: int = 0
     alerts: int = 0
     receive_ms: list[float] = field(default_factory=list)
     alert_ms: list[float] = field(default_factory=list)
@@ -130,16 +134,12 @@ class _SizeResult:
         twice) cannot hide a loss in another.
         """
         unread = max(0, self.in_kafka + self.duplicates - round(self.consumed))
-        return (
-            max(0, self.sent - self.in_kafka)
-            + unread
-            + max(0, self.window_expected - self.window_samples)
-        )
+        return max(0, self.sent - self.in_kafka) + unread + self.window_missing
 
     @property
     def surplus_samples(self) -> int:
         """Samples the closed windows' stats count beyond the telemetry: double counting."""
-        return max(0, self.window_samples - self.window_expected)
+        return self.window_surplus
 
     @property
     def p99_alert_ms(self) -> float:
@@ -315,6 +315,24 @@ def _wait_processing_ready(processing: ProcessingGroup, timeout_s: float = 90.0)
     raise BenchError(msg)
 
 
+def window_gaps(
+    expected: dict[tuple[str, int], int], counted: dict[tuple[str, int], int]
+) -> tuple[int, int]:
+    """Samples missing from, and counted beyond, each (vehicle, window start)'s telemetry.
+
+    Args:
+        expected: Distinct telemetry records per closed window.
+        counted: Samples the stats of each closed window claim (summed when a window's
+            stats were emitted more than once).
+
+    Returns:
+        (missing, surplus), each summed over windows on its own.
+    """
+    missing = sum(max(0, n - counted.get(key, 0)) for key, n in expected.items())
+    surplus = sum(max(0, n - expected.get(key, 0)) for key, n in counted.items())
+    return missing, surplus
+
+
 def _collect(
     settings: infra.InfraSettings,
     topics: dict[str, str],
@@ -347,6 +365,7 @@ def _collect(
     # Windows ending before this have closed and, the cars still sending, had their stats
     # emitted: a still-sending car's come up to the stats spread after the close.
     closed = max_ts - result.grace_ms - result.spread_ms - 5_000
+    counted: dict[tuple[str, int], int] = {}
     for topic, raw, appended, visible in tail:
         value = orjson.loads(raw)
         if topic == topics["alerts"]:
@@ -361,13 +380,17 @@ def _collect(
         if end > closed:
             continue
         result.window_samples += int(value["samples"])
+        window = (value["vehicle_id"], start)
+        counted[window] = counted.get(window, 0) + int(value["samples"])
         result.close_ms.append(visible - end - result.grace_ms)
         # Every record of the window waited from its ts until the stats were visible.
         for ts in per_window.get((value["vehicle_id"], start), []):
             result.stats_ms.append(visible - ts)
-    result.window_expected = sum(
-        len(tss) for (_vid, start), tss in per_window.items() if start + result.window_ms <= closed
-    )
+    expected = {
+        key: len(tss) for key, tss in per_window.items() if key[1] + result.window_ms <= closed
+    }
+    result.window_expected = sum(expected.values())
+    result.window_missing, result.window_surplus = window_gaps(expected, counted)
 
 
 def run_e2e(
@@ -529,7 +552,7 @@ def _fill(report: Report, results: list[_SizeResult]) -> None:
          "p99_alert_ms": r.p99_alert_ms, "p99_receive_ms": percentile(r.receive_ms, 99),
          "consumed": r.consumed, "window_samples": r.window_samples,
          "window_expected": r.window_expected, "alerts": r.alerts,
-         "surplus_samples": r.surplus_samples,
+         "window_missing": r.window_missing, "surplus_samples": r.surplus_samples,
          # The key's name predates configurable windows: seconds of the window.
          "p99_alert_ms_by_second_of_minute": _by_ten_seconds(
              r.alert_by_second, r.window_ms // 1000

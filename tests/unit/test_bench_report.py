@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import orjson
@@ -16,13 +17,15 @@ from bench._e2e import (
     _after_close,
     _by_ten_seconds,
     _by_ten_seconds_of_run,
+    _collect,
     _next_sizes,
     _SizeResult,
     phase_wait_s,
+    window_gaps,
 )
 from bench._ingest import _Load, _Run
 from bench._report import Report, cpu_shares, cpu_times, percentile, row, speed_probe
-from bench.harness import ProcessWatch
+from bench.harness import KafkaRecord, ProcessWatch
 
 pytestmark = pytest.mark.unit
 
@@ -161,15 +164,55 @@ def test_a_surplus_in_one_count_does_not_hide_a_loss_in_another() -> None:
     assert r.lost == 0
     assert r.passed
     r.in_kafka -= 1
-    r.window_samples += 1  # a window that counted a sample twice
+    r.window_surplus += 1  # a window that counted a sample twice
     assert r.lost == 1
     assert r.surplus_samples == 1
     r.in_kafka += 1
     assert r.lost == 0
     assert not r.passed  # double counting fails the size on its own
-    r.window_samples -= 1
+    r.window_surplus -= 1
     r.consumed -= 2  # two records in Kafka that processing never read
     assert r.lost == 2
+    assert not r.passed
+
+
+def test_window_gaps_count_each_window_on_its_own() -> None:
+    expected = {("a", 0): 60, ("b", 0): 60, ("a", 60_000): 60}
+    assert window_gaps(expected, dict(expected)) == (0, 0)
+    # Car a's first window missing, car b's emitted twice: not "0 lost, 0 surplus".
+    assert window_gaps(expected, {("b", 0): 120, ("a", 60_000): 60}) == (60, 60)
+    # A window the telemetry never had is surplus in full.
+    assert window_gaps(expected, {**expected, ("c", 0): 5}) == (0, 5)
+
+
+def test_a_missing_window_and_a_duplicated_one_are_each_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = 60_000
+    start = 1_000_000_020_000 // window * window
+    telemetry = [
+        KafkaRecord(vid.encode(), orjson.dumps({"vehicle_id": vid, "seq": s, "ts": ts}), {}, ts, 0)
+        for vid in ("A", "B")
+        for s in range(200)
+        for ts in [start + s * 1000]
+    ]
+    monkeypatch.setattr("bench._e2e.read_topic", lambda *_a, **_k: telemetry)
+
+    def stats(vid: str, k: int) -> tuple[str, bytes, int, float]:
+        begin = start + k * window
+        doc = {"vehicle_id": vid, "window_start": begin, "window_end": begin + window}
+        return ("st", orjson.dumps({**doc, "samples": 60}), 0, begin + window + 20_000.0)
+
+    # Window 0: car A's stats never came, car B's came twice; window 1: once each.
+    tail = [stats("B", 0), stats("B", 0), stats("A", 1), stats("B", 1)]
+    r = _SizeResult(2, 200, sent=400)
+    settings = cast("Any", SimpleNamespace(kafka_bootstrap="unused"))
+    _collect(settings, {"input": "in", "stats": "st", "alerts": "al"}, tail, r)
+    r.consumed = r.in_kafka
+    assert r.window_expected == r.window_samples == 240  # netted, these hid both
+    assert r.window_missing == 60
+    assert r.lost == 60
+    assert r.surplus_samples == 60
     assert not r.passed
 
 
