@@ -4,8 +4,9 @@ Every bridge gets the same load, on its own MQTT filter and its own Kafka topic:
 
 1. *flood*: N cars x S seconds of v1 telemetry, published by two ``mosquitto_pub -l``
    (C, QoS 1) as fast as the broker takes them; the bridge drains the backlog. Sustained
-   rate = records / (last - first Kafka append time); the topics use ``LogAppendTime``
-   so every record carries the broker's time of the write.
+   rate = distinct (vehicle_id, seq) / (last - first Kafka append time of their first
+   copies); the topics use ``LogAppendTime`` so every record carries the broker's time
+   of the write.
 2. *paced*: 1,000 msg/s for a few seconds, each payload stamped with its publish time:
    publish -> Kafka latency (and receive -> Kafka from ingest's ``received_at`` header).
 3. for one ingest process only: a Kafka outage (broker stopped) under the paced load,
@@ -323,6 +324,56 @@ def _rate(append_ms: list[int]) -> float:
     return (len(append_ms) - 1) / span if span > 0 else float("inf")
 
 
+def _distinct_rate(records: list[KafkaRecord]) -> float:
+    """Distinct (vehicle_id, seq) per second, each at its first copy's append time.
+
+    A duplicate is not a message delivered: 1,000 records and 1,000 copies of them in
+    the same second are 1,000 msg/s, not 2,000.
+    """
+    first: dict[tuple[str, int], int] = {}
+    for r in records:
+        value = orjson.loads(r.value)
+        key = (value["vehicle_id"], value["seq"])
+        first[key] = min(first.get(key, r.timestamp), r.timestamp)
+    return _rate(list(first.values()))
+
+
+def _wait_distinct(
+    wait: Callable[[int, float], tuple[int, bool]],
+    read: Callable[[int], list[KafkaRecord]],
+    want: frozenset[tuple[str, int]],
+    target: int,
+    cap_s: float,
+) -> tuple[list[KafkaRecord], bool]:
+    """Wait until every wanted (vehicle_id, seq) is in the topic, not only as many records.
+
+    End offsets count duplicates too: 100 copies could end the wait 100 messages early.
+    So after the offsets reach ``target`` the records are read, and while some wanted
+    ones are missing the wait goes on for that many more records.
+
+    Args:
+        wait: Waits for a record count within a cap (seconds); returns (count, reached).
+        read: Reads the topic's wanted records, given the count in it.
+        want: The keys that must arrive.
+        target: End offsets to wait for first (base + wanted records).
+        cap_s: Seconds for the whole wait.
+
+    Returns:
+        The records read, and whether every wanted key arrived in time.
+    """
+    deadline = time.monotonic() + cap_s
+    while True:
+        count, reached = wait(target, max(0.0, deadline - time.monotonic()))
+        records = read(count)
+        missing = len(want - _keys(records).keys())
+        if not reached or not missing:
+            return records, reached
+        if time.monotonic() >= deadline:
+            return records, False
+        # Duplicates took offsets the missing records need: wait for that many more.
+        target = count + missing
+
+
 @dataclass
 class _Run:
     settings: infra.InfraSettings
@@ -391,21 +442,25 @@ class _Run:
             base = self.wait_ready(prefix, topic, bridge)
             watch = ProcessWatch(bridge.processes)
             _flood(self.settings, prefix, self.load)
-            count, finished = _wait_offsets(
-                self.consumer, topic, base + self.load.count, bridge, FLOOD_CAP_S
-            )
+
+            def read(count: int) -> list[KafkaRecord]:
+                records = read_topic(
+                    self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
+                )
+                return [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("bnc")]
+
+            flood, finished = _wait_distinct(
+                lambda target, cap_s: _wait_offsets(self.consumer, topic, target, bridge, cap_s),
+                read, self.load.keys, base + self.load.count, FLOOD_CAP_S,
+            )  # fmt: skip
             watch.stop()
-            records = read_topic(
-                self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
-            )
-            flood = [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("bnc")]
             keys = _keys(flood)
             result = _Result(
                 name=bridge.name,
                 delivered=len(keys),
                 lost=len(self.load.keys - set(keys)) if finished else None,
                 duplicates=sum(c - 1 for c in keys.values()),
-                rate=_rate([r.timestamp for r in flood]),
+                rate=_distinct_rate(flood),
                 cpu_s=watch.cpu_s,
                 peak_rss_mb=watch.peak_rss_mb,
                 finished=finished,
@@ -419,7 +474,7 @@ class _Run:
                 "time" if finished else f"the {FLOOD_CAP_S:.0f} s cap", result.rate,
             )  # fmt: skip
             if finished:
-                self._paced(bridge, prefix, topic, result, count)
+                self._paced(bridge, prefix, topic, result, _end_offsets(self.consumer, topic))
             return result
         finally:
             bridge.stop()

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+import orjson
 import pytest
 
-from bench._ingest import _fill, _ingest_loss, _median_of, _Result
+from bench._ingest import (
+    _distinct_rate,
+    _fill,
+    _ingest_loss,
+    _median_of,
+    _Result,
+    _wait_distinct,
+)
 from bench._report import Report
+from bench.harness import KafkaRecord
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +137,58 @@ def test_ingest_loss_sums_every_ingest_flood() -> None:
         _flood(INGEST, 1.0, finished=False),
     ]
     assert _ingest_loss(floods) == (7, ["fleetstream ingest (flood 5)"])
+
+
+def _record(vid: str, seq: int, appended_ms: int) -> KafkaRecord:
+    value = orjson.dumps({"vehicle_id": vid, "seq": seq})
+    return KafkaRecord(vid.encode(), value, {}, appended_ms, 0)
+
+
+def test_the_flood_rate_counts_distinct_messages_not_duplicates() -> None:
+    # 1,000 messages over 999 ms, then each again within the same span.
+    once = [_record("bnc-1", i, i) for i in range(1000)]
+    assert _distinct_rate(once) == pytest.approx(1000.0)
+    copies = [_record("bnc-1", i, i + 1) for i in range(999)]
+    assert _distinct_rate(once + copies) == pytest.approx(1000.0)  # was 1,999 msg/s
+
+
+def test_duplicates_do_not_end_the_flood_wait_early() -> None:
+    want = frozenset(("bnc-1", i) for i in range(10))
+    # The topic fills up in steps: 8 distinct + 2 copies first, then the 2 missing ones.
+    steps = [
+        [
+            *(_record("bnc-1", i, i) for i in range(8)),
+            _record("bnc-1", 0, 9),
+            _record("bnc-1", 1, 9),
+        ],
+        [
+            *(_record("bnc-1", i, i) for i in range(10)),
+            _record("bnc-1", 0, 9),
+            _record("bnc-1", 1, 9),
+        ],
+    ]
+    asked: list[int] = []
+
+    def wait(target: int, _cap_s: float) -> tuple[int, bool]:
+        asked.append(target)
+        return len(steps[min(len(asked), 2) - 1]), True
+
+    def read(count: int) -> list[KafkaRecord]:
+        return next(s for s in steps if len(s) == count)
+
+    records, finished = _wait_distinct(wait, read, want, 10, cap_s=60)
+    assert finished
+    assert asked == [10, 12]  # the offsets reached 10 with 2 of them copies: waited for 2 more
+    assert len(records) == 12
+
+
+def test_a_flood_whose_missing_messages_never_come_is_unfinished() -> None:
+    want = frozenset(("bnc-1", i) for i in range(3))
+    topic = [_record("bnc-1", 0, 0), _record("bnc-1", 0, 1), _record("bnc-1", 1, 2)]
+
+    def wait(target: int, _cap_s: float) -> tuple[int, bool]:
+        return len(topic), len(topic) >= target  # stalls at 3 records
+
+    records, finished = _wait_distinct(wait, lambda _n: topic, want, 3, cap_s=60)
+    assert not finished
+    assert records == topic
