@@ -22,6 +22,7 @@ sent, records processing consumed, and samples in the closed windows' stats.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import subprocess
 import sys
@@ -248,7 +249,6 @@ def _run_size(
                 result.unwatched.append(name)
                 continue
             watched[name] = _process(pid)
-        watches = {name: ProcessWatch(get) for name, get in watched.items()}
         tail = _Tail(settings.kafka_bootstrap, [topics["stats"], topics["alerts"]])
         wait = phase_wait_s(time.time(), tuning.processing_window_s)
         _log.info(
@@ -256,6 +256,8 @@ def _run_size(
             vehicles, seconds, START_PHASE_S, wait,
         )  # fmt: skip
         time.sleep(wait)
+        # Watched from here, not before the phase wait: its idle CPU is not the run's.
+        watches = {name: ProcessWatch(get) for name, get in watched.items()}
         began = time.monotonic()
         cpu_before = cpu_times()
         simulator = _simulate(settings, prefix, vehicles, seconds, workdir)
@@ -272,13 +274,13 @@ def _run_size(
         processing.wait_consumed(result.sent, timeout_s=300)
         time.sleep(3)  # the last transaction commits
         tail.stop()
-        elapsed = time.monotonic() - began
+        ended = time.monotonic()
         result.cpu = cpu_shares(cpu_before, cpu_times())
         for w in watches.values():
             w.stop()
         for name, w in [*watches.items(), ("simulator", sim_watch)]:
             result.processes[name] = {
-                "cpu_pct": 100 * w.cpu_s / elapsed,
+                "cpu_pct": run_cpu_pct(w, began, ended),
                 "peak_rss_mb": w.peak_rss_mb,
             }
             result.cpu_by_ten_seconds[name] = [
@@ -294,6 +296,20 @@ def _run_size(
         processing.stop()
         delete_topics(settings.kafka_bootstrap, prefix)
     return result
+
+
+def run_cpu_pct(watch: ProcessWatch, began: float, ended: float) -> float:
+    """CPU in % of a core over the run, ``began`` to ``ended`` (``time.monotonic()``).
+
+    The CPU the watch sampled inside the run, over the run's length (a process that
+    ended early, like the simulator, is idle for the rest). Not ``cpu_s``: a watch that
+    ran before ``began`` (the phase wait, up to a window) has CPU in it that the run's
+    seconds do not hold. NaN when no sample fell inside the run.
+    """
+    inside = [used for t, used in watch.timeline if began <= t <= ended]
+    if not inside or ended <= began:
+        return math.nan
+    return 100 * (inside[-1] - inside[0]) / (ended - began)
 
 
 def _process(pid: int) -> Callable[[], list[psutil.Process]]:

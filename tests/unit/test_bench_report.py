@@ -21,6 +21,7 @@ from bench._e2e import (
     _next_sizes,
     _SizeResult,
     phase_wait_s,
+    run_cpu_pct,
     window_gaps,
 )
 from bench._ingest import _Load, _Run
@@ -135,6 +136,19 @@ def test_a_process_watch_measures_the_machine_over_the_same_span() -> None:
     # This process kept one of the machine's cores busy for most of the span.
     assert watch.machine.busy_pct > 0
     assert 0 <= watch.machine.steal_pct <= 100 - watch.machine.busy_pct + 1e-6
+
+
+def test_a_process_cpu_share_counts_only_the_run_not_the_wait_before_it() -> None:
+    watch = ProcessWatch(list)
+    watch.stop()
+    # 60 s of phase wait at 10 % of a core, then a 20 s run at one full core.
+    watch.timeline = [(0.0, 0.0), (30.0, 3.0), (60.0, 6.0), (70.0, 16.0), (80.0, 26.0)]
+    watch.cpu_s = 26.0
+    assert run_cpu_pct(watch, 60.0, 80.0) == pytest.approx(100.0)  # 26 s / 20 s was 130 %
+    # A process that ended halfway (the simulator) was idle for the rest of the run.
+    watch.timeline = [(60.0, 0.0), (70.0, 10.0)]
+    assert run_cpu_pct(watch, 60.0, 80.0) == pytest.approx(50.0)
+    assert math.isnan(run_cpu_pct(watch, 90.0, 100.0))
 
 
 def test_speed_probe_measures_the_work_it_names() -> None:
