@@ -545,6 +545,8 @@ class FaultRow:
         duration_s: Wall-clock time of the case.
         unexpected: Records found that were never sent.
         notes: Free-form measurements (outage length, kills, RSS, reasons).
+        passed: Whether the case's checks passed (None: emitted without them, see
+            :meth:`checked`). A failed case's counts are not a result.
     """
 
     case: str
@@ -558,6 +560,7 @@ class FaultRow:
     duration_s: float = 0.0
     unexpected: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    passed: bool | None = None
 
     COLUMNS = ("case", "sent", "in_kafka", "lost", "duplicates", "quarantined", "crashes")
 
@@ -593,7 +596,28 @@ class FaultRow:
         """The printed row: ``case, sent, in_kafka, lost, duplicates, quarantined, crashes``."""
         return ", ".join(f"{c}={getattr(self, c)}" for c in self.COLUMNS) + (
             f", unexpected={self.unexpected}, duration_s={self.duration_s:.1f}"
+            f", passed={self.passed}"
         )
+
+    @contextlib.contextmanager
+    def checked(self, path: Path) -> Iterator[FaultRow]:
+        """Run the case's checks in the block, then emit the row with their outcome.
+
+        The row used to be emitted before the checks that the fault really happened, so
+        a failed case still wrote ``lost=0, crashes=0`` into the rows the report is
+        made from. Now it says ``passed: false`` when any check in the block failed.
+
+        Raises:
+            BaseException: Whatever the block raised, after the row was emitted.
+        """
+        try:
+            yield self
+        except BaseException:
+            self.passed = False
+            self.emit(path)
+            raise
+        self.passed = True
+        self.emit(path)
 
     def emit(self, path: Path) -> None:
         """Print the row and append it as one JSON line to ``path``."""
@@ -606,6 +630,7 @@ class FaultRow:
             "unexpected": self.unexpected,
             "duration_s": round(self.duration_s, 1),
             "notes": self.notes,
+            "passed": self.passed,
         }
         with path.open("ab") as out:
             out.write(orjson.dumps(doc) + b"\n")
