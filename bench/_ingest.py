@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from bench.harness import (
     ProcessWatch,
     QosOnePublisher,
     broker_footprint,
+    count_tracebacks,
     create_topic,
     default_rules,
     delete_topics,
@@ -148,6 +150,7 @@ class _Bridge(Protocol):
     def start(self, mqtt_filter_prefix: str, topic: str) -> None: ...
     def processes(self) -> list[psutil.Process]: ...
     def stop(self) -> None: ...
+    def crashes(self) -> int: ...
     def log(self) -> str: ...
 
 
@@ -180,11 +183,22 @@ class _IngestBridge:
 
     def stop(self) -> None:
         for p in self.procs:
-            with contextlib.suppress(Exception):
+            # A hung stop is killed and counted as a crash by the process; the others
+            # must still be stopped.
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.stop()
+
+    def crashes(self) -> int:
+        """Exits the bench did not cause (non-zero after SIGTERM too) plus tracebacks."""
+        return sum(p.crashes() for p in self.procs)
 
     def log(self) -> str:
         return "\n".join(p.log() for p in self.procs)
+
+
+def clean_exit(code: int) -> bool:
+    """Whether a process the bench sent SIGTERM ended cleanly: 0, or killed by that SIGTERM."""
+    return code in (0, -signal.SIGTERM)
 
 
 @dataclass
@@ -197,6 +211,7 @@ class _PeerBridge:
     kind: str
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    bad_exits: int = 0
 
     def start(self, prefix: str, topic: str) -> None:
         self.log_path = self.workdir / f"{prefix}-{self.kind}.log"
@@ -216,13 +231,24 @@ class _PeerBridge:
         return [psutil.Process(self.proc.pid)] if self.proc is not None else []
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self.bad_exits += 1  # it ended before the bench asked it to
+            return
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.bad_exits += 1  # a stop that hangs is a failure too
+            return
+        self.bad_exits += not clean_exit(code)
+
+    def crashes(self) -> int:
+        """Exits the bench did not cause plus Python tracebacks in the log."""
+        return self.bad_exits + (count_tracebacks(self.log_path) if self.log_path else 0)
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -243,6 +269,7 @@ class _Result:
     receive_to_kafka_ms: list[float] = field(default_factory=list)
     finished: bool = True
     steal_pct: float = 0.0  # CPU the hypervisor took from the machine during the flood
+    crashes: int = 0  # the bridge's exits the bench did not cause, plus its tracebacks
     ingest: bool = False  # a fleetstream ingest bridge: its floods count for "loses nothing"
 
 
@@ -475,10 +502,12 @@ class _Run:
             )  # fmt: skip
             if finished:
                 self._paced(bridge, prefix, topic, result, _end_offsets(self.consumer, topic))
-            return result
         finally:
             bridge.stop()
             self.admin.delete_topics([topic])
+        # After the stop: a non-zero exit on SIGTERM or a traceback at exit counts too.
+        result.crashes = bridge.crashes()
+        return result
 
     def _paced(
         self, bridge: _Bridge, prefix: str, topic: str, result: _Result, before: int
@@ -654,7 +683,7 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
         watch.stop()
         records = read_topic(settings.kafka_bootstrap, topic, expect=count, timeout_s=180)
         got = _keys([r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("out")])
-        return {
+        outcome = {
             "outage_s": outage_s,
             "sent": len(keys),
             "lost": len(keys - set(got)),
@@ -665,6 +694,8 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
     finally:
         bridge.stop()
         run.admin.delete_topics([topic])
+    outcome["crashes"] = bridge.crashes()
+    return outcome
 
 
 def run_ingest(
@@ -856,6 +887,7 @@ def _fill(
         report.add(row(warm.name, "sustained msg/s", warm.rate, "msg/s"))
         if warm.finished:
             report.add(row(warm.name, "lost", warm.lost or 0, "msgs"))
+        report.add(row(warm.name, "crashes", warm.crashes, "exits or tracebacks"))
     _flood_rows(report, floods)
     report.add(
         row("mosquitto_sub (C), before", "msg/s", before.rate, "msg/s"),
@@ -908,6 +940,8 @@ def _fill(
             report.add(
                 row(r.name, "lost", lost, "msgs"), row(r.name, "duplicates", duplicates, "msgs")
             )
+        crashes = sum(f.crashes for f in floods if f.name == r.name)
+        report.add(row(r.name, "crashes (all floods)", crashes, "exits or tracebacks"))
     report.add(
         row("mosquitto_sub (C)", f"p50 publish->receive @{PACED_RATE:.0f}/s",
             percentile(before.publish_to_kafka_ms, 50), "ms"),
@@ -921,10 +955,13 @@ def _fill(
     report.check("ingest >= 3x MQTTSource", ">= 3.00x", f"{ratio_peer:.2f}x", ratio_peer >= 3.0)
     # Every ingest flood counts, the warm-up's and the repeats' too, not only the median's.
     lost, unfinished = _ingest_loss(floods)
+    # A crash the bench did not cause fails it too: a service that dies is not "no loss".
+    crashed = [f"{f.name} (flood {n})" for n, f in enumerate(floods, 1) if f.ingest and f.crashes]
     report.check(
-        "ingest loses nothing", "lost = 0, all delivered",
-        f"lost {lost}" + (f", unfinished: {unfinished}" if unfinished else ""),
-        lost == 0 and not unfinished,
+        "ingest loses nothing", "lost = 0, all delivered, no crash",
+        f"lost {lost}" + (f", unfinished: {unfinished}" if unfinished else "")
+        + (f", crashed: {crashed}" if crashed else ""),
+        lost == 0 and not unfinished and not crashed,
     )  # fmt: skip
     if outage is not None:
         report.details["outage"] = outage
@@ -932,12 +969,17 @@ def _fill(
             row("fleetstream ingest", f"peak RSS, {outage['outage_s']:.0f} s Kafka outage",
                 outage["peak_rss_mb"], "MiB"),
             row("fleetstream ingest", "lost in outage", outage["lost"], "msgs"),
+            row("fleetstream ingest", "crashes in outage", outage["crashes"],
+                "exits or tracebacks"),
             row("fleetstream ingest", "drain after Kafka restart",
                 outage["drain_after_restart_s"], "s"),
         )  # fmt: skip
         report.check(
             f"ingest RSS < 150 MB through a {outage['outage_s']:.0f} s Kafka outage",
-            "< 150 MB, lost = 0",
-            f"{outage['peak_rss_mb'] * 1.048576:.0f} MB, lost {outage['lost']}",
-            outage["peak_rss_mb"] * 1.048576 < 150 and outage["lost"] == 0,
+            "< 150 MB, lost = 0, no crash",
+            f"{outage['peak_rss_mb'] * 1.048576:.0f} MB, lost {outage['lost']}, "
+            f"crashes {outage['crashes']}",
+            outage["peak_rss_mb"] * 1.048576 < 150
+            and outage["lost"] == 0
+            and outage["crashes"] == 0,
         )

@@ -734,11 +734,22 @@ class ProcessingRun:
         raise HarnessError(msg)
 
     def stop(self) -> int:
-        """SIGTERM, wait for a clean exit, return the exit code."""
+        """SIGTERM, wait for a clean exit, return the exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: It did not exit within 60 s; it was killed, and
+                that counts as a crash.
+        """
         proc = _require(self.proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
+            try:
+                code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                self.unexpected_exits += 1  # a graceful stop that hangs is a failure too
+                raise
             if code != 0:
                 self.unexpected_exits += 1
             return code
@@ -832,8 +843,20 @@ class ProcessingGroup:
         raise HarnessError(msg)
 
     def stop(self) -> list[int]:
-        """Stop every process; their exit codes."""
-        return [run.stop() for run in self.runs if run.proc is not None]
+        """Stop every process, even when one hangs (killed, counted); their exit codes."""
+        codes = []
+        for run in self.runs:
+            if run.proc is None:
+                continue
+            try:
+                codes.append(run.stop())
+            except subprocess.TimeoutExpired:
+                codes.append(-signal.SIGKILL)
+        return codes
+
+    def crashes(self) -> int:
+        """Exits of every process the harness did not cause, plus their tracebacks."""
+        return sum(run.crashes() for run in self.runs)
 
     def log(self) -> str:
         """The end of every process's log."""

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -11,9 +16,12 @@ from bench._ingest import (
     _distinct_rate,
     _fill,
     _ingest_loss,
+    _IngestBridge,
     _median_of,
+    _PeerBridge,
     _Result,
     _wait_distinct,
+    clean_exit,
 )
 from bench._report import Report
 from bench.harness import KafkaRecord
@@ -24,7 +32,9 @@ INGEST = "fleetstream ingest"
 SOURCE = "quixstreams MQTTSource"
 
 
-def _flood(name: str, rate: float, lost: int = 0, *, finished: bool = True) -> _Result:
+def _flood(
+    name: str, rate: float, lost: int = 0, *, finished: bool = True, crashes: int = 0
+) -> _Result:
     return _Result(
         name=name,
         delivered=1000 - lost,
@@ -36,6 +46,7 @@ def _flood(name: str, rate: float, lost: int = 0, *, finished: bool = True) -> _
         publish_to_kafka_ms=[5.0],
         finished=finished,
         ingest=name != SOURCE and not name.startswith("naive"),
+        crashes=crashes,
     )
 
 
@@ -192,3 +203,74 @@ def test_a_flood_whose_missing_messages_never_come_is_unfinished() -> None:
     records, finished = _wait_distinct(wait, lambda _n: topic, want, 3, cap_s=60)
     assert not finished
     assert records == topic
+
+
+def test_an_ingest_crash_fails_the_target_even_without_loss() -> None:
+    crashed = _flood(INGEST, 20_000.0, crashes=1)
+    report = _run(_floods(ingest=[_flood(INGEST, 30_000.0), _flood(INGEST, 40_000.0), crashed]))
+    met, measured = _target(report)
+    assert not met
+    assert "crashed: ['fleetstream ingest (flood 4)']" in measured
+    rows = {(r["subject"], r["metric"]): r["value"] for r in report.rows}
+    assert rows[(INGEST, "crashes (all floods)")] == 1
+    # A peer that crashed is reported, but it is not ingest's failure.
+    peer = [_flood(SOURCE, 9_000.0, crashes=2), *[_flood(SOURCE, 9_000.0)] * 2]
+    report = _run(_floods(source=peer))
+    assert _target(report)[0]
+    rows = {(r["subject"], r["metric"]): r["value"] for r in report.rows}
+    assert rows[(SOURCE, "crashes (all floods)")] == 2
+
+
+def test_a_peer_stopped_by_sigterm_is_clean_other_exits_are_crashes(tmp_path: Path) -> None:
+    assert clean_exit(0)
+    assert clean_exit(-signal.SIGTERM)
+    assert not clean_exit(1)
+    assert not clean_exit(-signal.SIGKILL)
+
+    def peer(args: list[str], log: str = "") -> _PeerBridge:
+        bridge = _PeerBridge(cast("Any", None), tmp_path, "peer", "naive")
+        bridge.log_path = tmp_path / f"peer-{len(list(tmp_path.iterdir()))}.log"
+        bridge.log_path.write_text(log)
+        bridge.proc = subprocess.Popen(args)
+        return bridge
+
+    ok = peer(["sleep", "30"])
+    ok.stop()
+    assert ok.crashes() == 0
+    died = peer(["sh", "-c", "exit 3"])
+    assert died.proc is not None
+    died.proc.wait()  # ended before the bench stopped it
+    died.stop()
+    assert died.crashes() == 1
+    ready = tmp_path / "trapped"
+    unclean = peer(["sh", "-c", f"trap 'exit 2' TERM; touch {ready}; sleep 30 & wait"])
+    while not ready.exists():  # SIGTERM before the trap would end it by the signal
+        time.sleep(0.01)
+    unclean.stop()
+    assert unclean.crashes() == 1
+    traced = peer(["sleep", "30"], "Traceback (most recent call last):\n  boom\n")
+    traced.stop()
+    assert traced.crashes() == 1
+
+
+class _FakeIngest:
+    def __init__(self, crashes: int, *, hangs: bool = False) -> None:
+        self._crashes, self.hangs, self.stopped = crashes, hangs, False
+
+    def stop(self) -> int:
+        self.stopped = True
+        if self.hangs:
+            raise subprocess.TimeoutExpired("ingest", 40)
+        return 0
+
+    def crashes(self) -> int:
+        return self._crashes + self.hangs
+
+
+def test_an_ingest_bridge_reports_its_crashes_and_stops_every_process(tmp_path: Path) -> None:
+    bridge = _IngestBridge(cast("Any", None), tmp_path, "fleetstream ingest x2", 2)
+    procs = [_FakeIngest(0, hangs=True), _FakeIngest(1)]
+    bridge.procs = cast("Any", procs)
+    bridge.stop()
+    assert all(p.stopped for p in procs)
+    assert bridge.crashes() == 2  # the hung stop and the other's exit or traceback

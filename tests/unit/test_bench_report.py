@@ -172,6 +172,14 @@ def test_a_size_with_loss_does_not_pass() -> None:
     assert not r.passed
 
 
+def test_a_size_whose_services_crashed_does_not_pass() -> None:
+    r = _result(100, True)
+    assert r.passed
+    r.crashes = 1  # e.g. processing exited 1 on the bench's SIGTERM: nothing was lost
+    assert r.lost == 0
+    assert not r.passed
+
+
 def test_a_surplus_in_one_count_does_not_hide_a_loss_in_another() -> None:
     r = _result(100, True)
     r.window_expected = r.window_samples = 500
