@@ -144,6 +144,26 @@ def _paced_messages(
         yield f"{prefix}/{record['vehicle_id']}/telemetry", orjson.dumps(record)
 
 
+def _noting(
+    messages: Iterator[tuple[str, bytes]], keys: set[tuple[str, int]]
+) -> Iterator[tuple[str, bytes]]:
+    """The messages, each one's (vehicle_id, seq) added to ``keys`` once it was published."""
+    for topic, payload in messages:
+        yield topic, payload
+        value = orjson.loads(payload)  # after the publish: not in the measured latency
+        keys.add((value["vehicle_id"], value["seq"]))
+
+
+def paced_loss(sent: set[tuple[str, int]], received: list[bytes]) -> int:
+    """Paced messages not received: ``sent`` keys missing from the received payloads."""
+    got = set()
+    for payload in received:
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+            value = orjson.loads(payload)
+            got.add((value["vehicle_id"], value["seq"]))
+    return len(sent - got)
+
+
 class _Bridge(Protocol):
     name: str
 
@@ -270,6 +290,10 @@ class _Result:
     finished: bool = True
     steal_pct: float = 0.0  # CPU the hypervisor took from the machine during the flood
     crashes: int = 0  # the bridge's exits the bench did not cause, plus its tracebacks
+    # The paced phase: its messages missing, and whether all arrived before the wait
+    # ended; latency percentiles over a phase that lost some would hide it.
+    paced_lost: int = 0
+    paced_finished: bool = True
     ingest: bool = False  # a fleetstream ingest bridge: its floods count for "loses nothing"
 
 
@@ -513,21 +537,29 @@ class _Run:
         self, bridge: _Bridge, prefix: str, topic: str, result: _Result, before: int
     ) -> None:
         publisher = QosOnePublisher(self.settings, f"{prefix}-paced")
+        keys: set[tuple[str, int]] = set()
         try:
             sent = publisher.publish(
-                _paced_messages(prefix, PACED_RATE, self.paced_s, "lat"), PACED_RATE
+                _noting(_paced_messages(prefix, PACED_RATE, self.paced_s, "lat"), keys),
+                PACED_RATE,
             )
             publisher.wait_acked(sent, timeout_s=120)
         finally:
             publisher.close()
-        count, _ = _wait_offsets(self.consumer, topic, before + sent, bridge, 120)
-        records = read_topic(
-            self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
-        )
+
+        def read(count: int) -> list[KafkaRecord]:
+            records = read_topic(
+                self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
+            )
+            return [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("lat")]
+
+        records, result.paced_finished = _wait_distinct(
+            lambda target, cap_s: _wait_offsets(self.consumer, topic, target, bridge, cap_s),
+            read, frozenset(keys), before + sent, 120,
+        )  # fmt: skip
+        result.paced_lost = paced_loss(keys, [r.value for r in records])
         for r in records:
             value = orjson.loads(r.value)
-            if not value["vehicle_id"].startswith("lat"):
-                continue
             result.publish_to_kafka_ms.append(float(r.timestamp - value["ts"]))
             received = r.headers.get("received_at")
             if received is not None:
@@ -619,23 +651,32 @@ def _mosquitto_sub(run: _Run, slug: str) -> _Result:
         steal_pct=watch.machine.steal_pct,
     )
     proc = start("%U %p")
+    keys: set[tuple[str, int]] = set()
     try:
-        time.sleep(1.0)
+        # Subscribed for sure, as the first one: a second's sleep could miss the start.
+        _wait_subscribed(settings, prefix, proc, lines)
+        time.sleep(1.0)  # the probes still on their way
+        base = len(lines())
         publisher = QosOnePublisher(settings, f"{prefix}-paced")
         sent = publisher.publish(
-            _paced_messages(prefix, PACED_RATE, run.paced_s, "lat"), PACED_RATE
+            _noting(_paced_messages(prefix, PACED_RATE, run.paced_s, "lat"), keys), PACED_RATE
         )
         publisher.wait_acked(sent)
         publisher.close()
-        wait_lines(sent, 60)
+        wait_lines(base + sent, 60)
     finally:
         proc.terminate()
         proc.wait(10)
+    payloads = []
     for line in lines():
         received, _, payload = line.partition(b" ")
         with contextlib.suppress(ValueError, orjson.JSONDecodeError):
-            ts = orjson.loads(payload)["ts"]
-            result.publish_to_kafka_ms.append(float(received) * 1000 - ts)
+            value = orjson.loads(payload)
+            if not str(value["vehicle_id"]).startswith("lat"):
+                continue  # a probe
+            payloads.append(payload)
+            result.publish_to_kafka_ms.append(float(received) * 1000 - value["ts"])
+    result.paced_lost = paced_loss(keys, payloads)
     _log.info("mosquitto_sub: %d of %d, %.0f msg/s", len(times), run.load.count, result.rate)
     return result
 
@@ -819,8 +860,9 @@ def _ingest_loss(floods: list[_Result]) -> tuple[int, list[str]]:
         floods: Every flood of the run, in order; other bridges' are skipped.
 
     Returns:
-        The summed loss of the ingest floods that finished, and "<name> (flood <n>)"
-        for each ingest flood stopped at the cap or by a stall.
+        The summed loss of the ingest floods that finished and of their paced phases,
+        and "<name> (flood <n>)" (", paced" for that phase) for each stopped at its cap
+        or by a stall.
     """
     lost = 0
     unfinished = []
@@ -831,6 +873,10 @@ def _ingest_loss(floods: list[_Result]) -> tuple[int, list[str]]:
             lost += r.lost or 0
         else:
             unfinished.append(f"{r.name} (flood {n})")
+        # Its paced phase counts too (it runs only after a finished flood).
+        lost += r.paced_lost
+        if not r.paced_finished:
+            unfinished.append(f"{r.name} (flood {n}, paced)")
     return lost, unfinished
 
 
@@ -940,9 +986,18 @@ def _fill(
             report.add(
                 row(r.name, "lost", lost, "msgs"), row(r.name, "duplicates", duplicates, "msgs")
             )
+        mine = [f for f in floods if f.name == r.name] or [r]
+        report.add(
+            row(r.name, f"lost @{PACED_RATE:.0f}/s (paced, all floods)",
+                sum(f.paced_lost for f in mine), "msgs")
+        )  # fmt: skip
+        stopped = sum(not f.paced_finished for f in mine)
+        if stopped:
+            report.add(row(r.name, "paced phases stopped at their cap", stopped, "floods"))
         crashes = sum(f.crashes for f in floods if f.name == r.name)
         report.add(row(r.name, "crashes (all floods)", crashes, "exits or tracebacks"))
     report.add(
+        row("mosquitto_sub (C)", f"lost @{PACED_RATE:.0f}/s (paced)", before.paced_lost, "msgs"),
         row("mosquitto_sub (C)", f"p50 publish->receive @{PACED_RATE:.0f}/s",
             percentile(before.publish_to_kafka_ms, 50), "ms"),
         row("mosquitto_sub (C)", f"p99 publish->receive @{PACED_RATE:.0f}/s",

@@ -22,6 +22,7 @@ from bench._ingest import (
     _Result,
     _wait_distinct,
     clean_exit,
+    paced_loss,
 )
 from bench._report import Report
 from bench.harness import KafkaRecord
@@ -274,3 +275,28 @@ def test_an_ingest_bridge_reports_its_crashes_and_stops_every_process(tmp_path: 
     bridge.stop()
     assert all(p.stopped for p in procs)
     assert bridge.crashes() == 2  # the hung stop and the other's exit or traceback
+
+
+def test_paced_loss_counts_sent_messages_that_never_arrived() -> None:
+    sent = {("lat-1", 0), ("lat-1", 1), ("lat-2", 0)}
+    received = [orjson.dumps({"vehicle_id": "lat-1", "seq": 0, "ts": 1})] * 2
+    received.append(b"not json")
+    assert paced_loss(sent, received) == 2
+    assert paced_loss(sent, [orjson.dumps({"vehicle_id": v, "seq": q}) for v, q in sent]) == 0
+
+
+def test_a_paced_phase_that_lost_messages_or_stopped_fails_the_target() -> None:
+    # Before: p50/p99 over whatever arrived, loss and an unfinished wait unseen.
+    lossy = _flood(INGEST, 30_000.0)
+    lossy.paced_lost = 3
+    report = _run(_floods(ingest=[lossy, _flood(INGEST, 40_000.0), _flood(INGEST, 20_000.0)]))
+    met, measured = _target(report)
+    assert not met
+    assert measured == "lost 3"
+    rows = {(r["subject"], r["metric"]): r["value"] for r in report.rows}
+    assert rows[(INGEST, "lost @1000/s (paced, all floods)")] == 3
+    stuck = _flood("fleetstream ingest x2 (shared sub)", 30_000.0)
+    stuck.paced_finished = False
+    met, measured = _target(_run(_floods(ingest2=[stuck])))
+    assert not met
+    assert "fleetstream ingest x2 (shared sub) (flood 8, paced)" in measured
