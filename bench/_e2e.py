@@ -229,15 +229,17 @@ def _run_size(
     prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}-{vehicles}"
     processing = ProcessingGroup.create(settings.kafka_bootstrap, prefix, workdir, processes)
     topics = processing.topics
-    create_topic(settings.kafka_bootstrap, topics["input"], 4)
-    for role in ("stats", "alerts", "sessions", "shadow", "quarantine"):
-        create_topic(settings.kafka_bootstrap, topics[role], 4, LOG_APPEND_TIME)
-    rules = default_rules(workdir / f"{prefix}-rules.toml", prefix, topics["input"])
+    rules = workdir / f"{prefix}-rules.toml"
     ingest = IngestProcess(settings, workdir, f"{prefix}-ingest", rules)
-    ingest.start()
-    processing.start()
     simulator: subprocess.Popen[bytes] | None = None
+    # Topics and processes inside the try: a failed start must not leave them behind.
     try:
+        create_topic(settings.kafka_bootstrap, topics["input"], 4)
+        for role in ("stats", "alerts", "sessions", "shadow", "quarantine"):
+            create_topic(settings.kafka_bootstrap, topics[role], 4, LOG_APPEND_TIME)
+        default_rules(rules, prefix, topics["input"])
+        ingest.start()
+        processing.start()
         _wait_processing_ready(processing)
         watched: dict[str, Callable[[], list[psutil.Process]]] = {
             "ingest": lambda: [psutil.Process(ingest.proc.pid)] if ingest.proc else [],

@@ -486,10 +486,11 @@ class _Run:
     def bridge(self, bridge: _Bridge, slug: str, *, outage_s: float = 0.0) -> _Result:
         prefix = self.claim(slug)
         topic = f"{prefix}-telemetry"
-        create_topic(self.settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
-        _log.info("%s: starting", bridge.name)
-        bridge.start(prefix, topic)
+        # Started inside the try: a bridge that fails to start is stopped all the same.
         try:
+            create_topic(self.settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
+            _log.info("%s: starting", bridge.name)
+            bridge.start(prefix, topic)
             base = self.wait_ready(prefix, topic, bridge)
             watch = ProcessWatch(bridge.processes)
             _flood(self.settings, prefix, self.load)
@@ -690,10 +691,10 @@ def _outage(run: _Run, outage_s: float) -> dict[str, Any]:
         raise BenchError(msg)
     prefix = run.claim("outage")
     topic = f"{prefix}-telemetry"
-    create_topic(settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
     bridge = _IngestBridge(settings, run.workdir, "fleetstream ingest (Kafka outage)")
-    bridge.start(prefix, topic)
     try:
+        create_topic(settings.kafka_bootstrap, topic, 4, LOG_APPEND_TIME)
+        bridge.start(prefix, topic)
         base = run.wait_ready(prefix, topic, bridge)
         total_s = outage_s + 20.0
         messages = list(_paced_messages(prefix, PACED_RATE, total_s, "out"))

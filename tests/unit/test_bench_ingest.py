@@ -17,14 +17,17 @@ from bench._ingest import (
     _fill,
     _ingest_loss,
     _IngestBridge,
+    _Load,
     _median_of,
     _PeerBridge,
     _Result,
+    _Run,
     _wait_distinct,
     clean_exit,
     paced_loss,
 )
 from bench._report import Report
+from bench.errors import BenchError
 from bench.harness import KafkaRecord
 
 pytestmark = pytest.mark.unit
@@ -300,3 +303,50 @@ def test_a_paced_phase_that_lost_messages_or_stopped_fails_the_target() -> None:
     met, measured = _target(_run(_floods(ingest2=[stuck])))
     assert not met
     assert "fleetstream ingest x2 (shared sub) (flood 8, paced)" in measured
+
+
+class _FailingBridge:
+    name = "a bridge that fails to start"
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def start(self, _prefix: str, _topic: str) -> None:
+        msg = "ingest did not connect within 30 s"  # after its process was started
+        raise BenchError(msg)
+
+    def processes(self) -> list[Any]:
+        return []
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def crashes(self) -> int:
+        return 0
+
+    def log(self) -> str:
+        return ""
+
+
+class _Admin:
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete_topics(self, topics: list[str]) -> None:
+        self.deleted += topics
+
+
+def test_a_bridge_that_fails_to_start_is_stopped_and_its_topic_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bench._ingest.create_topic", lambda *_a, **_k: None)
+    admin = _Admin()
+    settings = cast("Any", type("S", (), {"kafka_bootstrap": "unused"})())
+    run = _Run(
+        settings, tmp_path, _Load([], frozenset()), "r1", cast("Any", admin), cast("Any", None)
+    )
+    bridge = _FailingBridge()
+    with pytest.raises(BenchError, match="did not connect"):
+        run.bridge(bridge, "ingest0")
+    assert bridge.stopped
+    assert admin.deleted == ["bench-r1-ingest0-telemetry"]

@@ -12,13 +12,14 @@ import orjson
 import psutil
 import pytest
 
-from bench import BenchError
+from bench import BenchError, HarnessError
 from bench._e2e import (
     _after_close,
     _by_ten_seconds,
     _by_ten_seconds_of_run,
     _collect,
     _next_sizes,
+    _run_size,
     _SizeResult,
     phase_wait_s,
     run_cpu_pct,
@@ -291,3 +292,46 @@ def test_each_size_starts_at_the_same_second_of_a_window(
     now_s: float, window_s: int, wait_s: float
 ) -> None:
     assert phase_wait_s(now_s, window_s) == pytest.approx(wait_s)
+
+
+class _Service:
+    """Stands in for an ingest process or a processing group; notes what was done to it."""
+
+    def __init__(self, *_args: object, fail_start: bool = False) -> None:
+        self.fail_start, self.started, self.stopped = fail_start, False, False
+        roles = ("input", "stats", "alerts", "sessions", "shadow", "quarantine")
+        self.topics = {r: f"t-{r}" for r in roles}
+
+    def start(self) -> None:
+        self.started = True
+        if self.fail_start:
+            msg = "processing could not start"
+            raise HarnessError(msg)
+
+    def stop(self) -> int:
+        self.stopped = True
+        return 0
+
+    def crashes(self) -> int:
+        return 0
+
+
+def test_a_size_that_fails_to_start_stops_what_it_started_and_deletes_its_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest = _Service()
+    processing = _Service(fail_start=True)
+    deleted: list[str] = []
+    monkeypatch.setattr("bench._e2e.IngestProcess", lambda *_a, **_k: ingest)
+    monkeypatch.setattr("bench._e2e.ProcessingGroup.create", lambda *_a, **_k: processing)
+    monkeypatch.setattr("bench._e2e.create_topic", lambda *_a, **_k: None)
+    monkeypatch.setattr("bench._e2e.default_rules", lambda *_a, **_k: None)
+    monkeypatch.setattr("bench._e2e.delete_topics", lambda _b, prefix: deleted.append(prefix))
+    settings = cast("Any", SimpleNamespace(kafka_bootstrap="unused"))
+    with pytest.raises(HarnessError, match="could not start"):
+        _run_size(settings, tmp_path, 10, 30)
+    assert ingest.started
+    assert ingest.stopped
+    assert processing.stopped
+    assert len(deleted) == 1
+    assert deleted[0].startswith("bench-e2e-")
