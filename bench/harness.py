@@ -649,6 +649,7 @@ class ProcessingRun:
     model_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     unexpected_exits: int = 0
+    _killed_by_us: bool = False  # the current process's SIGKILL came from kill9()
 
     def __post_init__(self) -> None:
         self.group = self.group or f"{self.prefix}-group"
@@ -688,6 +689,7 @@ class ProcessingRun:
     def start(self) -> None:
         """Start ``python -m processing`` with this deployment's environment."""
         log = (self.workdir / f"{self.group}.log").open("ab")
+        self._killed_by_us = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "processing"], env=self.env(), stdout=log, stderr=log
         )
@@ -753,8 +755,10 @@ class ProcessingRun:
             if code != 0:
                 self.unexpected_exits += 1
             return code
-        if proc.returncode != -signal.SIGKILL:
-            self.unexpected_exits += 1  # it ended before we asked it to
+        if not (proc.returncode == -signal.SIGKILL and self._killed_by_us):
+            # It ended before we asked it to: a SIGKILL from elsewhere (the OOM killer)
+            # is a crash too, not the test's kill.
+            self.unexpected_exits += 1
         return int(proc.returncode)
 
     def kill9(self) -> None:
@@ -762,6 +766,7 @@ class ProcessingRun:
         proc = _require(self.proc)
         if proc.poll() is not None:
             self.unexpected_exits += 1
+        self._killed_by_us = True
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 

@@ -6,13 +6,16 @@ decide what the cases count, so that a wrong count cannot pass for a clean row.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
-from bench.harness import FaultRow, KafkaRecord
+from bench.harness import FaultRow, KafkaRecord, ProcessingRun
 from simulator import FleetConfig, iter_records
 from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, decode, encode, validate
 from tests.faults import _scale, report
@@ -142,3 +145,23 @@ def test_the_full_scale_has_the_numbers_of_the_issue(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FLEETSTREAM_FAULTS_SCALE", "tiny")
     with pytest.raises(ValueError, match="expected one of full, ci"):
         _scale.current()
+
+
+def _sleeper(tmp_path: Path) -> ProcessingRun:
+    run = ProcessingRun("unused:9092", "pk", tmp_path)
+    run.proc = subprocess.Popen(["sleep", "30"])
+    return run
+
+
+def test_only_the_harness_own_kill_is_not_a_processing_crash(tmp_path: Path) -> None:
+    ours = _sleeper(tmp_path)
+    ours.kill9()
+    assert ours.stop() == -signal.SIGKILL
+    assert ours.crashes() == 0
+    # A SIGKILL the harness did not send (the OOM killer, say) is a crash.
+    theirs = _sleeper(tmp_path)
+    assert theirs.proc is not None
+    os.kill(theirs.proc.pid, signal.SIGKILL)
+    theirs.proc.wait(10)
+    assert theirs.stop() == -signal.SIGKILL
+    assert theirs.crashes() == 1
