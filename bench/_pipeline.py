@@ -378,6 +378,31 @@ def run_pipeline(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def check_outputs(label: str, counts: dict[str, int], outputs: dict[str, int]) -> None:
+    """The stats and alerts read back must equal the process's own counters.
+
+    With exactly-once processing every counted window and alert is in its topic once;
+    fewer read back (a lost write, or a read that gave up after its timeout) or more (a
+    write counted once but committed twice) is a failed measurement, not a figure.
+
+    Args:
+        label: The run's name in the report.
+        counts: The process's counters (``windows``, ``alerts``).
+        outputs: Records read back per output role (``stats``, ``alerts``).
+
+    Raises:
+        BenchError: A count read back differs from the process's counter.
+    """
+    wrong = [
+        f"{role}: {outputs[role]} records read back, its counter says {counts[counter]}"
+        for role, counter in (("stats", "windows"), ("alerts", "alerts"))
+        if outputs[role] != counts[counter]
+    ]
+    if wrong:
+        msg = f"processing ({label}) outputs differ from its counters: " + "; ".join(wrong)
+        raise BenchError(msg)
+
+
 def _time_run(run: ProcessingRun, label: str, total: int, model: str | None = None) -> Measured:
     """Start one processing process, time it over ``total`` records, stop it, count outputs.
 
@@ -421,6 +446,7 @@ def _time_run(run: ProcessingRun, label: str, total: int, model: str | None = No
         role: len(read_topic(bootstrap, run.topics[role], expect=expect, timeout_s=60, settle_s=1))
         for role, expect in (("stats", counts["windows"]), ("alerts", counts["alerts"]))
     }
+    check_outputs(label, counts, outputs)
     # No counter for sessions (a short run may have none): read until the topic is quiet.
     outputs["sessions"] = len(read_topic(bootstrap, run.topics["sessions"], expect=0, settle_s=3))
     return Measured(label, span, startup_s, peak_mib, samples[-1].cpu_s, counts, outputs)

@@ -545,6 +545,8 @@ class FaultRow:
         duration_s: Wall-clock time of the case.
         unexpected: Records found that were never sent.
         notes: Free-form measurements (outage length, kills, RSS, reasons).
+        passed: Whether the case's checks passed (None: emitted without them, see
+            :meth:`checked`). A failed case's counts are not a result.
     """
 
     case: str
@@ -558,6 +560,7 @@ class FaultRow:
     duration_s: float = 0.0
     unexpected: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    passed: bool | None = None
 
     COLUMNS = ("case", "sent", "in_kafka", "lost", "duplicates", "quarantined", "crashes")
 
@@ -593,7 +596,28 @@ class FaultRow:
         """The printed row: ``case, sent, in_kafka, lost, duplicates, quarantined, crashes``."""
         return ", ".join(f"{c}={getattr(self, c)}" for c in self.COLUMNS) + (
             f", unexpected={self.unexpected}, duration_s={self.duration_s:.1f}"
+            f", passed={self.passed}"
         )
+
+    @contextlib.contextmanager
+    def checked(self, path: Path) -> Iterator[FaultRow]:
+        """Run the case's checks in the block, then emit the row with their outcome.
+
+        The row used to be emitted before the checks that the fault really happened, so
+        a failed case still wrote ``lost=0, crashes=0`` into the rows the report is
+        made from. Now it says ``passed: false`` when any check in the block failed.
+
+        Raises:
+            BaseException: Whatever the block raised, after the row was emitted.
+        """
+        try:
+            yield self
+        except BaseException:
+            self.passed = False
+            self.emit(path)
+            raise
+        self.passed = True
+        self.emit(path)
 
     def emit(self, path: Path) -> None:
         """Print the row and append it as one JSON line to ``path``."""
@@ -606,6 +630,7 @@ class FaultRow:
             "unexpected": self.unexpected,
             "duration_s": round(self.duration_s, 1),
             "notes": self.notes,
+            "passed": self.passed,
         }
         with path.open("ab") as out:
             out.write(orjson.dumps(doc) + b"\n")
@@ -624,6 +649,7 @@ class ProcessingRun:
     model_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     unexpected_exits: int = 0
+    _killed_by_us: bool = False  # the current process's SIGKILL came from kill9()
 
     def __post_init__(self) -> None:
         self.group = self.group or f"{self.prefix}-group"
@@ -663,6 +689,7 @@ class ProcessingRun:
     def start(self) -> None:
         """Start ``python -m processing`` with this deployment's environment."""
         log = (self.workdir / f"{self.group}.log").open("ab")
+        self._killed_by_us = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "processing"], env=self.env(), stdout=log, stderr=log
         )
@@ -709,16 +736,29 @@ class ProcessingRun:
         raise HarnessError(msg)
 
     def stop(self) -> int:
-        """SIGTERM, wait for a clean exit, return the exit code."""
+        """SIGTERM, wait for a clean exit, return the exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: It did not exit within 60 s; it was killed, and
+                that counts as a crash.
+        """
         proc = _require(self.proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
+            try:
+                code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                self.unexpected_exits += 1  # a graceful stop that hangs is a failure too
+                raise
             if code != 0:
                 self.unexpected_exits += 1
             return code
-        if proc.returncode != -signal.SIGKILL:
-            self.unexpected_exits += 1  # it ended before we asked it to
+        if not (proc.returncode == -signal.SIGKILL and self._killed_by_us):
+            # It ended before we asked it to: a SIGKILL from elsewhere (the OOM killer)
+            # is a crash too, not the test's kill.
+            self.unexpected_exits += 1
         return int(proc.returncode)
 
     def kill9(self) -> None:
@@ -726,6 +766,7 @@ class ProcessingRun:
         proc = _require(self.proc)
         if proc.poll() is not None:
             self.unexpected_exits += 1
+        self._killed_by_us = True
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
@@ -807,8 +848,20 @@ class ProcessingGroup:
         raise HarnessError(msg)
 
     def stop(self) -> list[int]:
-        """Stop every process; their exit codes."""
-        return [run.stop() for run in self.runs if run.proc is not None]
+        """Stop every process, even when one hangs (killed, counted); their exit codes."""
+        codes = []
+        for run in self.runs:
+            if run.proc is None:
+                continue
+            try:
+                codes.append(run.stop())
+            except subprocess.TimeoutExpired:
+                codes.append(-signal.SIGKILL)
+        return codes
+
+    def crashes(self) -> int:
+        """Exits of every process the harness did not cause, plus their tracebacks."""
+        return sum(run.crashes() for run in self.runs)
 
     def log(self) -> str:
         """The end of every process's log."""

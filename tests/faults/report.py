@@ -44,22 +44,45 @@ def latest_rows(path: Path, scale: str) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: _rank(r["case"]))
 
 
+def _passed(row: dict[str, Any]) -> str:
+    # Rows written before the field existed were emitted before their checks ran.
+    passed = row.get("passed")
+    if passed is None:
+        return "unchecked"
+    return "yes" if passed else "**FAILED**"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Rows as a Markdown table: the issue's columns, then duration and run time."""
-    head = [*FaultRow.COLUMNS, "duration_s", "at (UTC)"]
+    """Rows as a Markdown table: the issue's columns, whether the case passed, duration, time."""
+    head = [*FaultRow.COLUMNS, "passed", "duration_s", "at (UTC)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row[c]) for c in FaultRow.COLUMNS]
-        cells += [f"{row['duration_s']:.0f}", row["at"]]
+        cells += [_passed(row), f"{row['duration_s']:.0f}", row["at"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def not_passed(rows: list[dict[str, Any]]) -> list[str]:
+    """Cases whose latest row failed its checks or predates them."""
+    return [row["case"] for row in rows if row.get("passed") is not True]
+
+
 def main(argv: list[str]) -> int:
-    """Write the table for the scale named in ``argv`` (default ``full``) to stdout."""
+    """Write the table for the scale named in ``argv`` (default ``full``) to stdout.
+
+    Returns:
+        0, or 1 when a case's latest row did not pass its checks (named on stderr): its
+        counts are in the table, marked, but are not a result.
+    """
     scale = argv[0] if argv else "full"
     path = Path(os.environ.get("FLEETSTREAM_FAULTS_ROWS", _DEFAULT))
-    sys.stdout.write(table(latest_rows(path, scale)))
+    rows = latest_rows(path, scale)
+    sys.stdout.write(table(rows))
+    failed = not_passed(rows)
+    if failed:
+        sys.stderr.write(f"cases that did not pass their checks: {', '.join(failed)}\n")
+        return 1
     return 0
 
 

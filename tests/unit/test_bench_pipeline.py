@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bench import BenchError
-from bench._pipeline import Sample, measured_span
+from bench._pipeline import Sample, check_outputs, measured_span
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +57,13 @@ def test_a_span_below_the_cpu_clock_tick_is_charged_the_whole_process() -> None:
     assert span.records == 40
     assert span.cpu_s == 2.5
     assert span.coarse
+
+
+def test_outputs_read_back_must_equal_the_process_counters() -> None:
+    counts = {"records_in": 100, "windows": 12, "alerts": 3, "quarantined": 0}
+    check_outputs("rules", counts, {"stats": 12, "alerts": 3})
+    # A read that gave up after its timeout returns what it had: that fails the run.
+    with pytest.raises(BenchError, match="stats: 11 records read back, its counter says 12"):
+        check_outputs("rules", counts, {"stats": 11, "alerts": 3})
+    with pytest.raises(BenchError, match=r"\(rules \+ model\).*alerts: 4 records read back"):
+        check_outputs("rules + model", counts, {"stats": 12, "alerts": 4})

@@ -5,24 +5,29 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import orjson
 import psutil
 import pytest
 
-from bench import BenchError
+from bench import BenchError, HarnessError
 from bench._e2e import (
     _after_close,
     _by_ten_seconds,
     _by_ten_seconds_of_run,
+    _collect,
     _next_sizes,
+    _run_size,
     _SizeResult,
     phase_wait_s,
+    run_cpu_pct,
+    window_gaps,
 )
 from bench._ingest import _Load, _Run
 from bench._report import Report, cpu_shares, cpu_times, percentile, row, speed_probe
-from bench.harness import ProcessWatch
+from bench.harness import KafkaRecord, ProcessWatch
 
 pytestmark = pytest.mark.unit
 
@@ -134,6 +139,19 @@ def test_a_process_watch_measures_the_machine_over_the_same_span() -> None:
     assert 0 <= watch.machine.steal_pct <= 100 - watch.machine.busy_pct + 1e-6
 
 
+def test_a_process_cpu_share_counts_only_the_run_not_the_wait_before_it() -> None:
+    watch = ProcessWatch(list)
+    watch.stop()
+    # 60 s of phase wait at 10 % of a core, then a 20 s run at one full core.
+    watch.timeline = [(0.0, 0.0), (30.0, 3.0), (60.0, 6.0), (70.0, 16.0), (80.0, 26.0)]
+    watch.cpu_s = 26.0
+    assert run_cpu_pct(watch, 60.0, 80.0) == pytest.approx(100.0)  # 26 s / 20 s was 130 %
+    # A process that ended halfway (the simulator) was idle for the rest of the run.
+    watch.timeline = [(60.0, 0.0), (70.0, 10.0)]
+    assert run_cpu_pct(watch, 60.0, 80.0) == pytest.approx(50.0)
+    assert math.isnan(run_cpu_pct(watch, 90.0, 100.0))
+
+
 def test_speed_probe_measures_the_work_it_names() -> None:
     # A probe that timed nothing would be ~0; one record's decode + validate + encode is
     # well above a microsecond on any machine this runs on, and far below a millisecond.
@@ -155,21 +173,69 @@ def test_a_size_with_loss_does_not_pass() -> None:
     assert not r.passed
 
 
+def test_a_size_whose_services_crashed_does_not_pass() -> None:
+    r = _result(100, True)
+    assert r.passed
+    r.crashes = 1  # e.g. processing exited 1 on the bench's SIGTERM: nothing was lost
+    assert r.lost == 0
+    assert not r.passed
+
+
 def test_a_surplus_in_one_count_does_not_hide_a_loss_in_another() -> None:
     r = _result(100, True)
     r.window_expected = r.window_samples = 500
     assert r.lost == 0
     assert r.passed
     r.in_kafka -= 1
-    r.window_samples += 1  # a window that counted a sample twice
+    r.window_surplus += 1  # a window that counted a sample twice
     assert r.lost == 1
     assert r.surplus_samples == 1
     r.in_kafka += 1
     assert r.lost == 0
     assert not r.passed  # double counting fails the size on its own
-    r.window_samples -= 1
+    r.window_surplus -= 1
     r.consumed -= 2  # two records in Kafka that processing never read
     assert r.lost == 2
+    assert not r.passed
+
+
+def test_window_gaps_count_each_window_on_its_own() -> None:
+    expected = {("a", 0): 60, ("b", 0): 60, ("a", 60_000): 60}
+    assert window_gaps(expected, dict(expected)) == (0, 0)
+    # Car a's first window missing, car b's emitted twice: not "0 lost, 0 surplus".
+    assert window_gaps(expected, {("b", 0): 120, ("a", 60_000): 60}) == (60, 60)
+    # A window the telemetry never had is surplus in full.
+    assert window_gaps(expected, {**expected, ("c", 0): 5}) == (0, 5)
+
+
+def test_a_missing_window_and_a_duplicated_one_are_each_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = 60_000
+    start = 1_000_000_020_000 // window * window
+    telemetry = [
+        KafkaRecord(vid.encode(), orjson.dumps({"vehicle_id": vid, "seq": s, "ts": ts}), {}, ts, 0)
+        for vid in ("A", "B")
+        for s in range(200)
+        for ts in [start + s * 1000]
+    ]
+    monkeypatch.setattr("bench._e2e.read_topic", lambda *_a, **_k: telemetry)
+
+    def stats(vid: str, k: int) -> tuple[str, bytes, int, float]:
+        begin = start + k * window
+        doc = {"vehicle_id": vid, "window_start": begin, "window_end": begin + window}
+        return ("st", orjson.dumps({**doc, "samples": 60}), 0, begin + window + 20_000.0)
+
+    # Window 0: car A's stats never came, car B's came twice; window 1: once each.
+    tail = [stats("B", 0), stats("B", 0), stats("A", 1), stats("B", 1)]
+    r = _SizeResult(2, 200, sent=400)
+    settings = cast("Any", SimpleNamespace(kafka_bootstrap="unused"))
+    _collect(settings, {"input": "in", "stats": "st", "alerts": "al"}, tail, r)
+    r.consumed = r.in_kafka
+    assert r.window_expected == r.window_samples == 240  # netted, these hid both
+    assert r.window_missing == 60
+    assert r.lost == 60
+    assert r.surplus_samples == 60
     assert not r.passed
 
 
@@ -226,3 +292,46 @@ def test_each_size_starts_at_the_same_second_of_a_window(
     now_s: float, window_s: int, wait_s: float
 ) -> None:
     assert phase_wait_s(now_s, window_s) == pytest.approx(wait_s)
+
+
+class _Service:
+    """Stands in for an ingest process or a processing group; notes what was done to it."""
+
+    def __init__(self, *_args: object, fail_start: bool = False) -> None:
+        self.fail_start, self.started, self.stopped = fail_start, False, False
+        roles = ("input", "stats", "alerts", "sessions", "shadow", "quarantine")
+        self.topics = {r: f"t-{r}" for r in roles}
+
+    def start(self) -> None:
+        self.started = True
+        if self.fail_start:
+            msg = "processing could not start"
+            raise HarnessError(msg)
+
+    def stop(self) -> int:
+        self.stopped = True
+        return 0
+
+    def crashes(self) -> int:
+        return 0
+
+
+def test_a_size_that_fails_to_start_stops_what_it_started_and_deletes_its_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest = _Service()
+    processing = _Service(fail_start=True)
+    deleted: list[str] = []
+    monkeypatch.setattr("bench._e2e.IngestProcess", lambda *_a, **_k: ingest)
+    monkeypatch.setattr("bench._e2e.ProcessingGroup.create", lambda *_a, **_k: processing)
+    monkeypatch.setattr("bench._e2e.create_topic", lambda *_a, **_k: None)
+    monkeypatch.setattr("bench._e2e.default_rules", lambda *_a, **_k: None)
+    monkeypatch.setattr("bench._e2e.delete_topics", lambda _b, prefix: deleted.append(prefix))
+    settings = cast("Any", SimpleNamespace(kafka_bootstrap="unused"))
+    with pytest.raises(HarnessError, match="could not start"):
+        _run_size(settings, tmp_path, 10, 30)
+    assert ingest.started
+    assert ingest.stopped
+    assert processing.stopped
+    assert len(deleted) == 1
+    assert deleted[0].startswith("bench-e2e-")

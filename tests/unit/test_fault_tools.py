@@ -6,13 +6,16 @@ decide what the cases count, so that a wrong count cannot pass for a clean row.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
-from bench.harness import FaultRow, KafkaRecord
+from bench.harness import FaultRow, KafkaRecord, ProcessingRun
 from simulator import FleetConfig, iter_records
 from telemetry.contract import MAX_PAYLOAD_BYTES, ContractError, decode, encode, validate
 from tests.faults import _scale, report
@@ -90,8 +93,45 @@ def test_the_report_keeps_the_last_row_of_each_case_in_suite_order(tmp_path: Pat
     ]
     table = report.table(latest).splitlines()
     assert table[0].startswith("| case | sent | in_kafka | lost | duplicates | quarantined |")
-    assert table[2].startswith("| ingest_kill9_x10 | 10 | 10 | 0 | 0 | 0 | 0 | 1 | ")
+    assert table[2].startswith("| ingest_kill9_x10 | 10 | 10 | 0 | 0 | 0 | 0 | unchecked | 1 | ")
     assert [r["case"] for r in report.latest_rows(rows, "ci")] == ["ingest_kill9_x3"]
+
+
+def test_a_row_is_emitted_after_its_checks_with_their_outcome(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    clean = FaultRow("kafka_stopped_30s", "full", 10, 10, 0, 0, 0, 0)
+    with clean.checked(rows):
+        assert not rows.exists()  # nothing is written before the checks ran
+    # A case whose fault never happened still counts lost=0, crashes=0: not a clean row.
+    failed = FaultRow("mosquitto_restart", "full", 10, 10, 0, 0, 0, 0)
+    with pytest.raises(AssertionError, match="never reconnected"), failed.checked(rows):
+        msg = "the publisher never reconnected"
+        raise AssertionError(msg)
+    written = [orjson.loads(line) for line in rows.read_bytes().splitlines()]
+    assert [(r["case"], r["passed"]) for r in written] == [
+        ("kafka_stopped_30s", True),
+        ("mosquitto_restart", False),
+    ]
+    latest = report.latest_rows(rows, "full")
+    assert "| **FAILED** |" in report.table(latest).splitlines()[3]
+    assert report.not_passed(latest) == ["mosquitto_restart"]
+
+
+def test_the_report_refuses_a_table_with_a_failed_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = tmp_path / "rows.jsonl"
+    monkeypatch.setenv("FLEETSTREAM_FAULTS_ROWS", str(rows))
+    with FaultRow("ingest_fuzz", "ci", 10, 10, 0, 0, 0, 0).checked(rows):
+        pass
+    assert report.main(["ci"]) == 0
+    with (
+        pytest.raises(AssertionError),
+        FaultRow("processing_kill9_mid_window", "ci", 10, 10, 0, 0, 0, 0).checked(rows),
+    ):
+        raise AssertionError
+    assert report.main(["ci"]) == 1
+    assert "processing_kill9_mid_window" in capsys.readouterr().err
 
 
 def test_the_full_scale_has_the_numbers_of_the_issue(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +145,23 @@ def test_the_full_scale_has_the_numbers_of_the_issue(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FLEETSTREAM_FAULTS_SCALE", "tiny")
     with pytest.raises(ValueError, match="expected one of full, ci"):
         _scale.current()
+
+
+def _sleeper(tmp_path: Path) -> ProcessingRun:
+    run = ProcessingRun("unused:9092", "pk", tmp_path)
+    run.proc = subprocess.Popen(["sleep", "30"])
+    return run
+
+
+def test_only_the_harness_own_kill_is_not_a_processing_crash(tmp_path: Path) -> None:
+    ours = _sleeper(tmp_path)
+    ours.kill9()
+    assert ours.stop() == -signal.SIGKILL
+    assert ours.crashes() == 0
+    # A SIGKILL the harness did not send (the OOM killer, say) is a crash.
+    theirs = _sleeper(tmp_path)
+    assert theirs.proc is not None
+    os.kill(theirs.proc.pid, signal.SIGKILL)
+    theirs.proc.wait(10)
+    assert theirs.stop() == -signal.SIGKILL
+    assert theirs.crashes() == 1
