@@ -239,7 +239,14 @@ class TireLeak:
 
 
 class LevelDrop:
-    """A parked car whose battery/fuel level falls faster than idle drain allows."""
+    """A parked car whose battery/fuel level falls faster than idle drain allows.
+
+    Levels come in steps of the car's own resolution (whole percent from Tesla's
+    ``battery_level``, 1e-4 from the simulator): the smallest change the car has shown is
+    taken as its step, the drop over a span is trusted only beyond one step, and a span
+    is at least long enough for one step to be under half the raise rate. With 300 s
+    spans, one whole-percent tick read as 12 %/h and raised a high alert at every tick.
+    """
 
     def __init__(
         self, kind: str, level_field: str, powertrain: str, raise_pct_h: float, min_span_s: float
@@ -259,21 +266,30 @@ class LevelDrop:
             or r["state"] not in ("parked", "asleep")
         ):
             m.pop("anchor", None)
+            m.pop("last", None)
             return Verdict.quiet()
+        last = m.get("last")
+        m["last"] = level
+        if last is not None and abs(last - level) > 1e-9:
+            m["step"] = min(m.get("step", math.inf), abs(last - level))
         anchor = m.get("anchor")
         if anchor is None:
             m["anchor"] = [r["ts"], level]
             return _CALM[not active]
+        step = m.get("step", 0.0)
         span_s = (r["ts"] - anchor[0]) / 1000.0
-        if span_s < self.min_span_s:
+        if span_s < max(self.min_span_s, 2 * step / self.raise_pct_h * 3600.0):
             # Between two measurements the last measured trend stands.
             return _CALM[bool(m.get("normal", not active))]
         rate = (anchor[1] - level) / (span_s / 3600.0)
+        # The drop the readings prove: the level may have been up to a step lower at the
+        # anchor's reading and up to a step higher now.
+        proven = (anchor[1] - level - step) / (span_s / 3600.0)
         # Slide the anchor so the rate reflects the last few minutes.
         m["anchor"] = [r["ts"], level]
         evidence = {"drop_pct_per_h": round(rate, 3), "level_pct": level, "over_s": round(span_s)}
         m["normal"] = rate < self.raise_pct_h / 3
-        if rate > self.raise_pct_h:
+        if proven > self.raise_pct_h:
             what = "battery" if self.powertrain == "ev" else "fuel"
             return Verdict(
                 True, evidence, f"parked, {what} level falling {rate:.1f} %/h", normal=False

@@ -298,6 +298,21 @@ def test_normal_vampire_drain_is_not_an_alert() -> None:
     assert run(seconds(6 * 3600, make, 5))[1] == []
 
 
+@pytest.mark.parametrize(("drain_pct_h", "raised_after_s"), [(0.3, None), (3.0, 8600)])
+def test_a_level_in_whole_percent_raises_only_on_a_drain_its_steps_prove(
+    drain_pct_h: float, raised_after_s: int | None
+) -> None:
+    # Tesla's battery_level is whole percent: each 1 % tick over a 300 s span read as
+    # 12 %/h and raised a high alert, for a normal 0.3 %/h. The proof waits for enough
+    # steps: 3 %/h is raised after ~2.4 h (rather than 300 s for a fine-grained level).
+    def make(s: int) -> dict[str, Any]:
+        return ev(s, battery_level_pct=round(80.0 - drain_pct_h * s / 3600), state="parked")
+
+    events = run(seconds(8 * 3600, make, 10))[1]
+    raised = [e[0] for e in events if e[2] == "raised"]
+    assert raised == ([] if raised_after_s is None else [float(raised_after_s)])
+
+
 def test_a_level_falling_while_driving_is_not_a_drain() -> None:
     def make(s: int) -> dict[str, Any]:
         return ev(s, battery_level_pct=80.0 - 20.0 * s / 3600, state="driving", speed_kmh=80.0,
