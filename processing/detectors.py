@@ -476,6 +476,9 @@ class HighConsumption:
     STREAK: Final = 3
     ALPHA: Final = 0.1
     SAME_DRIVE_MS: Final = 300_000
+    # High windows in one episode after which their level is the car's new normal (a
+    # roof box, winter): two hours of driving, longer than any injected episode (1 h).
+    RELEARN_WINDOWS: Final = 120
 
     def features(self, m: dict[str, Any], stats: dict[str, Any]) -> dict[str, float] | None:
         """Model features of a driving window against the car's current baseline, if it has one."""
@@ -528,8 +531,24 @@ class HighConsumption:
         else:
             m["streak"] = 0
             if not active:
-                m["base"] = base + self.ALPHA * (value - base)
+                # The warm-up's mean, then a moving average: from the first window on,
+                # one odd first window (downhill, 60 Wh/km) weighed two thirds after the
+                # warm-up and kept every later normal window high.
+                weight = self.ALPHA if count >= self.WARMUP_WINDOWS else 1.0 / (count + 1)
+                m["base"] = base + weight * (value - base)
                 m["n"] = count + 1
+        if active:
+            # An episode's windows fold into no baseline, so a lasting change would keep
+            # the alert raised for good: after RELEARN_WINDOWS high ones it is the normal.
+            highs, level = m.get("episode") or (0, value)
+            highs, level = highs + high, level + self.ALPHA * (value - level)
+            if highs >= self.RELEARN_WINDOWS:
+                m["base"], m["streak"] = level, 0
+                m.pop("episode")
+                return Verdict(False, {}, normal=True)
+            m["episode"] = [highs, level]
+        else:
+            m.pop("episode", None)
         if high and m["streak"] >= self.STREAK and not active:
             unit = "Wh/km" if stats["powertrain"] == "ev" else "L/100 km"
             message = f"consumption {value:.1f} {unit} is {ratio:.2f}x the car's normal"

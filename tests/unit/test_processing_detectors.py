@@ -14,6 +14,7 @@ import pytest
 from processing.detectors import (
     SEVERITY,
     AlertBook,
+    HighConsumption,
     SensorGlitch,
     Verdict,
     detect,
@@ -515,6 +516,33 @@ def test_high_consumption_survives_a_zero_first_window() -> None:
         out += detect_window(state, stats_window(i, value))
     assert [a["status"] for a in out] == ["raised"]
     assert state["high_consumption"]["base"] > 0
+
+
+def _consumption_events(values: list[float]) -> list[tuple[int, str]]:
+    state: dict[str, Any] = {}
+    return [
+        (i, alert["status"])
+        for i, value in enumerate(values)
+        for alert in detect_window(state, stats_window(i, value))
+    ]
+
+
+def test_one_odd_first_window_does_not_make_the_cars_normal_high() -> None:
+    # The first window started the moving average: at 60 Wh/km it weighed two thirds
+    # after the warm-up, and a normal 150 Wh/km was raised at window 7, never cleared.
+    assert _consumption_events([60.0] + [150.0] * 200) == []
+
+
+def test_a_lasting_change_becomes_the_cars_normal_after_two_hours_of_high_windows() -> None:
+    # An episode's windows fold into no baseline: a roof box kept the alert raised for good.
+    events = _consumption_events([150.0] * 20 + [220.0] * 300)
+    assert [status for _, status in events] == ["raised", "cleared"]
+    raised, cleared = (i for i, _ in events)
+    assert raised == 22
+    assert cleared - raised <= HighConsumption.RELEARN_WINDOWS + 2
+    # An episode shorter than that (the simulator's last at most an hour) stays raised.
+    events = _consumption_events([150.0] * 20 + [220.0] * 100 + [150.0] * 5)
+    assert events == [(22, "raised"), (121, "cleared")]
 
 
 # -------------------------------------------------------------------------- simulated fleets
