@@ -527,10 +527,11 @@ def _consumption_events(values: list[float]) -> list[tuple[int, str]]:
     ]
 
 
-def test_one_odd_first_window_does_not_make_the_cars_normal_high() -> None:
-    # The first window started the moving average: at 60 Wh/km it weighed two thirds
-    # after the warm-up, and a normal 150 Wh/km was raised at window 7, never cleared.
-    assert _consumption_events([60.0] + [150.0] * 200) == []
+def test_one_odd_first_window_raises_an_episode_that_ends() -> None:
+    # The first window starts the moving average: at 60 Wh/km it weighs two thirds after
+    # the warm-up, and a normal 150 Wh/km is raised at window 7. It was never cleared.
+    events = _consumption_events([60.0] + [150.0] * 200)
+    assert events == [(7, "raised"), (7 + HighConsumption.RELEARN_WINDOWS + 1, "cleared")]
 
 
 def test_a_lasting_change_becomes_the_cars_normal_after_two_hours_of_high_windows() -> None:
