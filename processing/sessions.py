@@ -17,6 +17,11 @@ ACTIVITY: Final = {
     "asleep": "idle",
 }
 _MS_PER_HOUR: Final = 3_600_000.0
+# A car silent for longer than this ends its drive, charge or refuel at its last record:
+# what happened in between is not known. A drive at 30 kW followed by two silent days was
+# one 48-hour, 1,440 kWh drive. A parked car may report once an hour or less; its idle
+# session goes on, the last power held as before.
+MAX_GAP_MS: Final = 3_600_000
 
 
 class SessionRecord(TypedDict):
@@ -127,8 +132,13 @@ def track(state: dict[str, Any], r: dict[str, Any]) -> list[SessionRecord]:
         return []
     out: list[SessionRecord] = []
     ev = r["powertrain"] == "ev"
+    gap = r["ts"] - current["last_ts"]
+    if gap > MAX_GAP_MS and current["kind"] != "idle":
+        out.append(_finish(r["vehicle_id"], r["powertrain"], current, current["last_ts"]))
+        state["session"] = _start(r)
+        return out
     # The rate reported at the previous record holds until this one.
-    hours = (r["ts"] - current["last_ts"]) / _MS_PER_HOUR
+    hours = gap / _MS_PER_HOUR
     if current["rate"] is not None:
         current["used"] += max(current["rate"], 0.0) * hours
         current["added"] += max(-current["rate"], 0.0) * hours
@@ -148,7 +158,11 @@ def track(state: dict[str, Any], r: dict[str, Any]) -> list[SessionRecord]:
         current["level_end"] = level
         if current["level_start"] is None:
             current["level_start"] = level
-    current["counter"] = r["charge_energy_added_kwh"] if ev else r["fuel_added_l"]
+    counter = r["charge_energy_added_kwh"] if ev else r["fuel_added_l"]
+    if counter is not None:
+        # A null reading keeps the last one: the session otherwise fell back to the
+        # integrated power (charge) or to nothing (refuel) at its last record.
+        current["counter"] = counter
     if r["outside_temp_c"] is not None:
         current["temp_sum"] += r["outside_temp_c"]
         current["temp_n"] = current.get("temp_n", 0) + 1

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from processing.sessions import SessionRecord, track
+from processing.sessions import MAX_GAP_MS, SessionRecord, track
 
 from .records import make_ev, make_ice
 
@@ -249,3 +249,39 @@ def test_a_null_odometer_on_the_first_record_does_not_lose_the_distance() -> Non
     ]
     [drive] = feed(records)
     assert drive["distance_km"] == pytest.approx(1.5)
+
+
+def test_a_long_silence_ends_a_drive_at_its_last_record() -> None:
+    # Two silent days held the 30 kW: one 48-hour drive of 1,440 kWh. Now the drive ends
+    # at its last record, and the car's next drive is a session of its own.
+    drive = [ev(T0 + i * MIN_MS, "driving", power_kw=30.0, odometer_km=10.0 + i) for i in range(3)]
+    later = T0 + 2 * MIN_MS + MAX_GAP_MS + 1
+    records = [
+        *drive,
+        ev(later, "driving", power_kw=30.0, odometer_km=20.0),
+        ev(later + MIN_MS, "parked", odometer_km=21.0),
+    ]
+    first, second = feed(records)
+    assert (first["kind"], first["end_ts"], first["duration_s"]) == (
+        "drive",
+        T0 + 2 * MIN_MS,
+        120.0,
+    )
+    assert first["energy_used_kwh"] == pytest.approx(30.0 * 2 / 60)
+    assert (second["kind"], second["start_ts"]) == ("drive", later)
+    assert second["energy_used_kwh"] == pytest.approx(30.0 / 60)
+    # A parked car that reports rarely keeps one idle session (and its held power).
+    idle = [ev(T0 + i * 2 * HOUR_MS, "asleep", power_kw=0.1) for i in range(3)]
+    [session] = feed([*idle, ev(T0 + 6 * HOUR_MS, "driving")])
+    assert session["energy_used_kwh"] == pytest.approx(0.6)
+
+
+def test_a_null_counter_at_the_end_of_a_charge_keeps_the_last_reading() -> None:
+    records = [
+        ev(T0 + i * MIN_MS, "charging", power_kw=-11.0,
+           charge_energy_added_kwh=i * 0.18 if i < 9 else None)
+        for i in range(10)
+    ]  # fmt: skip
+    [charge] = feed([*records, ev(T0 + 10 * MIN_MS, "parked")])
+    # The integrated power (1.83 kWh) replaced the counter's 1.44 at a null last reading.
+    assert charge["energy_added_kwh"] == pytest.approx(1.44)
