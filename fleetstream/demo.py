@@ -95,6 +95,7 @@ def service(
     """Run a fleetstream service as a child process; SIGTERM it on exit, or if the demo dies."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    infra.rotate_log(log_path)
     _prctl()
     with log_path.open("ab") as log:
         proc = subprocess.Popen(

@@ -5,6 +5,7 @@ so tests run against exactly the brokers a developer runs.
 """
 
 from fleetstream.infra._kafka import ensure_jars
+from fleetstream.infra._process import rotate_log
 from fleetstream.infra._settings import KAFKA_VERSION, InfraSettings
 from fleetstream.infra._stack import ServiceStatus, StartReport, down, status, up
 from fleetstream.infra.errors import InfraError
@@ -17,6 +18,7 @@ __all__ = [
     "StartReport",
     "down",
     "ensure_jars",
+    "rotate_log",
     "status",
     "up",
 ]

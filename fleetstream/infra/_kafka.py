@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,7 +19,7 @@ from typing import Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from fleetstream.infra._process import ManagedProcess
+from fleetstream.infra._process import ManagedProcess, rotate_log
 from fleetstream.infra._settings import KAFKA_VERSION, InfraSettings
 from fleetstream.infra.errors import InfraError
 
@@ -35,7 +36,7 @@ def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     # Its config path, not just "kafka.Kafka": a recycled pid could be another Kafka.
     root = kafka_dir(settings)
-    return ManagedProcess("kafka", root / "kafka.pid", str(root / "server.properties"))
+    return ManagedProcess("kafka", root / "kafka.pid", str(root / "server.properties"), "java")
 
 
 # Written last, once Maven has copied every jar: a copy cut short (Ctrl-C, a full disk)
@@ -227,22 +228,52 @@ def start(settings: InfraSettings) -> float:
     _format_storage(settings, config)
     began = time.monotonic()
     log_file = kafka_dir(settings) / "logs" / "kafka.out"
+    if proc.pid() is None:
+        rotate_log(log_file)
     # The file keeps every start's output: a failure shows only this start's.
     since = log_file.stat().st_size if log_file.exists() else 0
     if proc.pid() is None:
         proc.start([_java(), *_jvm_flags(settings), "kafka.Kafka", str(config)], log_file)
-    deadline = began + settings.kafka_start_timeout_s
+    timeout_s = settings.kafka_start_timeout_s
+    deadline, cap = began + timeout_s, began + _RECOVERY_CAP * timeout_s
+    read = since
     while time.monotonic() < deadline:
         if healthy(settings, timeout_s=1.0):
             return time.monotonic() - began
         if proc.pid() is None:
             break
+        # After a crash a broker with much data first recovers its logs, for longer
+        # than the timeout: it was killed mid-recovery, and every retry started over.
+        read, recovering = _recovery_since(log_file, read)
+        if recovering:
+            deadline = min(cap, max(deadline, time.monotonic() + timeout_s))
         time.sleep(0.2)
     tail = _tail(log_file, since)
     with contextlib.suppress(InfraError):  # the start's failure is the news
         proc.stop(timeout_s=5)
-    msg = f"Kafka did not become ready on {settings.kafka_bootstrap}; last output:\n{tail}"
+    msg = (
+        f"Kafka did not become ready on {settings.kafka_bootstrap} within "
+        f"{time.monotonic() - began:.0f} s (FLEETSTREAM_KAFKA_START_TIMEOUT_S={timeout_s:g}, "
+        f"up to {_RECOVERY_CAP}x that while it recovers its logs); last output:\n{tail}"
+    )
     raise InfraError(msg)
+
+
+# What the broker prints while it recovers its logs (LogLoader, "Recovering unflushed
+# segment", "Loading producer state"); the start waits while it does.
+_RECOVERY: Final = re.compile(rb"LogLoader|[Rr]ecover|Loading producer state")
+_RECOVERY_CAP: Final = 10
+
+
+def _recovery_since(path: Path, offset: int) -> tuple[int, bool]:
+    """The end of ``path``, and whether what was written after ``offset`` shows recovery."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            new = f.read()
+    except FileNotFoundError:
+        return offset, False
+    return offset + len(new), _RECOVERY.search(new) is not None
 
 
 def _tail(path: Path, since: int = 0, lines: int = 30) -> str:

@@ -17,7 +17,7 @@ from string import Template
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetstream.infra._process import ManagedProcess
+from fleetstream.infra._process import ManagedProcess, rotate_log
 from fleetstream.infra._settings import InfraSettings
 from fleetstream.infra.errors import InfraError
 
@@ -40,7 +40,9 @@ def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     # Its config path, not just "mosquitto": a recycled pid could be a mosquitto_sub.
     root = mosquitto_dir(settings)
-    return ManagedProcess("mosquitto", root / "mosquitto.pid", str(root / "mosquitto.conf"))
+    return ManagedProcess(
+        "mosquitto", root / "mosquitto.pid", str(root / "mosquitto.conf"), "mosquitto"
+    )
 
 
 def binary() -> str:
@@ -179,6 +181,10 @@ def start(settings: InfraSettings, timeout_s: float = 60.0) -> float:
         return 0.0
     mosquitto = binary()
     config = _render(settings)
+    if proc.pid() is None:
+        # Mosquitto writes its own log (a line per connection) and cannot rotate it.
+        rotate_log(mosquitto_dir(settings) / "mosquitto.out")
+        rotate_log(log_path(settings))
     began = time.monotonic()
     deadline = began + timeout_s
     # A broker that exits at once (port still held by a previous instance that is

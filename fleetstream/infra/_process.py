@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,19 @@ import psutil
 
 from fleetstream.infra.errors import InfraError
 
+_log = logging.getLogger(__name__)
+
+# A log over this size is moved to ``<name>.1`` (replacing the one before) when its
+# process starts: the files kept every start's output for good.
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> None:
+    """Move ``path`` aside to ``<path>.1`` if it is over ``max_bytes``; call before a start."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > max_bytes:
+            path.replace(path.with_name(path.name + ".1"))
+
 
 @dataclass(frozen=True, slots=True)
 class ManagedProcess:
@@ -25,26 +39,56 @@ class ManagedProcess:
         pid_file: Where the pid is recorded.
         marker: A string the process's command line must contain, so a recycled pid
             belonging to another program is never mistaken for the broker.
+        program: The name of the broker's executable (``java``, ``mosquitto``). When
+            set, a running process of that program whose command line holds ``marker``
+            is taken as the broker even without a pid file (a Ctrl-C between the start
+            and the pid file's write left a broker nothing could stop); its pid file is
+            written again.
     """
 
     name: str
     pid_file: Path
     marker: str
+    program: str | None = None
 
     def pid(self) -> int | None:
         """Return the pid of the live broker process, or None if it is not running."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid: int | None = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
+            pid = None
+        if pid is not None and self._is_ours(pid):
+            return pid
+        if self.program is None:
             return None
+        found = self._find()
+        if found is not None:
+            _log.warning("found %s (pid %d) without its pid file; tracking it", self.name, found)
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(f"{found}\n")
+        return found
+
+    def _is_ours(self, pid: int) -> bool:
         try:
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            cmdline = " ".join(proc.cmdline())
+                return False
+            return self.marker in " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
-        return pid if self.marker in cmdline else None
+            return False
+
+    def _find(self) -> int | None:
+        """A live process of ``program`` whose command line holds ``marker``, if any."""
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if (
+                cmdline
+                and Path(cmdline[0]).name == self.program
+                and proc.info["status"] != psutil.STATUS_ZOMBIE
+                and self.marker in " ".join(cmdline)
+            ):
+                return int(proc.pid)
+        return None
 
     def resume_if_stopped(self) -> bool:
         """Send SIGCONT if the process is stopped (``SIGSTOP``, as a fault test leaves it).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ from fleetstream.infra import (
     _mosquitto,
     _stack,
 )
-from fleetstream.infra._process import ManagedProcess, wait_until
+from fleetstream.infra._process import ManagedProcess, rotate_log, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -261,3 +262,89 @@ def test_down_stops_the_other_broker_when_one_cannot_be_stopped(
     with pytest.raises(InfraError, match=r"not permitted to stop kafka.*\(stopped: mosquitto\)"):
         _stack.down(settings)
     assert stopped == ["mosquitto"]
+
+
+@pytest.mark.parametrize("recovering", [True, False])
+def test_a_broker_recovering_its_logs_is_waited_for_past_the_start_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recovering: bool
+) -> None:
+    # After a crash a broker with much data recovers its logs for longer than the
+    # timeout: it was killed mid-recovery, and the next start began the recovery again.
+    settings = InfraSettings(
+        run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", kafka_start_timeout_s=0.6
+    )
+    log = _kafka.kafka_dir(settings) / "logs" / "kafka.out"
+    log.parent.mkdir(parents=True)
+    ready_at: list[float] = []
+
+    class Broker:
+        pid_value: int | None = None
+
+        def pid(self) -> int | None:
+            return self.pid_value
+
+        def start(self, _argv: list[str], _log: Path) -> None:
+            self.pid_value = 1
+            ready_at.append(time.monotonic() + 1.8)
+
+            def write() -> None:
+                line = "[LogLoader partition=t-0] Recovering unflushed segment 0\n"
+                while time.monotonic() < ready_at[0]:
+                    with log.open("a") as f:
+                        f.write(line if recovering else "INFO still starting\n")
+                    time.sleep(0.1)
+
+            threading.Thread(target=write, daemon=True).start()
+
+        def stop(self, timeout_s: float = 0.0) -> bool:
+            self.pid_value = None
+            return True
+
+    monkeypatch.setattr(_kafka, "process", lambda _s: Broker())
+    monkeypatch.setattr(_kafka, "ensure_jars", lambda _s: None)
+    monkeypatch.setattr(_kafka, "_render", lambda _s: tmp_path / "server.properties")
+    monkeypatch.setattr(_kafka, "_format_storage", lambda _s, _c: None)
+    monkeypatch.setattr(_kafka, "_java", lambda: "java")
+    monkeypatch.setattr(
+        _kafka,
+        "healthy",
+        lambda _s, timeout_s=0.0: bool(ready_at) and time.monotonic() > ready_at[0],
+    )
+    if recovering:
+        assert _kafka.start(settings) > 1.5
+    else:
+        with pytest.raises(InfraError, match=r"did not become ready on \S+ within 1 s"):
+            _kafka.start(settings)
+
+
+def test_a_log_over_its_limit_is_moved_aside_at_a_start(tmp_path: Path) -> None:
+    log = tmp_path / "mosquitto.log"
+    rotate_log(log, max_bytes=10)  # none yet: nothing to do
+    log.write_bytes(b"x" * 10)
+    rotate_log(log, max_bytes=10)
+    assert log.read_bytes() == b"x" * 10  # at the limit: kept
+    (tmp_path / "mosquitto.log.1").write_bytes(b"older")
+    log.write_bytes(b"y" * 11)
+    rotate_log(log, max_bytes=10)
+    assert not log.exists()
+    assert (tmp_path / "mosquitto.log.1").read_bytes() == b"y" * 11  # one generation kept
+
+
+def test_a_broker_whose_pid_file_was_never_written_is_found_and_stopped(tmp_path: Path) -> None:
+    # A Ctrl-C between the broker's start and its pid file's write left a broker that
+    # `down` could not see and `up` took for a foreign one.
+    marker = str(tmp_path / "server.properties")
+    program = Path(sys.executable).name
+    proc = ManagedProcess("sleeper", tmp_path / "sleeper.pid", marker, program)
+    pid = proc.start([sys.executable, "-c", "import time; time.sleep(30)", marker],
+                     tmp_path / "sleeper.out")  # fmt: skip
+    try:
+        proc.pid_file.unlink()
+        assert ManagedProcess("sleeper", proc.pid_file, marker).pid() is None  # not searched
+        assert proc.pid() == pid
+        assert proc.pid_file.read_text().strip() == str(pid)
+        assert proc.stop(timeout_s=5)
+        assert proc.pid() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
