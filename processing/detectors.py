@@ -238,14 +238,29 @@ class TireLeak:
         return _QUIET
 
 
+def level_step(level: float) -> float:
+    """The step of a level reading: 1 for a whole number, 0.1 for one decimal, ... 1e-4.
+
+    A fine-grained reading that happens to be round (79.0) looks coarse; its span is
+    then only judged more cautiously.
+    """
+    for step in (1.0, 0.1, 0.01, 0.001):
+        scaled = level / step
+        if abs(scaled - round(scaled)) < 1e-6:
+            return step
+    return 1e-4
+
+
 class LevelDrop:
     """A parked car whose battery/fuel level falls faster than idle drain allows.
 
-    Levels come in steps of the car's own resolution (whole percent from Tesla's
-    ``battery_level``, 1e-4 from the simulator): the smallest change the car has shown is
-    taken as its step, the drop over a span is trusted only beyond one step, and a span
-    is at least long enough for one step to be under half the raise rate. With 300 s
-    spans, one whole-percent tick read as 12 %/h and raised a high alert at every tick.
+    Levels come in steps of the source's resolution (whole percent from Tesla's
+    ``battery_level``, 1e-4 from the simulator): the fewest decimals the span's two
+    readings, its drop or an earlier span's need are the step (:func:`level_step`), the drop over
+    a span is trusted only beyond one step, and a span is at least long enough for one
+    step to be under half the raise rate. With 300 s spans, one whole-percent tick read
+    as 12 %/h and raised a high alert at every tick. The step is looked at only once a
+    span is long enough for a fine-grained level, so it costs those nothing per record.
     """
 
     def __init__(
@@ -266,25 +281,28 @@ class LevelDrop:
             or r["state"] not in ("parked", "asleep")
         ):
             m.pop("anchor", None)
-            m.pop("last", None)
             return Verdict.quiet()
-        last = m.get("last")
-        m["last"] = level
-        if last is not None and abs(last - level) > 1e-9:
-            m["step"] = min(m.get("step", math.inf), abs(last - level))
         anchor = m.get("anchor")
         if anchor is None:
             m["anchor"] = [r["ts"], level]
             return _CALM[not active]
-        step = m.get("step", 0.0)
         span_s = (r["ts"] - anchor[0]) / 1000.0
-        if span_s < max(self.min_span_s, 2 * step / self.raise_pct_h * 3600.0):
+        if span_s < self.min_span_s:
             # Between two measurements the last measured trend stands.
             return _CALM[bool(m.get("normal", not active))]
-        rate = (anchor[1] - level) / (span_s / 3600.0)
+        drop = anchor[1] - level
+        # The finest of the two readings, the drop (a zero drop shows nothing) and the
+        # car's earlier spans: a fine-grained level is round now and then, all of them
+        # at once hardly ever.
+        seen = min(level_step(anchor[1]), level_step(level), level_step(drop) if drop else 1.0)
+        step = min(m.get("step", seen), seen)
+        if span_s < 2 * step / self.raise_pct_h * 3600.0:
+            return _CALM[bool(m.get("normal", not active))]
+        m["step"] = step
+        rate = drop / (span_s / 3600.0)
         # The drop the readings prove: the level may have been up to a step lower at the
         # anchor's reading and up to a step higher now.
-        proven = (anchor[1] - level - step) / (span_s / 3600.0)
+        proven = (drop - step) / (span_s / 3600.0)
         # Slide the anchor so the rate reflects the last few minutes.
         m["anchor"] = [r["ts"], level]
         evidence = {"drop_pct_per_h": round(rate, 3), "level_pct": level, "over_s": round(span_s)}
