@@ -351,9 +351,11 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         if max(timestamp, record["ts"]) > now_ms + max_future_ms:
             return quarantined(_future(value, record, timestamp, now_ms), key)
         # Only valid records reach the marker window, so only they move the clock.
+        crossed = False  # only a record that moves the clock can cross a closing time
         if timestamp > clock:
             partition_clock[where] = (timestamp, held)
-            if crosses_close(clock, timestamp, window_ms, grace_ms):
+            crossed = crosses_close(clock, timestamp, window_ms, grace_ms)
+            if crossed:
                 # Once per window and partition: the last closing time passed is all the
                 # decisions need (last_close).
                 set_partition_value(state, _CLOCK, last_close(timestamp, window_ms, grace_ms))
@@ -377,7 +379,7 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
         elif not marker:
             # The record that moves the partition's clock to a window's closing time
             # takes it to Quix's marker window, which closes that window for every car.
-            marker = crosses_close(clock, timestamp, window_ms, grace_ms)
+            marker = crossed
         due = take_due(car, samples) if stats_due(car, timestamp) else None
         cars.store(state, "car", ident, car)
         if not (alerts or sessions or marker or due):
