@@ -256,9 +256,9 @@ class LevelDrop:
 
     Levels come in steps of the source's resolution (whole percent from Tesla's
     ``battery_level``, 1e-4 from the simulator): the fewest decimals the span's two
-    readings, its drop or an earlier span's need are the step (:func:`level_step`), the drop over
-    a span is trusted only beyond one step, and a span is at least long enough for one
-    step to be under half the raise rate. With 300 s spans, one whole-percent tick read
+    readings, its drop or the previous span need are the step (:func:`level_step`), the
+    drop over a span is trusted only beyond one step, and a span is at least long enough
+    for one step to be under half the raise rate. With 300 s spans, one whole-percent tick read
     as 12 %/h and raised a high alert at every tick. The step is looked at only once a
     span is long enough for a fine-grained level, so it costs those nothing per record.
     """
@@ -292,13 +292,15 @@ class LevelDrop:
             return _CALM[bool(m.get("normal", not active))]
         drop = anchor[1] - level
         # The finest of the two readings, the drop (a zero drop shows nothing) and the
-        # car's earlier spans: a fine-grained level is round now and then, all of them
+        # car's previous span: a fine-grained level is round now and then, all of them
         # at once hardly ever.
         seen = min(level_step(anchor[1]), level_step(level), level_step(drop) if drop else 1.0)
         step = min(m.get("step", seen), seen)
         if span_s < 2 * step / self.raise_pct_h * 3600.0:
             return _CALM[bool(m.get("normal", not active))]
-        m["step"] = step
+        # This span's own step, not the finest ever: one fractional reading from a
+        # whole-percent source would otherwise bring back the false alerts for good.
+        m["step"] = seen
         rate = drop / (span_s / 3600.0)
         # The drop the readings prove: the level may have been up to a step lower at the
         # anchor's reading and up to a step higher now.
@@ -494,8 +496,9 @@ class HighConsumption:
     STREAK: Final = 3
     ALPHA: Final = 0.1
     SAME_DRIVE_MS: Final = 300_000
-    # High windows in one episode after which their level is the car's new normal (a
-    # roof box, winter): two hours of driving, longer than any injected episode (1 h).
+    # Windows of one episode that are not normal after which their level is the car's
+    # new normal (a roof box, winter): two hours of driving, longer than any injected
+    # episode (1 h).
     RELEARN_WINDOWS: Final = 120
 
     def features(self, m: dict[str, Any], stats: dict[str, Any]) -> dict[str, float] | None:
@@ -554,23 +557,25 @@ class HighConsumption:
                 # 19 of the unseen evaluation), an odd first window is relearned below.
                 m["base"] = base + self.ALPHA * (value - base)
                 m["n"] = count + 1
+        normal = not high and ratio < (self.RAISE_RATIO + 1.0) / 2
         if active:
             # An episode's windows fold into no baseline, so a lasting change would keep
-            # the alert raised for good: after RELEARN_WINDOWS high ones it is the normal.
-            highs, level = m.get("episode") or (0, value)
-            highs, level = highs + high, level + self.ALPHA * (value - level)
-            if highs >= self.RELEARN_WINDOWS:
+            # the alert raised for good: after RELEARN_WINDOWS windows that are not
+            # normal (high, or between the clear and raise ratios) it is the normal.
+            unusual, level = m.get("episode") or (0, value)
+            unusual, level = unusual + (not normal), level + self.ALPHA * (value - level)
+            if unusual >= self.RELEARN_WINDOWS:
                 m["base"], m["streak"] = level, 0
                 m.pop("episode")
                 return Verdict(False, {}, normal=True)
-            m["episode"] = [highs, level]
+            m["episode"] = [unusual, level]
         else:
             m.pop("episode", None)
         if high and m["streak"] >= self.STREAK and not active:
             unit = "Wh/km" if stats["powertrain"] == "ev" else "L/100 km"
             message = f"consumption {value:.1f} {unit} is {ratio:.2f}x the car's normal"
             return Verdict(True, evidence, message, normal=False)
-        return Verdict(False, {}, normal=not high and ratio < (self.RAISE_RATIO + 1.0) / 2)
+        return Verdict(False, {}, normal=normal)
 
 
 CONSUMPTION: Final = HighConsumption()

@@ -236,7 +236,9 @@ def start(settings: InfraSettings) -> float:
         proc.start([_java(), *_jvm_flags(settings), "kafka.Kafka", str(config)], log_file)
     timeout_s = settings.kafka_start_timeout_s
     deadline, cap = began + timeout_s, began + _RECOVERY_CAP * timeout_s
-    read = since
+    # Recovery is logged at INFO, which goes to server.log (kafka.out gets WARN and up).
+    server_log = kafka_dir(settings) / "logs" / "server.log"
+    read = server_log.stat().st_size if server_log.exists() else 0
     while time.monotonic() < deadline:
         if healthy(settings, timeout_s=1.0):
             return time.monotonic() - began
@@ -244,7 +246,7 @@ def start(settings: InfraSettings) -> float:
             break
         # After a crash a broker with much data first recovers its logs, for longer
         # than the timeout: it was killed mid-recovery, and every retry started over.
-        read, recovering = _recovery_since(log_file, read)
+        read, recovering = _recovery_since(server_log, read)
         if recovering:
             deadline = min(cap, max(deadline, time.monotonic() + timeout_s))
         time.sleep(0.2)
@@ -259,16 +261,22 @@ def start(settings: InfraSettings) -> float:
     raise InfraError(msg)
 
 
-# What the broker prints while it recovers its logs (LogLoader, "Recovering unflushed
-# segment", "Loading producer state"); the start waits while it does.
+# What the broker logs (server.log, INFO) while it loads and recovers its logs
+# (LogLoader, "Recovering unflushed segment", "Loading producer state"), a few lines per
+# partition at every start; the start waits while they keep coming.
 _RECOVERY: Final = re.compile(rb"LogLoader|[Rr]ecover|Loading producer state")
 _RECOVERY_CAP: Final = 10
 
 
 def _recovery_since(path: Path, offset: int) -> tuple[int, bool]:
-    """The end of ``path``, and whether what was written after ``offset`` shows recovery."""
+    """The end of ``path``, and whether what was written after ``offset`` shows recovery.
+
+    A file shorter than ``offset`` was rolled over (log4j2, 20 MiB): read from its start.
+    """
     try:
         with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size < offset:
+                offset = 0
             f.seek(offset)
             new = f.read()
     except FileNotFoundError:

@@ -40,7 +40,7 @@ class ManagedProcess:
         marker: A string the process's command line must contain, so a recycled pid
             belonging to another program is never mistaken for the broker.
         program: The name of the broker's executable (``java``, ``mosquitto``). When
-            set, a running process of that program whose command line holds ``marker``
+            set, a running process of that program with ``marker`` as an argument
             is taken as the broker even without a pid file (a Ctrl-C between the start
             and the pid file's write left a broker nothing could stop); its pid file is
             written again.
@@ -78,14 +78,18 @@ class ManagedProcess:
             return False
 
     def _find(self) -> int | None:
-        """A live process of ``program`` whose command line holds ``marker``, if any."""
+        """A live process of ``program`` with ``marker`` as one whole argument, if any.
+
+        A whole argument, not a part of one: Kafka's storage formatter gets
+        ``--config=<the same path>`` and must never be taken for the broker.
+        """
         for proc in psutil.process_iter(["cmdline", "status"]):
             cmdline = proc.info["cmdline"] or []
             if (
                 cmdline
                 and Path(cmdline[0]).name == self.program
                 and proc.info["status"] != psutil.STATUS_ZOMBIE
-                and self.marker in " ".join(cmdline)
+                and self.marker in cmdline[1:]
             ):
                 return int(proc.pid)
         return None

@@ -56,6 +56,13 @@ class InfraSettings(BaseSettings):
         default_factory=lambda: _default_dir(".cache", "XDG_CACHE_HOME", ".cache")
     )
 
+    @field_validator("run_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # The brokers' command lines hold these paths, and a broker is recognised by
+        # them: a relative one would match another checkout's broker.
+        return value.expanduser().absolute()
+
     @field_validator("host")
     @classmethod
     def _routable_host(cls, value: str) -> str:

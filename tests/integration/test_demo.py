@@ -53,7 +53,8 @@ def test_a_model_promoted_in_the_default_registry_reaches_the_demo(
     assert result.returncode == 0, result.stderr
     assert f"processing scores with the model promoted in {registry.resolve()}" in result.stderr
     with log.open("rb") as f:
-        f.seek(start)
+        # A log over 10 MiB was moved to .1 when the demo started it: this run's is new.
+        f.seek(start if log.stat().st_size >= start else 0)
         processing_log = f.read().decode(errors="replace")
     assert "current model vdemo-test active" in processing_log, processing_log[-3000:]
 

@@ -314,6 +314,17 @@ def test_a_level_in_whole_percent_raises_only_on_a_drain_its_steps_prove(
     assert raised == ([] if raised_after_s is None else [float(raised_after_s)])
 
 
+def test_one_fractional_reading_does_not_make_a_whole_percent_level_fine_for_good() -> None:
+    # The finest step ever seen was kept: one 79.5 from a whole-percent source brought
+    # back the false alert at every later tick (at 6,600, 18,600, 30,600 and 42,600 s).
+    def make(s: int) -> dict[str, Any]:
+        level = round(80.0 - 0.3 * s / 3600)
+        return ev(s, battery_level_pct=level - 0.5 if s == 1000 else level, state="parked")
+
+    raised = [e[0] for e in run(seconds(12 * 3600, make, 10))[1] if e[2] == "raised"]
+    assert raised == [1000.0]  # the odd reading itself reads as a drop, once
+
+
 def test_a_level_falling_while_driving_is_not_a_drain() -> None:
     def make(s: int) -> dict[str, Any]:
         return ev(s, battery_level_pct=80.0 - 20.0 * s / 3600, state="driving", speed_kmh=80.0,
@@ -546,6 +557,11 @@ def test_a_lasting_change_becomes_the_cars_normal_after_two_hours_of_high_window
     # An episode shorter than that (the simulator's last at most an hour) stays raised.
     events = _consumption_events([150.0] * 20 + [220.0] * 100 + [150.0] * 5)
     assert events == [(22, "raised"), (121, "cleared")]
+    # A change that settles between the clear (1.175x) and the raise (1.35x) ratios is
+    # neither high nor normal: counted only when high, it kept the alert raised for good.
+    events = _consumption_events([150.0] * 20 + [215.0] * 5 + [190.0] * 300)
+    assert [status for _, status in events] == ["raised", "cleared"]
+    assert events[1][0] - events[0][0] <= HighConsumption.RELEARN_WINDOWS + 2
 
 
 # -------------------------------------------------------------------------- simulated fleets
