@@ -494,16 +494,9 @@ class _Run:
             base = self.wait_ready(prefix, topic, bridge)
             watch = ProcessWatch(bridge.processes)
             _flood(self.settings, prefix, self.load)
-
-            def read(count: int) -> list[KafkaRecord]:
-                records = read_topic(
-                    self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
-                )
-                return [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("bnc")]
-
-            flood, finished = _wait_distinct(
-                lambda target, cap_s: _wait_offsets(self.consumer, topic, target, bridge, cap_s),
-                read, self.load.keys, base + self.load.count, FLOOD_CAP_S,
+            flood, finished = self._arrived(
+                bridge, topic, "bnc", self.load.keys,
+                target=base + self.load.count, cap_s=FLOOD_CAP_S,
             )  # fmt: skip
             watch.stop()
             keys = _keys(flood)
@@ -534,6 +527,32 @@ class _Run:
         result.crashes = bridge.crashes()
         return result
 
+    def _arrived(
+        self,
+        bridge: _Bridge,
+        topic: str,
+        origin: str,
+        want: frozenset[tuple[str, int]],
+        *,
+        target: int,
+        cap_s: float,
+    ) -> tuple[list[KafkaRecord], bool]:
+        """The records of cars named ``origin...`` once every wanted one is in the topic.
+
+        See :func:`_wait_distinct`; returns the records and whether all arrived in time.
+        """
+
+        def read(count: int) -> list[KafkaRecord]:
+            records = read_topic(
+                self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
+            )
+            return [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith(origin)]
+
+        return _wait_distinct(
+            lambda target, cap_s: _wait_offsets(self.consumer, topic, target, bridge, cap_s),
+            read, want, target, cap_s,
+        )  # fmt: skip
+
     def _paced(
         self, bridge: _Bridge, prefix: str, topic: str, result: _Result, before: int
     ) -> None:
@@ -547,17 +566,9 @@ class _Run:
             publisher.wait_acked(sent, timeout_s=120)
         finally:
             publisher.close()
-
-        def read(count: int) -> list[KafkaRecord]:
-            records = read_topic(
-                self.settings.kafka_bootstrap, topic, expect=count, timeout_s=120, settle_s=1
-            )
-            return [r for r in records if orjson.loads(r.value)["vehicle_id"].startswith("lat")]
-
-        records, result.paced_finished = _wait_distinct(
-            lambda target, cap_s: _wait_offsets(self.consumer, topic, target, bridge, cap_s),
-            read, frozenset(keys), before + sent, 120,
-        )  # fmt: skip
+        records, result.paced_finished = self._arrived(
+            bridge, topic, "lat", frozenset(keys), target=before + sent, cap_s=120
+        )
         result.paced_lost = paced_loss(keys, [r.value for r in records])
         for r in records:
             value = orjson.loads(r.value)
