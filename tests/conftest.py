@@ -19,6 +19,8 @@ _log = logging.getLogger(__name__)
 # Every test belongs to one suite: `make test` selects by marker, so an unmarked test
 # would be collected and never run (ten processing-instance tests were, until 2026-12-03).
 _SUITES = ("unit", "integration", "faults")
+# Tests name topics with uuid4 hex parts (unique_name's 8, prefixes' 10).
+_TEST_TOPIC = re.compile(r"[0-9a-f]{8,}")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects the unmarked ones out of sight
@@ -53,9 +55,41 @@ def brokers(infra_settings: infra.InfraSettings) -> Iterator[infra.InfraSettings
     already = {s.name for s in infra.status(infra_settings) if s.healthy}
     report = infra.up(infra_settings)
     _log.info("brokers ready: kafka %.1f s, mosquitto %.1f s", report.kafka_s, report.mosquitto_s)
+    before = _topics(infra_settings.kafka_bootstrap)
     yield infra_settings
+    # The broker's data outlives it: it would fill with every run's topics otherwise.
+    _delete_test_topics(infra_settings.kafka_bootstrap, before)
     if not already:
         infra.down(infra_settings)
+
+
+def _topics(bootstrap: str) -> set[str]:
+    return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics)
+
+
+def is_test_topic(name: str) -> bool:
+    """Whether a topic is named like the tests name theirs (a random hex part)."""
+    return not name.startswith("__") and _TEST_TOPIC.search(name) is not None
+
+
+def _delete_test_topics(bootstrap: str, before: set[str]) -> None:
+    """Delete the topics the session created, Quix's changelogs of its groups included.
+
+    Only new topics with a test's random part in their name: a demo sharing the broker
+    keeps the topics it created meanwhile. Failures are logged: cleanup must not turn a
+    passed run red.
+    """
+    try:
+        names = sorted(n for n in _topics(bootstrap) - before if is_test_topic(n))
+        if not names:
+            return
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result(timeout=60)
+    except Exception:  # noqa: BLE001 - see above
+        _log.warning("could not delete the session's topics", exc_info=True)
+    else:
+        _log.info("deleted the session's %d topics", len(names))
 
 
 @pytest.fixture(scope="session")

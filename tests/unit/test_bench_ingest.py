@@ -54,7 +54,7 @@ def _flood(
     )
 
 
-def _run(floods: dict[str, list[_Result]]) -> Report:
+def _run(floods: dict[str, list[_Result]], sub_after: _Result | None = None) -> Report:
     """Fill a report the way run_ingest does, from the floods of every bridge."""
     report = Report("ingest", {})
     everything = [f for runs in floods.values() for f in runs]
@@ -62,7 +62,7 @@ def _run(floods: dict[str, list[_Result]]) -> Report:
     results = {
         "warmup": floods["warmup"][0],
         "sub_before": sub,
-        "sub_after": sub,
+        "sub_after": sub_after or sub,
         "ingest": _median_of(floods["ingest"]),
         "mqtt_source": _median_of(floods["source"]),
         "ingest2": floods["ingest2"][0],
@@ -141,6 +141,36 @@ def test_a_peer_losing_messages_is_reported_but_is_not_ingest_loss() -> None:
     rows = {(r["subject"], r["metric"]): r["value"] for r in report.rows}
     assert rows[(SOURCE, "flood 1 of 3 lost")] == 5
     assert rows[(SOURCE, "lost")] == 5
+
+
+def _ratio_target(report: Report, name: str) -> tuple[bool, str]:
+    found = next(t for t in report.targets if t["target"] == name)
+    return found["met"], found["measured"]
+
+
+def test_ratios_against_clean_baselines_are_judged_on_the_rates() -> None:
+    report = _run(_floods())  # median 30,000 against 9,000 and 45,000
+    assert _ratio_target(report, "ingest >= 3x MQTTSource") == (True, "3.33x")
+    assert _ratio_target(report, "ingest >= 0.5x mosquitto_sub") == (True, "0.67x")
+
+
+def test_a_peer_that_crashed_or_stopped_in_any_flood_is_no_baseline() -> None:
+    # A crashed peer is slower: the ratio would flatter ingest, so it is not met.
+    crashed = [_flood(SOURCE, 9_000.0), _flood(SOURCE, 9_000.0, crashes=1), _flood(SOURCE, 9_000.0)]
+    met, measured = _ratio_target(_run(_floods(source=crashed)), "ingest >= 3x MQTTSource")
+    assert not met
+    assert measured == f"3.33x, baseline invalid: {SOURCE} flood 2 crashed"
+    stuck = [_flood(SOURCE, 9_000.0), _flood(SOURCE, 9_000.0), _flood(SOURCE, 5.0, finished=False)]
+    met, measured = _ratio_target(_run(_floods(source=stuck)), "ingest >= 3x MQTTSource")
+    assert not met
+    assert measured.endswith(f"{SOURCE} flood 3 stopped before all arrived")
+
+
+def test_a_mosquitto_sub_run_that_lost_messages_is_no_baseline() -> None:
+    short = _flood("mosquitto_sub (C)", 45_000.0, lost=300)
+    met, measured = _ratio_target(_run(_floods(), sub_after=short), "ingest >= 0.5x mosquitto_sub")
+    assert not met
+    assert measured == "0.67x, baseline invalid: mosquitto_sub (C) after lost 300"
 
 
 def test_ingest_loss_sums_every_ingest_flood() -> None:

@@ -165,3 +165,25 @@ def test_only_the_harness_own_kill_is_not_a_processing_crash(tmp_path: Path) -> 
     theirs.proc.wait(10)
     assert theirs.stop() == -signal.SIGKILL
     assert theirs.crashes() == 1
+
+
+def test_the_session_deletes_test_topics_and_keeps_the_products_own() -> None:
+    from processing._settings import ProcessingSettings  # noqa: PLC0415 - one test's need
+    from tests.conftest import is_test_topic  # noqa: PLC0415
+
+    settings = ProcessingSettings()
+    changelog = (
+        f"changelog__{settings.processing_consumer_group}--"
+        f"{settings.processing_input_topic}--default"
+    )
+    product = [*settings.topics(), changelog]
+    assert not [t for t in product if is_test_topic(t)]
+    assert not is_test_topic("__consumer_offsets")
+    made = [
+        "t-test-a-name-0a1b2c3d",
+        "pr0123456789-telemetry",
+        "changelog__pc0123456789-group--pc0123456789-telemetry--default",
+        "fa0a1b2c3d-telemetry.quarantine",
+        "arch0123456789-telemetry",
+    ]
+    assert all(is_test_topic(t) for t in made)
