@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Final, TypedDict
 
+from processing.stats import MIN_DISTANCE_KM, rate_covered
+
 ACTIVITY: Final = {
     "driving": "drive",
     "charging": "charge",
@@ -65,6 +67,7 @@ def _start(r: dict[str, Any]) -> dict[str, Any]:
         "level_end": _level(r),
         "used": 0.0,
         "added": 0.0,
+        "covered": 0.0,  # hours of the session the rate was known for
         "counter": r["charge_energy_added_kwh"] if r["powertrain"] == "ev" else r["fuel_added_l"],
         "temp_sum": r["outside_temp_c"] or 0.0,
         "temp_n": 0 if r["outside_temp_c"] is None else 1,
@@ -80,7 +83,9 @@ def _finish(vid: str, powertrain: str, s: dict[str, Any], end_ts: int) -> Sessio
     if s["odo_start"] is not None and s["odo_end"] is not None:
         distance = max(0.0, s["odo_end"] - s["odo_start"])
     drive = kind == "drive"
-    long_enough = drive and distance is not None and distance >= 0.1
+    # Energy and fuel are integrated only from a rate known over most of the session.
+    known = rate_covered(s.get("covered", hours), hours)
+    long_enough = known and drive and distance is not None and distance >= MIN_DISTANCE_KM
     level_drop = (
         s["level_start"] - s["level_end"]
         if s["level_start"] is not None and s["level_end"] is not None
@@ -98,11 +103,11 @@ def _finish(vid: str, powertrain: str, s: dict[str, Any], end_ts: int) -> Sessio
         duration_s=(end_ts - s["start_ts"]) / 1000.0,
         samples=s["samples"],
         distance_km=distance if drive else None,
-        energy_used_kwh=s["used"] if ev and kind in ("drive", "idle") else None,
-        energy_added_kwh=(counter if counter is not None else s["added"])
+        energy_used_kwh=s["used"] if ev and known and kind in ("drive", "idle") else None,
+        energy_added_kwh=(counter if counter is not None else s["added"] if known else None)
         if ev and kind == "charge"
         else None,
-        fuel_used_l=s["used"] if not ev and drive else None,
+        fuel_used_l=s["used"] if not ev and known and drive else None,
         fuel_added_l=(counter if counter is not None else None)
         if not ev and kind == "refuel"
         else None,
@@ -142,6 +147,9 @@ def track(state: dict[str, Any], r: dict[str, Any]) -> list[SessionRecord]:
     if current["rate"] is not None:
         current["used"] += max(current["rate"], 0.0) * hours
         current["added"] += max(-current["rate"], 0.0) * hours
+        # Sessions kept in state from before the field count as covered so far.
+        so_far = (current["last_ts"] - current["start_ts"]) / _MS_PER_HOUR
+        current["covered"] = current.get("covered", so_far) + hours
     if kind != current["kind"]:
         out.append(_finish(r["vehicle_id"], r["powertrain"], current, r["ts"]))
         state["session"] = _start(r)

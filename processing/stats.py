@@ -19,7 +19,16 @@ Sample = list[Any]
 SAMPLE_FIELDS: Final = 9
 TS, SEQ, ODO, SPEED, RATE, LEVEL, TEMP, TPMS, OUTSIDE = range(SAMPLE_FIELDS)
 MIN_DISTANCE_KM: Final = 0.1
+# Integrated energy/fuel and consumption need the rate known over this share of the
+# integrated span: a source that reports no rate (or rarely) must give null, not a
+# consumption near 0 that drags fleet figures and the car's baseline down.
+MIN_RATE_COVERAGE: Final = 0.9
 _MS_PER_HOUR: Final = 3_600_000.0
+
+
+def rate_covered(covered_h: float, span_h: float) -> bool:
+    """Whether a rate known for ``covered_h`` of ``span_h`` hours supports a total."""
+    return covered_h > 0 and covered_h >= MIN_RATE_COVERAGE * span_h
 
 
 class WindowStats(TypedDict):
@@ -157,14 +166,17 @@ def column_stats(
     # Left Riemann sums: the rate reported at sample i-1 holds until sample i.
     used = 0.0
     added = 0.0
+    covered = 0.0
     for rate, start, end in zip(columns[RATE], ts, ts[1:], strict=False):
         if rate is None or rate != rate:  # noqa: PLR0124 - NaN: missing
             continue
         hours = (end - start) / _MS_PER_HOUR
+        covered += hours
         used += max(rate, 0.0) * hours
         added += max(-rate, 0.0) * hours
+    known = rate_covered(covered, (ts[-1] - ts[0]) / _MS_PER_HOUR if ts else 0.0)
     ev = powertrain == "ev"
-    long_enough = distance is not None and distance >= MIN_DISTANCE_KM
+    long_enough = known and distance is not None and distance >= MIN_DISTANCE_KM
     levels = _present(columns[LEVEL])
     temps = _present(columns[TEMP])
     tyres = _present(columns[TPMS])
@@ -182,10 +194,10 @@ def column_stats(
         distance_km=distance,
         avg_speed_kmh=sum(speeds) / len(speeds) if speeds else None,
         max_speed_kmh=max(speeds) if speeds else None,
-        energy_used_kwh=used if ev else None,
-        energy_added_kwh=added if ev else None,
+        energy_used_kwh=used if ev and known else None,
+        energy_added_kwh=added if ev and known else None,
         consumption_wh_per_km=1000.0 * used / distance if ev and long_enough and distance else None,
-        fuel_used_l=None if ev else used,
+        fuel_used_l=used if not ev and known else None,
         consumption_l_per_100km=100.0 * used / distance
         if not ev and long_enough and distance
         else None,

@@ -285,3 +285,45 @@ def test_a_null_counter_at_the_end_of_a_charge_keeps_the_last_reading() -> None:
     [charge] = feed([*records, ev(T0 + 10 * MIN_MS, "parked")])
     # The integrated power (1.83 kWh) replaced the counter's 1.44 at a null last reading.
     assert charge["energy_added_kwh"] == pytest.approx(1.44)
+
+
+@pytest.mark.parametrize("kind", ["ev", "ice"])
+def test_a_drive_without_a_known_rate_has_no_energy_and_no_consumption(kind: str) -> None:
+    # Before 2026-12-05 a source reporting no power or fuel rate (a Tesla payload
+    # without power) gave drives of 0 kWh and 0 Wh/km.
+    make = ev if kind == "ev" else ice
+    rate = "power_kw" if kind == "ev" else "fuel_rate_lph"
+    records = [
+        make(T0, "driving", odometer_km=100.0, **{rate: None}),
+        make(T0 + 10 * MIN_MS, "driving", odometer_km=110.0, **{rate: 12.0}),
+        make(T0 + 20 * MIN_MS, "driving", odometer_km=118.0, **{rate: None}),
+        make(T0 + 30 * MIN_MS, "parked", odometer_km=118.0),
+    ]
+    [drive] = feed(records)  # the rate known for 10 of 30 minutes
+    assert drive["distance_km"] == 18.0
+    assert drive["energy_used_kwh"] is None
+    assert drive["fuel_used_l"] is None
+    assert drive["consumption_wh_per_km"] is None
+    assert drive["consumption_l_per_100km"] is None
+
+
+def test_a_charge_without_counter_or_power_has_no_energy_added() -> None:
+    records = [
+        ev(T0, "charging", power_kw=None, charge_energy_added_kwh=None),
+        ev(T0 + 15 * MIN_MS, "charging", power_kw=None, charge_energy_added_kwh=None),
+        ev(T0 + 45 * MIN_MS, "parked"),
+    ]
+    [charge] = feed(records)
+    assert charge["energy_added_kwh"] is None
+
+
+def test_a_session_kept_in_state_before_the_coverage_field_still_integrates() -> None:
+    # State written by an older build has no "covered": its span so far counts as known.
+    state: dict[str, Any] = {}
+    drive = ev_drive()
+    for record in drive[:2]:
+        assert track(state, record) == []
+    del state["session"]["covered"]
+    state = copy.deepcopy(state)
+    out = track(state, drive[2]) + track(state, drive[3])
+    assert out[0]["energy_used_kwh"] == pytest.approx(7.5)
