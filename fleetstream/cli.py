@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -874,6 +875,18 @@ def _print_status(statuses: list[infra.ServiceStatus]) -> None:
         typer.echo(f"{s.name:<10} {s.state:<10} {pid:>8} {rss:>8}  {s.ports}")
 
 
-def main() -> None:
-    """Run the CLI."""
-    app()
+def main(command: str | None = None) -> None:
+    """Run the CLI; with ``command``, that command with this process's arguments.
+
+    ``python -m ingest|processing|dashboard|simulator`` run this way: the same options,
+    help, settings checks and exit codes as ``fleetstream <command>``.
+
+    Args:
+        command: A ``fleetstream`` command name (``ingest``, ``process``, ...), or None
+            for the whole CLI.
+    """
+    if command is None:
+        app()
+        return
+    # Usage lines read "fleetstream <command>": the command a user can type anywhere.
+    app(args=[command, *sys.argv[1:]], prog_name="fleetstream")
