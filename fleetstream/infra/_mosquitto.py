@@ -39,10 +39,40 @@ def log_path(settings: InfraSettings) -> Path:
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     # Its config path, not just "mosquitto": a recycled pid could be a mosquitto_sub.
-    root = mosquitto_dir(settings)
     return ManagedProcess(
-        "mosquitto", root / "mosquitto.pid", str(root / "mosquitto.conf"), "mosquitto"
+        "mosquitto",
+        mosquitto_dir(settings) / "mosquitto.pid",
+        str(config_path(settings)),
+        "mosquitto",
     )
+
+
+def config_path(settings: InfraSettings) -> Path:
+    """The rendered config the tracked broker is started with (and recognised by)."""
+    return mosquitto_dir(settings) / "mosquitto.conf"
+
+
+def wanted_listeners(settings: InfraSettings) -> list[str]:
+    """The ``host:port`` listeners the settings ask for: anonymous, then password."""
+    return [f"{settings.host}:{settings.mqtt_port}", f"{settings.host}:{settings.mqtt_auth_port}"]
+
+
+def configured_listeners(settings: InfraSettings) -> list[str] | None:
+    """The ``host:port`` listeners of the rendered config in the run folder, or None.
+
+    None when there is no config yet. ``infra up`` rewrites the file only when the
+    tracked broker runs with the same listeners, so it is the running broker's.
+    """
+    try:
+        text = config_path(settings).read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "listener":
+            found.append(f"{words[2] if len(words) > 2 else '*'}:{words[1]}")
+    return found
 
 
 def binary() -> str:
@@ -133,7 +163,7 @@ def _render(settings: InfraSettings) -> Path:
         "user": _user_name(),
     }
     text = Template((_FILES / "mosquitto.conf").read_text("utf-8")).substitute(values)
-    config = root / "mosquitto.conf"
+    config = config_path(settings)
     config.write_text(text, "utf-8")
     return config
 
