@@ -92,19 +92,12 @@ def _write_password_file(passwd_tool: str, path: Path, username: str, password: 
     disk. (``mosquitto_passwd -U`` on a plain-text file is no alternative: it cuts the
     password at its first ':'.)
 
+    ``InfraSettings`` has refused a user name or password that cannot be stored.
+
     Raises:
-        InfraError: The user name or password cannot be stored, or ``mosquitto_passwd``
-            failed; the message names neither the password nor the command.
+        InfraError: ``mosquitto_passwd`` failed; the message names neither the password
+            nor the command.
     """
-    if not username or ":" in username or any(c in username for c in "\r\n"):
-        msg = (
-            "FLEETSTREAM_MQTT_USERNAME must be non-empty and contain no ':' or line break "
-            "(Mosquitto's password file separates user and password with ':')"
-        )
-        raise InfraError(msg)
-    if not password or any(c in password for c in "\r\n"):
-        msg = "FLEETSTREAM_MQTT_PASSWORD must be non-empty and contain no line break"
-        raise InfraError(msg)
     path.unlink(missing_ok=True)
     path.touch(mode=0o600)
     try:

@@ -42,6 +42,38 @@ def test_invalid_infra_settings_name_the_setting_not_its_value(command: list[str
     assert "input_value" not in result.output
 
 
+@pytest.mark.parametrize("command", [["infra", "up"], ["infra", "status"], ["demo"]])
+def test_a_user_name_mosquitto_cannot_store_is_an_invalid_setting(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `infra up` refused it with exit 1, after taking the lock, when it wrote the
+    # password file: README promises exit 2 and a line per invalid setting.
+    called: list[str] = []
+    monkeypatch.setattr("fleetstream.infra.up", lambda *_a: called.append("up"))
+
+    def status(*_a: object) -> list[object]:
+        called.append("status")
+        return []
+
+    def service(*_a: object) -> None:
+        called.append("service")
+        msg = "a service would start"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr("fleetstream.infra.status", status)
+    monkeypatch.setattr("fleetstream.demo.service", service)
+    monkeypatch.setattr("fleetstream.demo._check_ports_free", lambda _ports: None)
+    result = _run(
+        *command,
+        env={"FLEETSTREAM_MQTT_USERNAME": "ops:team", "FLEETSTREAM_MQTT_PASSWORD": "hunter2"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "error: invalid settings:\n  FLEETSTREAM_MQTT_USERNAME: " in result.output
+    assert "no ':'" in result.output
+    assert "hunter2" not in result.output
+    assert called == []
+
+
 @pytest.mark.parametrize("kind", ["ingest", "pipeline", "e2e"])
 @pytest.mark.parametrize(
     ("env", "says"),
