@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -49,6 +50,9 @@ def _root(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The processes a command starts (the demo's services, the benchmarks', the exec'd
+    # Streamlit) read the level from the environment: --log-level reached none of them.
+    os.environ["FLEETSTREAM_LOG_LEVEL"] = log_level.strip().upper()
 
 
 @contextlib.contextmanager

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from fleetstream.cli import app
+from fleetstream.infra import StartReport
 from simulator import SimulatorError
 
 pytestmark = pytest.mark.unit
@@ -28,6 +30,37 @@ def test_unknown_log_level_is_a_usage_error(tmp_path: Path) -> None:
     assert "FLEETSTREAM_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in (
         result.output
     )
+
+
+def test_log_level_reaches_the_demo_s_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: FLEETSTREAM_LOG_LEVEL is the level of every command; `--log-level DEBUG
+    # demo` only configured the demo itself.
+    seen: list[str | None] = []
+
+    def first_service(*_args: object) -> None:
+        seen.append(os.environ.get("FLEETSTREAM_LOG_LEVEL"))  # what Popen passes on
+        msg = "stop at the first service"
+        raise RuntimeError(msg)
+
+    monkeypatch.delenv("FLEETSTREAM_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("FLEETSTREAM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr("fleetstream.infra.up", lambda _s: StartReport(0.0, 0.0))
+    monkeypatch.setattr("fleetstream.demo._check_ports_free", lambda _ports: None)
+    monkeypatch.setattr("fleetstream.demo.service", first_service)
+    result = _run("--log-level", "debug", "demo", "--duration", "1")
+    assert result.exit_code == 1, result.output
+    assert seen == ["DEBUG"]
+
+
+def test_log_level_reaches_the_exec_d_streamlit(monkeypatch: pytest.MonkeyPatch) -> None:
+    execs: list[dict[str, str]] = []
+    monkeypatch.delenv("FLEETSTREAM_LOG_LEVEL", raising=False)
+    monkeypatch.setattr("dashboard.server.os.execve", lambda _p, _a, env: execs.append(env))
+    result = _run("--log-level", "WARNING", "dashboard", "--port", "8599")
+    assert result.exit_code == 0, result.output
+    assert [env.get("FLEETSTREAM_LOG_LEVEL") for env in execs] == ["WARNING"]
 
 
 @pytest.mark.parametrize(

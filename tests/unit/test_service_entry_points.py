@@ -80,7 +80,6 @@ def test_dashboard_options_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> 
         return 0
 
     monkeypatch.setattr("dashboard.server.main", serve)
-    monkeypatch.setenv("FLEETSTREAM_LOG_LEVEL", "INFO")  # restored after the test
     monkeypatch.setattr(sys, "argv", ["dashboard", "--host", "127.0.0.2", "--port", "8080"])
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("dashboard", run_name="__main__")
@@ -100,7 +99,6 @@ def test_ingest_rules_and_exit_code_pass_through(
         return code
 
     monkeypatch.setattr("ingest.main", run)
-    monkeypatch.setenv("FLEETSTREAM_LOG_LEVEL", "INFO")  # restored after the test
     monkeypatch.setattr(sys, "argv", ["ingest", "--rules", str(tmp_path / "x.toml")])
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("ingest", run_name="__main__")
