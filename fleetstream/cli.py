@@ -416,7 +416,10 @@ def evaluate(
         60, "--window-s", help="Window length (matching slack is 2 windows)."
     ),
     bootstrap: str = typer.Option(
-        "127.0.0.1:9092", "--bootstrap", envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS"
+        "127.0.0.1:9092",
+        "--bootstrap",
+        envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka for --alerts-topic.",
     ),
 ) -> None:
     """Event-level precision, recall, F1 and detection delay of alerts against labels."""
@@ -663,7 +666,9 @@ def dashboard(
     raise typer.Exit(serve(host, port))
 
 
-models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, promote and shadow-score versioned detector models.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 _REGISTRY_OPTION = typer.Option(
     DEFAULT_REGISTRY,
