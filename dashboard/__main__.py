@@ -1,5 +1,5 @@
-"""``python -m dashboard``: run the Streamlit server on dashboard/app.py."""
+"""``python -m dashboard``: the same as ``fleetstream dashboard``."""
 
-from dashboard.server import main
+from fleetstream.cli import main
 
-raise SystemExit(main())
+main("dashboard")

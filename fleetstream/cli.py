@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,6 +50,9 @@ def _root(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The processes a command starts (the demo's services, the benchmarks', the exec'd
+    # Streamlit) read the level from the environment: --log-level reached none of them.
+    os.environ["FLEETSTREAM_LOG_LEVEL"] = log_level.strip().upper()
 
 
 @contextlib.contextmanager
@@ -411,7 +416,10 @@ def evaluate(
         60, "--window-s", help="Window length (matching slack is 2 windows)."
     ),
     bootstrap: str = typer.Option(
-        "127.0.0.1:9092", "--bootstrap", envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS"
+        "127.0.0.1:9092",
+        "--bootstrap",
+        envvar="FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka for --alerts-topic.",
     ),
 ) -> None:
     """Event-level precision, recall, F1 and detection delay of alerts against labels."""
@@ -658,7 +666,9 @@ def dashboard(
     raise typer.Exit(serve(host, port))
 
 
-models_app = typer.Typer(help="List and promote versioned detector models.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, promote and shadow-score versioned detector models.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 _REGISTRY_OPTION = typer.Option(
     DEFAULT_REGISTRY,
@@ -874,6 +884,18 @@ def _print_status(statuses: list[infra.ServiceStatus]) -> None:
         typer.echo(f"{s.name:<10} {s.state:<10} {pid:>8} {rss:>8}  {s.ports}")
 
 
-def main() -> None:
-    """Run the CLI."""
-    app()
+def main(command: str | None = None) -> None:
+    """Run the CLI; with ``command``, that command with this process's arguments.
+
+    ``python -m ingest|processing|dashboard|simulator`` run this way: the same options,
+    help, settings checks and exit codes as ``fleetstream <command>``.
+
+    Args:
+        command: A ``fleetstream`` command name (``ingest``, ``process``, ...), or None
+            for the whole CLI.
+    """
+    if command is None:
+        app()
+        return
+    # Usage lines read "fleetstream <command>": the command a user can type anywhere.
+    app(args=[command, *sys.argv[1:]], prog_name="fleetstream")

@@ -207,6 +207,23 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
 
 def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed: int) -> None:
     settings = infra.InfraSettings()
+    dashboard_settings = DashboardSettings()
+    dashboard_url = (
+        f"http://{dashboard_settings.dashboard_host}:{dashboard_settings.dashboard_port}"
+    )
+    ingest_settings, processing_settings = IngestSettings(), ProcessingSettings()
+    # Before the brokers: a leftover demo is refused with nothing started. Only the
+    # services' own ports (metrics, dashboard); the brokers' are `infra up`'s business.
+    _check_ports_free(
+        {
+            "ingest": (ingest_settings.ingest_metrics_host, ingest_settings.ingest_metrics_port),
+            "processing": (
+                processing_settings.processing_metrics_host,
+                processing_settings.processing_metrics_port,
+            ),
+            "dashboard": (dashboard_settings.dashboard_host, dashboard_settings.dashboard_port),
+        }
+    )
     report = infra.up(settings)
     _log.info("brokers up (kafka %.1f s, mosquitto %.1f s)", report.kafka_s, report.mosquitto_s)
     logs = settings.run_dir / "demo"
@@ -227,21 +244,6 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
     registry = os.environ.get("FLEETSTREAM_PROCESSING_MODEL_DIR") or str(DEFAULT_REGISTRY.resolve())
     env["FLEETSTREAM_PROCESSING_MODEL_DIR"] = registry
     stop = threading.Event()
-    dashboard_settings = DashboardSettings()
-    dashboard_url = (
-        f"http://{dashboard_settings.dashboard_host}:{dashboard_settings.dashboard_port}"
-    )
-    ingest_settings, processing_settings = IngestSettings(), ProcessingSettings()
-    _check_ports_free(
-        {
-            "ingest": (ingest_settings.ingest_metrics_host, ingest_settings.ingest_metrics_port),
-            "processing": (
-                processing_settings.processing_metrics_host,
-                processing_settings.processing_metrics_port,
-            ),
-            "dashboard": (dashboard_settings.dashboard_host, dashboard_settings.dashboard_port),
-        }
-    )
     with (
         service("ingest", [sys.executable, "-m", "ingest"], logs, env) as ingest,
         service("processing", [sys.executable, "-m", "processing"], logs, env) as processing,

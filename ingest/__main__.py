@@ -1,7 +1,5 @@
-"""``python -m ingest``."""
+"""``python -m ingest``: the same as ``fleetstream ingest``."""
 
-import sys
+from fleetstream.cli import main
 
-from ingest import main
-
-sys.exit(main())
+main("ingest")

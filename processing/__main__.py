@@ -1,7 +1,5 @@
-"""``python -m processing``."""
+"""``python -m processing``: the same as ``fleetstream process``."""
 
-import sys
+from fleetstream.cli import main
 
-from processing import main
-
-sys.exit(main())
+main("process")

@@ -1,7 +1,5 @@
 """``python -m simulator``: the same as ``fleetstream simulate``."""
 
-import sys
+from fleetstream.cli import main
 
-from fleetstream.cli import app
-
-app(args=["simulate", *sys.argv[1:]])
+main("simulate")

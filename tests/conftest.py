@@ -5,6 +5,7 @@ and fault suites (a broker that cannot be started fails the tests; nothing here 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if unmarked:
         msg = f"tests without a {'/'.join(_SUITES)} marker would never run: {unmarked[:10]}"
         raise pytest.UsageError(msg)
+
+
+@pytest.fixture(autouse=True)
+def _keep_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore ``FLEETSTREAM_LOG_LEVEL`` after each test.
+
+    The ``fleetstream`` root callback exports it for the processes a command starts; a
+    test invoking the CLI in-process would leave it set for every later test.
+    """
+    level = os.environ.get("FLEETSTREAM_LOG_LEVEL")
+    if level is None:
+        monkeypatch.delenv("FLEETSTREAM_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("FLEETSTREAM_LOG_LEVEL", level)
 
 
 @pytest.fixture

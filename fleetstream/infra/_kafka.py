@@ -35,8 +35,36 @@ def kafka_dir(settings: InfraSettings) -> Path:
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     # Its config path, not just "kafka.Kafka": a recycled pid could be another Kafka.
-    root = kafka_dir(settings)
-    return ManagedProcess("kafka", root / "kafka.pid", str(root / "server.properties"), "java")
+    pid_file = kafka_dir(settings) / "kafka.pid"
+    return ManagedProcess("kafka", pid_file, str(config_path(settings)), "java")
+
+
+def config_path(settings: InfraSettings) -> Path:
+    """The rendered config the tracked broker is started with (and recognised by)."""
+    return kafka_dir(settings) / "server.properties"
+
+
+def wanted_listeners(settings: InfraSettings) -> list[str]:
+    """The ``host:port`` listeners the settings ask for: clients, then controller."""
+    return [settings.kafka_bootstrap, f"{settings.host}:{settings.kafka_controller_port}"]
+
+
+def configured_listeners(settings: InfraSettings) -> list[str] | None:
+    """The ``host:port`` listeners of the rendered config in the run folder, or None.
+
+    None when there is no config yet. ``infra up`` rewrites the file only when the
+    tracked broker runs with the same listeners, so it is the running broker's.
+    """
+    try:
+        text = config_path(settings).read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "listeners":
+            # PLAINTEXT://host:port,CONTROLLER://host:port
+            return [item.partition("://")[2] for item in value.strip().split(",")]
+    return []
 
 
 # Written last, once Maven has copied every jar: a copy cut short (Ctrl-C, a full disk)
@@ -121,7 +149,7 @@ def _render(settings: InfraSettings) -> Path:
         "default_partitions": settings.kafka_default_partitions,
     }
     text = Template((_FILES / "server.properties").read_text("utf-8")).substitute(values)
-    config = root / "server.properties"
+    config = config_path(settings)
     config.write_text(text, "utf-8")
     (root / "log4j2.properties").write_text(
         (_FILES / "log4j2.properties").read_text("utf-8"), "utf-8"

@@ -39,10 +39,40 @@ def log_path(settings: InfraSettings) -> Path:
 def process(settings: InfraSettings) -> ManagedProcess:
     """The tracked broker process."""
     # Its config path, not just "mosquitto": a recycled pid could be a mosquitto_sub.
-    root = mosquitto_dir(settings)
     return ManagedProcess(
-        "mosquitto", root / "mosquitto.pid", str(root / "mosquitto.conf"), "mosquitto"
+        "mosquitto",
+        mosquitto_dir(settings) / "mosquitto.pid",
+        str(config_path(settings)),
+        "mosquitto",
     )
+
+
+def config_path(settings: InfraSettings) -> Path:
+    """The rendered config the tracked broker is started with (and recognised by)."""
+    return mosquitto_dir(settings) / "mosquitto.conf"
+
+
+def wanted_listeners(settings: InfraSettings) -> list[str]:
+    """The ``host:port`` listeners the settings ask for: anonymous, then password."""
+    return [f"{settings.host}:{settings.mqtt_port}", f"{settings.host}:{settings.mqtt_auth_port}"]
+
+
+def configured_listeners(settings: InfraSettings) -> list[str] | None:
+    """The ``host:port`` listeners of the rendered config in the run folder, or None.
+
+    None when there is no config yet. ``infra up`` rewrites the file only when the
+    tracked broker runs with the same listeners, so it is the running broker's.
+    """
+    try:
+        text = config_path(settings).read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "listener":
+            found.append(f"{words[2] if len(words) > 2 else '*'}:{words[1]}")
+    return found
 
 
 def binary() -> str:
@@ -62,19 +92,12 @@ def _write_password_file(passwd_tool: str, path: Path, username: str, password: 
     disk. (``mosquitto_passwd -U`` on a plain-text file is no alternative: it cuts the
     password at its first ':'.)
 
+    ``InfraSettings`` has refused a user name or password that cannot be stored.
+
     Raises:
-        InfraError: The user name or password cannot be stored, or ``mosquitto_passwd``
-            failed; the message names neither the password nor the command.
+        InfraError: ``mosquitto_passwd`` failed; the message names neither the password
+            nor the command.
     """
-    if not username or ":" in username or any(c in username for c in "\r\n"):
-        msg = (
-            "FLEETSTREAM_MQTT_USERNAME must be non-empty and contain no ':' or line break "
-            "(Mosquitto's password file separates user and password with ':')"
-        )
-        raise InfraError(msg)
-    if not password or any(c in password for c in "\r\n"):
-        msg = "FLEETSTREAM_MQTT_PASSWORD must be non-empty and contain no line break"
-        raise InfraError(msg)
     path.unlink(missing_ok=True)
     path.touch(mode=0o600)
     try:
@@ -133,7 +156,7 @@ def _render(settings: InfraSettings) -> Path:
         "user": _user_name(),
     }
     text = Template((_FILES / "mosquitto.conf").read_text("utf-8")).substitute(values)
-    config = root / "mosquitto.conf"
+    config = config_path(settings)
     config.write_text(text, "utf-8")
     return config
 

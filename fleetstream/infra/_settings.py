@@ -76,6 +76,29 @@ class InfraSettings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("mqtt_username")
+    @classmethod
+    def _storable_user_name(cls, value: str) -> str:
+        # Checked here, not when the password file is written: `infra up` then failed
+        # with exit 1 after taking the lock, and only when Mosquitto had to be started.
+        if not value or ":" in value or any(c in value for c in "\r\n"):
+            msg = (
+                "must be non-empty and contain no ':' or line break (Mosquitto's password "
+                "file separates user and password with ':')"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("mqtt_password")
+    @classmethod
+    def _storable_password(cls, value: SecretStr) -> SecretStr:
+        # mosquitto_passwd reads it at its prompt: a line break would end it there.
+        secret = value.get_secret_value()
+        if not secret or any(c in secret for c in "\r\n"):
+            msg = "must be non-empty and contain no line break"
+            raise ValueError(msg)
+        return value
+
     @property
     def kafka_bootstrap(self) -> str:
         """The ``host:port`` clients use to reach the local Kafka."""

@@ -7,6 +7,7 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fleetstream.infra import _kafka, _mosquitto
 from fleetstream.infra._settings import InfraSettings
@@ -53,16 +54,77 @@ def up(settings: InfraSettings | None = None) -> StartReport:
     """Start Kafka and Mosquitto if they are not running; idempotent.
 
     Raises:
-        InfraError: A broker could not be started.
+        InfraError: A broker could not be started, or one that this run folder tracks
+            runs on other ports or another host than the settings ask for (it is left
+            running, its config untouched).
     """
     settings = settings or InfraSettings()
     with _exclusive(settings):
+        _refuse_other_listeners(settings)
         for proc in (_mosquitto.process(settings), _kafka.process(settings)):
             if proc.resume_if_stopped():
                 _log.warning("%s was frozen (SIGSTOP); resumed it with SIGCONT", proc.name)
         mosquitto_s = _mosquitto.start(settings)
         kafka_s = _kafka.start(settings)
     return StartReport(kafka_s=kafka_s, mosquitto_s=mosquitto_s)
+
+
+def _refuse_other_listeners(settings: InfraSettings) -> None:
+    """Refuse to touch a broker of this run folder that runs on other ports or host.
+
+    Such a broker belongs to a stack with other settings (the same checkout, another
+    shell): starting over it rewrote its config, waited for the new ports in vain and
+    then stopped it.
+
+    Raises:
+        InfraError: A broker tracked in the run folder runs with other listeners.
+    """
+    brokers = [
+        (
+            _mosquitto.process(settings),
+            _mosquitto.configured_listeners(settings),
+            _mosquitto.wanted_listeners(settings),
+        ),
+        (
+            _kafka.process(settings),
+            _kafka.configured_listeners(settings),
+            _kafka.wanted_listeners(settings),
+        ),
+    ]
+    for proc, running, asked in brokers:
+        pid = proc.pid()
+        if pid is None:
+            continue
+        problem = listener_conflict(proc.name, pid, running, asked, settings.run_dir)
+        if problem is not None:
+            raise InfraError(problem)
+
+
+def listener_conflict(
+    name: str, pid: int, running: list[str] | None, wanted: list[str], run_dir: Path
+) -> str | None:
+    """Why ``up`` must leave a live tracked broker alone, or None when it may go on.
+
+    Args:
+        name: ``kafka`` or ``mosquitto``.
+        pid: The live broker's pid.
+        running: The ``host:port`` listeners it was started with (None: unknown).
+        wanted: The ``host:port`` listeners the settings ask for.
+        run_dir: The run folder that tracks it.
+
+    Returns:
+        The error message, or None when the listeners match or are unknown.
+    """
+    if running is None or sorted(running) == sorted(wanted):
+        return None
+    return (
+        f"{name} (pid {pid}) from run folder {run_dir} runs on {', '.join(running)}, "
+        f"but the settings ask for {', '.join(wanted)}; it was left as it is. If nothing "
+        "uses it, stop it with `fleetstream infra down` (run with the settings it was "
+        "started with, FLEETSTREAM_RUN_DIR included) and run `infra up` again; to run "
+        "beside it, give this stack a run folder of its own: "
+        "FLEETSTREAM_RUN_DIR=<another folder>"
+    )
 
 
 @contextlib.contextmanager

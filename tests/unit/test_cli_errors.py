@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from fleetstream.cli import app
+from fleetstream.infra import StartReport
 from simulator import SimulatorError
 
 pytestmark = pytest.mark.unit
@@ -30,6 +32,37 @@ def test_unknown_log_level_is_a_usage_error(tmp_path: Path) -> None:
     )
 
 
+def test_log_level_reaches_the_demo_s_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: FLEETSTREAM_LOG_LEVEL is the level of every command; `--log-level DEBUG
+    # demo` only configured the demo itself.
+    seen: list[str | None] = []
+
+    def first_service(*_args: object) -> None:
+        seen.append(os.environ.get("FLEETSTREAM_LOG_LEVEL"))  # what Popen passes on
+        msg = "stop at the first service"
+        raise RuntimeError(msg)
+
+    monkeypatch.delenv("FLEETSTREAM_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("FLEETSTREAM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr("fleetstream.infra.up", lambda _s: StartReport(0.0, 0.0))
+    monkeypatch.setattr("fleetstream.demo._check_ports_free", lambda _ports: None)
+    monkeypatch.setattr("fleetstream.demo.service", first_service)
+    result = _run("--log-level", "debug", "demo", "--duration", "1")
+    assert result.exit_code == 1, result.output
+    assert seen == ["DEBUG"]
+
+
+def test_log_level_reaches_the_exec_d_streamlit(monkeypatch: pytest.MonkeyPatch) -> None:
+    execs: list[dict[str, str]] = []
+    monkeypatch.delenv("FLEETSTREAM_LOG_LEVEL", raising=False)
+    monkeypatch.setattr("dashboard.server.os.execve", lambda _p, _a, env: execs.append(env))
+    result = _run("--log-level", "WARNING", "dashboard", "--port", "8599")
+    assert result.exit_code == 0, result.output
+    assert [env.get("FLEETSTREAM_LOG_LEVEL") for env in execs] == ["WARNING"]
+
+
 @pytest.mark.parametrize(
     "command", [["infra", "up"], ["infra", "down"], ["infra", "status"], ["infra", "jars"]]
 )
@@ -40,6 +73,38 @@ def test_invalid_infra_settings_name_the_setting_not_its_value(command: list[str
     assert "FLEETSTREAM_MQTT_PORT: Input should be greater than or equal to 1" in result.output
     assert "abc" not in result.output
     assert "input_value" not in result.output
+
+
+@pytest.mark.parametrize("command", [["infra", "up"], ["infra", "status"], ["demo"]])
+def test_a_user_name_mosquitto_cannot_store_is_an_invalid_setting(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `infra up` refused it with exit 1, after taking the lock, when it wrote the
+    # password file: README promises exit 2 and a line per invalid setting.
+    called: list[str] = []
+    monkeypatch.setattr("fleetstream.infra.up", lambda *_a: called.append("up"))
+
+    def status(*_a: object) -> list[object]:
+        called.append("status")
+        return []
+
+    def service(*_a: object) -> None:
+        called.append("service")
+        msg = "a service would start"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr("fleetstream.infra.status", status)
+    monkeypatch.setattr("fleetstream.demo.service", service)
+    monkeypatch.setattr("fleetstream.demo._check_ports_free", lambda _ports: None)
+    result = _run(
+        *command,
+        env={"FLEETSTREAM_MQTT_USERNAME": "ops:team", "FLEETSTREAM_MQTT_PASSWORD": "hunter2"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "error: invalid settings:\n  FLEETSTREAM_MQTT_USERNAME: " in result.output
+    assert "no ':'" in result.output
+    assert "hunter2" not in result.output
+    assert called == []
 
 
 @pytest.mark.parametrize("kind", ["ingest", "pipeline", "e2e"])

@@ -55,6 +55,34 @@ def test_a_busy_service_port_is_refused_before_anything_starts() -> None:
     demo._check_ports_free({"ingest": ("::", port), "dashboard": ("0.0.0.0", port)})  # noqa: S104
 
 
+def test_a_busy_service_port_is_refused_before_the_brokers_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: "refused before anything starts"; the check ran after `infra up`.
+    started: list[str] = []
+
+    def up(_settings: infra.InfraSettings) -> infra.StartReport:
+        started.append("brokers")
+        return infra.StartReport(0.0, 0.0)
+
+    def first_service(name: str, *_args: object) -> Any:
+        started.append(name)
+        raise _StartedError
+
+    monkeypatch.setenv("FLEETSTREAM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(infra, "up", up)
+    monkeypatch.setattr(demo, "service", first_service)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("FLEETSTREAM_INGEST_METRICS_PORT", "0")  # not checked
+        monkeypatch.setenv("FLEETSTREAM_PROCESSING_METRICS_PORT", "0")
+        monkeypatch.setenv("FLEETSTREAM_DASHBOARD_HOST", "127.0.0.1")
+        monkeypatch.setenv("FLEETSTREAM_DASHBOARD_PORT", str(port))
+        with pytest.raises(RuntimeError, match=f"dashboard's port 127.0.0.1:{port} is in use"):
+            demo._run_demo(1, 1.0, 0.0, 0)
+    assert started == []
+
+
 def test_a_service_that_exited_is_named_with_its_log(tmp_path: Path) -> None:
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from fleetstream.infra import InfraError, InfraSettings, _mosquitto
+from telemetry.settings import settings_problems
 
 pytestmark = pytest.mark.unit
 
@@ -78,16 +80,32 @@ def test_failing_mosquitto_passwd_is_a_clear_error_without_the_password(
     assert "something about ***" in str(caught.value)
 
 
-def test_user_name_with_a_colon_is_rejected_before_anything_runs(
-    settings: InfraSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("FLEETSTREAM_MQTT_USERNAME", "ops:team", "no ':'"),
+        ("FLEETSTREAM_MQTT_USERNAME", "", "non-empty"),
+        ("FLEETSTREAM_MQTT_USERNAME", "ops\nteam", "line break"),
+        ("FLEETSTREAM_MQTT_PASSWORD", f"{SECRET}\nrest", "line break"),
+        ("FLEETSTREAM_MQTT_PASSWORD", "", "non-empty"),
+    ],
+)
+def test_credentials_mosquitto_cannot_store_are_invalid_settings(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
 ) -> None:
-    fake = _FakeRun()
-    monkeypatch.setattr("fleetstream.infra._mosquitto.subprocess.run", fake)
-    bad = settings.model_copy(update={"mqtt_username": "ops:team"})
-    with pytest.raises(InfraError, match=r"FLEETSTREAM_MQTT_USERNAME.*':'") as caught:
-        _mosquitto._render(bad)
-    assert SECRET not in str(caught.value)
-    assert fake.calls == []
+    # Refused by the settings, so every command that reads them exits 2 (it was an
+    # InfraError, exit 1, from `infra up` only, and only when Mosquitto was started).
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        InfraSettings()
+    assert [line.split(": ", 1)[0] for line in settings_problems(caught.value)] == [variable]
+    assert says in settings_problems(caught.value)[0]
+    assert SECRET not in "".join(settings_problems(caught.value))
+
+
+def test_a_password_with_a_colon_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETSTREAM_MQTT_PASSWORD", "a:b")
+    assert InfraSettings().mqtt_password.get_secret_value() == "a:b"
 
 
 def test_mosquitto_keeps_the_user_this_process_runs_as_not_the_one_user_names(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fleetstream.infra import (
     InfraError,
     InfraSettings,
     ServiceStatus,
+    StartReport,
     _kafka,
     _mosquitto,
     _stack,
@@ -374,3 +376,97 @@ def test_only_the_broker_itself_is_found_not_a_tool_given_its_config(
     settings = InfraSettings(run_dir=Path("run"), cache_dir=Path("cache"))
     assert settings.run_dir == tmp_path / "run"
     assert Path(_kafka.process(settings).marker).is_absolute()
+
+
+class _LiveBroker:
+    """A tracked broker that is alive (a fake: no process is started)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stopped = False
+
+    def pid(self) -> int:
+        return 4242
+
+    def resume_if_stopped(self) -> bool:
+        return False
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        self.stopped = True
+        return True
+
+
+def _rendered(settings: InfraSettings, monkeypatch: pytest.MonkeyPatch) -> dict[Path, str]:
+    """Render both brokers' configs for ``settings`` as ``up`` does; path -> text."""
+    monkeypatch.setattr("fleetstream.infra._mosquitto.shutil.which", lambda *_a, **_k: "passwd")
+    monkeypatch.setattr(
+        "fleetstream.infra._mosquitto.subprocess.run",
+        lambda argv, **_k: subprocess.CompletedProcess(argv, 0, "", ""),
+    )
+    configs = [_mosquitto._render(settings), _kafka._render(settings)]
+    return {path: path.read_text() for path in configs}
+
+
+def test_up_leaves_a_broker_of_its_run_folder_on_other_ports_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/faults.md's "own ports" kept the default run folder: `up` took the other
+    # stack's brokers for its own, rewrote their configs with the new ports, waited for
+    # them in vain and then stopped them.
+    running = InfraSettings(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    configs = _rendered(running, monkeypatch)
+    brokers = {"mosquitto": _LiveBroker("mosquitto"), "kafka": _LiveBroker("kafka")}
+    monkeypatch.setattr(_mosquitto, "process", lambda _s: brokers["mosquitto"])
+    monkeypatch.setattr(_kafka, "process", lambda _s: brokers["kafka"])
+    started: list[str] = []
+
+    def starter(name: str) -> Callable[[InfraSettings], float]:
+        def start(_settings: InfraSettings) -> float:
+            started.append(name)
+            return 1.0
+
+        return start
+
+    monkeypatch.setattr(_mosquitto, "start", starter("mosquitto"))
+    monkeypatch.setattr(_kafka, "start", starter("kafka"))
+
+    other = running.model_copy(update={"mqtt_port": 11883, "mqtt_auth_port": 11884})
+    with pytest.raises(InfraError) as caught:
+        _stack.up(other)
+    message = str(caught.value)
+    assert "mosquitto (pid 4242)" in message
+    assert "runs on 127.0.0.1:1883, 127.0.0.1:1884" in message
+    assert "ask for 127.0.0.1:11883, 127.0.0.1:11884" in message
+    assert "fleetstream infra down" in message
+    assert "FLEETSTREAM_RUN_DIR" in message
+    other = running.model_copy(update={"kafka_port": 19092})
+    with pytest.raises(InfraError, match=r"kafka \(pid 4242\).* ask for 127\.0\.0\.1:19092,"):
+        _stack.up(other)
+    other = running.model_copy(update={"host": "127.0.0.2"})
+    with pytest.raises(InfraError, match=r"mosquitto .* ask for 127\.0\.0\.2:1883,"):
+        _stack.up(other)
+    assert started == []
+    assert not any(b.stopped for b in brokers.values())
+    assert {path: path.read_text() for path in configs} == configs
+
+    # The same listeners: the broker is this stack's, and `up` goes on as before.
+    assert _stack.up(running) == StartReport(kafka_s=1.0, mosquitto_s=1.0)
+    assert started == ["mosquitto", "kafka"]
+
+
+@pytest.mark.parametrize(
+    ("running", "wanted", "refused"),
+    [
+        (["127.0.0.1:1883", "127.0.0.1:1884"], ["127.0.0.1:1883", "127.0.0.1:1884"], False),
+        (["127.0.0.1:1884", "127.0.0.1:1883"], ["127.0.0.1:1883", "127.0.0.1:1884"], False),
+        (None, ["127.0.0.1:1883", "127.0.0.1:1884"], False),  # no config: nothing to compare
+        (["127.0.0.1:1883", "127.0.0.1:1884"], ["127.0.0.1:1883", "127.0.0.1:2884"], True),
+        (["127.0.0.1:1883", "127.0.0.1:1884"], ["10.0.0.5:1883", "10.0.0.5:1884"], True),
+        ([], ["127.0.0.1:9092", "127.0.0.1:9093"], True),  # a config without listeners
+    ],
+)
+def test_listener_conflict(
+    tmp_path: Path, running: list[str] | None, wanted: list[str], refused: bool
+) -> None:
+    problem = _stack.listener_conflict("mosquitto", 7, running, wanted, tmp_path)
+    assert (problem is not None) == refused
