@@ -372,12 +372,23 @@ class FleetView:
             if pending is not None:
                 entry["verdict"], entry["verdict_ts"] = pending
             self._alerts[episode] = entry
-            self._car(entry["vehicle_id"]).alert_ids.append(episode)
+            car = self._car(entry["vehicle_id"])
+            # An episode evicted and read again (its clear) is re-created: listed twice,
+            # the car page made two cards with one Streamlit key and failed every refresh.
+            if episode not in car.alert_ids:
+                car.alert_ids.append(episode)
             while len(self._alerts) > self._max_alerts:
-                self._alerts.popitem(last=False)
+                self._evict_alert()
         elif status == "cleared":
             entry["active"] = False
             entry["cleared_ts"] = ts
+
+    def _evict_alert(self) -> None:
+        """Drop the oldest alert episode, from the alerts and from its car's list."""
+        episode, entry = self._alerts.popitem(last=False)
+        car = self._cars.get(entry["vehicle_id"])
+        if car is not None and episode in car.alert_ids:
+            car.alert_ids.remove(episode)
 
     def _feedback(self, record: Mapping[str, Any]) -> None:
         alert_id = str(record["alert_id"])
@@ -439,7 +450,8 @@ class FleetView:
             car = self._cars.get(vehicle_id)
             if car is None:
                 return None
-            alerts = [AlertEntry(**self._alerts[e]) for e in car.alert_ids if e in self._alerts]
+            episodes = dict.fromkeys(e for e in car.alert_ids if e in self._alerts)
+            alerts = [AlertEntry(**self._alerts[e]) for e in episodes]
             return CarHistory(
                 vehicle_id=vehicle_id,
                 powertrain=car.powertrain,

@@ -192,3 +192,21 @@ def test_invalid_settings_are_reported_on_the_page_by_name_only(
     assert len(at.error) == 1
     assert name in at.error[0].value
     assert "hunter2" not in at.error[0].value
+
+
+def test_car_page_of_an_evicted_episode_read_again_renders() -> None:
+    now = 1_767_225_600_000
+    view = FleetView(max_alerts=3, clock=lambda: now / 1000)
+    view.ingest("telemetry", make_ev(now - 1000, vehicle_id="car-1"))
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", now - 50_000))
+    for i in range(3):
+        view.ingest("alerts", _alert(f"x{i}", f"o-{i}", "sensor_glitch", "info", now - 40_000 + i))
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", now - 10_000, "cleared"))
+    runtime = Runtime(
+        settings=DashboardSettings(), view=view, feedback=ListFeedbackSink(),
+        clock=lambda: now / 1000,
+    )  # fmt: skip
+    at = app_with(runtime, "Car")
+    at.run()  # the next refresh
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.button(key="ack-ep1-raised").disabled  # known by its clear only

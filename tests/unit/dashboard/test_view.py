@@ -256,3 +256,18 @@ def test_a_sample_far_ahead_of_the_wall_clock_is_refused_and_hides_nothing(
     assert car is not None
     assert [s["ts"] for s in car.samples] == [now_ms - 1000, now_ms, now_ms + limit_ms - 1000]
     assert car.samples[-1]["lat"] == 48.1
+
+
+def test_an_evicted_episode_read_again_is_listed_once_for_its_car() -> None:
+    # Its id stayed in the car's list; the clear re-created the episode and appended it
+    # again, and the car page made two cards with one Streamlit key on every refresh.
+    view = FleetView(max_alerts=3)
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
+    for i in range(3):
+        view.ingest("alerts", _alert(f"x{i}", f"other-{i}", "sensor_glitch", "info", T0 + i))
+    assert "ep1" not in {a["episode_id"] for a in view.snapshot().alerts}
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 9, "cleared"))
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 9, "cleared"))
+    car = view.car("car-1")
+    assert car is not None
+    assert [a["episode_id"] for a in car.alerts] == ["ep1"]
