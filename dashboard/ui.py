@@ -106,6 +106,11 @@ def render_status(snapshot: FleetSnapshot, runtime: Runtime) -> None:
     elif not status.connected:
         detail = f" (last error: {status.last_error})" if status.last_error else ""
         st.warning(f"Reconnecting to Kafka {runtime.settings.kafka_bootstrap_servers}…{detail}")
+    if status.evicted_active:
+        st.warning(
+            f"{status.evicted_active:,} active alert episodes were dropped: more were active "
+            f"than FLEETSTREAM_DASHBOARD_MAX_ALERTS ({runtime.settings.dashboard_max_alerts:,})."
+        )
     if status.last_message_at is None:
         st.info("Waiting for data from Kafka…")
         return

@@ -14,6 +14,7 @@ wrong shape raises ``KeyError``/``TypeError``/``ValueError``; the feed counts an
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,6 +38,10 @@ RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
 # Feedback that arrives before its alert (another topic, another order) waits here.
 _MAX_PENDING_FEEDBACK: Final = 10_000
 _TS: Final = NUMBER_FIELDS["ts"]
+# An active episode evicted (every kept one active) is logged at most this often.
+_EVICTED_ACTIVE_LOG_S: Final = 60.0
+
+_log = logging.getLogger("dashboard.view")
 
 
 def _field_types(shape: type) -> dict[str, tuple[tuple[type, ...], bool]]:
@@ -162,6 +167,8 @@ class FeedStatus:
         last_message_at: Wall-clock seconds of the latest record, or None.
         records: Records taken into the view, per kind.
         skipped: Records dropped as malformed.
+        evicted_active: Active alert episodes evicted because every kept episode was
+            active (``max_alerts`` too low for the fleet).
     """
 
     connected: bool | None
@@ -169,6 +176,7 @@ class FeedStatus:
     last_message_at: float | None
     records: dict[str, int]
     skipped: int
+    evicted_active: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +250,12 @@ class FleetView:
         self._lock = threading.Lock()
         self._cars: OrderedDict[str, _Car] = OrderedDict()
         self._alerts: OrderedDict[str, AlertEntry] = OrderedDict()  # by episode id
+        # Episodes not active (any more), in the order they were read as cleared: the
+        # first to go when there are too many episodes.
+        self._cleared: OrderedDict[str, None] = OrderedDict()
+        self._evicted_active = 0
+        self._evicted_active_logged = 0
+        self._evicted_active_log_at = -_EVICTED_ACTIVE_LOG_S
         self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._connected: bool | None = None
         self._last_error: str | None = None
@@ -372,6 +386,8 @@ class FleetView:
             if pending is not None:
                 entry["verdict"], entry["verdict_ts"] = pending
             self._alerts[episode] = entry
+            if not raised:
+                self._cleared[episode] = None
             car = self._car(entry["vehicle_id"])
             # An episode evicted and read again (its clear) is re-created: listed twice,
             # the car page made two cards with one Streamlit key and failed every refresh.
@@ -382,10 +398,33 @@ class FleetView:
         elif status == "cleared":
             entry["active"] = False
             entry["cleared_ts"] = ts
+            self._cleared[episode] = None
 
     def _evict_alert(self) -> None:
-        """Drop the oldest alert episode, from the alerts and from its car's list."""
-        episode, entry = self._alerts.popitem(last=False)
+        """Drop one alert episode, from the alerts and from its car's list.
+
+        The one cleared first goes; an active one only when every kept episode is active
+        (the oldest then, logged and counted): a long-running critical alert used to be
+        evicted by a day of newer short glitches and vanished from the KPIs and the map.
+        """
+        if self._cleared:
+            episode, _ = self._cleared.popitem(last=False)
+            entry = self._alerts.pop(episode)
+        else:
+            episode, entry = self._alerts.popitem(last=False)
+            self._evicted_active += 1
+            now = time.monotonic()
+            if now - self._evicted_active_log_at >= _EVICTED_ACTIVE_LOG_S:
+                _log.warning(
+                    "evicted %d active alert episodes (every kept one is active; latest %s "
+                    "of %s): raise FLEETSTREAM_DASHBOARD_MAX_ALERTS above %d",
+                    self._evicted_active - self._evicted_active_logged,
+                    episode,
+                    entry["vehicle_id"],
+                    self._max_alerts,
+                )
+                self._evicted_active_logged = self._evicted_active
+                self._evicted_active_log_at = now
         car = self._cars.get(entry["vehicle_id"])
         if car is not None and episode in car.alert_ids:
             car.alert_ids.remove(episode)
@@ -420,6 +459,7 @@ class FleetView:
             last_message_at=self._last_message_at,
             records=dict(self._counts),
             skipped=self._skipped,
+            evicted_active=self._evicted_active,
         )
 
     def snapshot(self, since_ms: int = 0) -> FleetSnapshot:

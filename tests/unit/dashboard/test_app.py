@@ -198,10 +198,12 @@ def test_car_page_of_an_evicted_episode_read_again_renders() -> None:
     now = 1_767_225_600_000
     view = FleetView(max_alerts=3, clock=lambda: now / 1000)
     view.ingest("telemetry", make_ev(now - 1000, vehicle_id="car-1"))
+    episodes = [("ep1", "car-1"), *((f"x{i}", f"o-{i}") for i in range(3))]
+    for i, (episode, vid) in enumerate(episodes):
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", now - 50_000 + i))
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", now - 9000, "cleared"))
+    # A replay from further back: evicted, ep1 is read again.
     view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", now - 50_000))
-    for i in range(3):
-        view.ingest("alerts", _alert(f"x{i}", f"o-{i}", "sensor_glitch", "info", now - 40_000 + i))
-    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", now - 10_000, "cleared"))
     runtime = Runtime(
         settings=DashboardSettings(), view=view, feedback=ListFeedbackSink(),
         clock=lambda: now / 1000,
@@ -209,4 +211,13 @@ def test_car_page_of_an_evicted_episode_read_again_renders() -> None:
     at = app_with(runtime, "Car")
     at.run()  # the next refresh
     assert not at.exception, [e.message for e in at.exception]
-    assert at.button(key="ack-ep1-raised").disabled  # known by its clear only
+    assert at.button(key="ack-ep1-raised")
+
+
+def test_evicted_active_alerts_are_reported_on_the_page() -> None:
+    view = FleetView(max_alerts=1)
+    for i in range(3):
+        view.ingest("alerts", _alert(f"a{i}", "car-1", "overheat", "critical", 1_767_225_600_000))
+    runtime = Runtime(settings=DashboardSettings(), view=view, feedback=ListFeedbackSink())
+    at = app_with(runtime)
+    assert any("2 active alert episodes were dropped" in w.value for w in at.warning)

@@ -262,12 +262,46 @@ def test_an_evicted_episode_read_again_is_listed_once_for_its_car() -> None:
     # Its id stayed in the car's list; the clear re-created the episode and appended it
     # again, and the car page made two cards with one Streamlit key on every refresh.
     view = FleetView(max_alerts=3)
-    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
-    for i in range(3):
-        view.ingest("alerts", _alert(f"x{i}", f"other-{i}", "sensor_glitch", "info", T0 + i))
+    episodes = [("ep1", "car-1"), *((f"x{i}", f"other-{i}") for i in range(3))]
+    for i, (episode, vid) in enumerate(episodes):
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", T0 + i))
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", T0 + 9, "cleared"))
     assert "ep1" not in {a["episode_id"] for a in view.snapshot().alerts}
-    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 9, "cleared"))
+    # A replay from further back: the episode's records again.
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
     view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 9, "cleared"))
     car = view.car("car-1")
     assert car is not None
     assert [a["episode_id"] for a in car.alerts] == ["ep1"]
+
+
+def test_cleared_episodes_are_evicted_before_active_ones() -> None:
+    # A long-running critical alert was evicted by newer short glitches and vanished from
+    # the KPIs and the map.
+    view = FleetView(max_alerts=3)
+    view.ingest("alerts", _alert("hot", "car-1", "overheat", "critical", T0))
+    for i in range(250):  # the same car: its own list must not lose the active episode
+        view.ingest("alerts", _alert(f"g{i}", "car-1", "sensor_glitch", "info", T0 + 2 * i + 1))
+        view.ingest(
+            "alerts", _alert(f"g{i}", "car-1", "sensor_glitch", "info", T0 + 2 * i + 2, "cleared")
+        )
+    kept = {a["episode_id"]: a["active"] for a in view.snapshot().alerts}
+    assert kept == {"hot": True, "g248": False, "g249": False}
+    car = view.car("car-1")
+    assert car is not None
+    assert [a["episode_id"] for a in car.alerts] == ["hot", "g248", "g249"]
+    assert view.status().evicted_active == 0
+
+
+def test_an_active_episode_is_evicted_only_when_all_are_active(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    view = FleetView(max_alerts=2)
+    with caplog.at_level("WARNING", logger="dashboard.view"):
+        view.ingest("alerts", _alert("c", "car-1", "overheat", "critical", T0, "cleared"))
+        for i in range(6):
+            view.ingest("alerts", _alert(f"a{i}", "car-1", "overheat", "critical", T0 + i + 1))
+    assert [a["episode_id"] for a in view.snapshot().alerts] == ["a5", "a4"]
+    assert view.status().evicted_active == 4  # "c" went first, then a0 to a3
+    # Logged once: the later evictions within the minute are counted, not logged.
+    assert len([r for r in caplog.records if "active alert episodes" in r.getMessage()]) == 1
