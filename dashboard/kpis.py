@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, TypedDict
 
 from dashboard.view import AlertEntry, CarSample, FleetSnapshot
@@ -72,7 +73,11 @@ class FleetKpis:
 
 
 class MapPoint(TypedDict):
-    """One car on the map."""
+    """One car on the map.
+
+    ``position`` is empty when the point is the latest sample's position, else it says
+    since when the car's position is unknown (the point is its last known one).
+    """
 
     vehicle_id: str
     lat: float
@@ -81,6 +86,7 @@ class MapPoint(TypedDict):
     alert: str
     colour: list[int]
     online: bool
+    position: str
 
 
 class TemperatureBin(TypedDict):
@@ -183,14 +189,24 @@ def fleet_kpis(snapshot: FleetSnapshot, now_ms: int, online_ms: int, period_ms: 
 
 
 def map_points(snapshot: FleetSnapshot, now_ms: int, online_ms: int) -> list[MapPoint]:
-    """One point per car with a finite position, coloured by active alert, else by state."""
+    """One point per car with a known position, coloured by active alert, else by state.
+
+    A car whose latest sample has no position (a GPS gap; null is valid) is drawn at its
+    last known position, marked stale: it used to vanish from the map with its alerts.
+    """
     worst = worst_alert_by_car(snapshot.alerts)
     points: list[MapPoint] = []
     for vid, sample in sorted(snapshot.latest.items()):
         lat, lon = sample["lat"], sample["lon"]
-        # pydeck and st.map reject NaN/None positions; such cars are listed, not drawn.
+        position = ""
+        # pydeck and st.map reject NaN/None positions.
         if lat is None or lon is None or not (math.isfinite(lat) and math.isfinite(lon)):
-            continue
+            fix = snapshot.last_fixes.get(vid)
+            if fix is None:
+                continue  # never had a position: listed under the map if it has an alert
+            fix_ts, lat, lon = fix
+            since = datetime.fromtimestamp(fix_ts / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            position = f"stale: last known position at {since} UTC"
         online = is_online(sample, now_ms, online_ms)
         alert = worst.get(vid, "")
         if alert:
@@ -208,9 +224,20 @@ def map_points(snapshot: FleetSnapshot, now_ms: int, online_ms: int) -> list[Map
                 alert=alert,
                 colour=list(colour),
                 online=online,
+                position=position,
             )
         )
     return points
+
+
+def alerts_off_the_map(snapshot: FleetSnapshot, points: Iterable[MapPoint]) -> dict[str, str]:
+    """Cars with an active alert that the map cannot show (no known position), by severity.
+
+    Sorted by car id: the worst active severity of each car.
+    """
+    drawn = {p["vehicle_id"] for p in points}
+    worst = worst_alert_by_car(snapshot.alerts)
+    return {vid: worst[vid] for vid in sorted(worst) if vid not in drawn}
 
 
 def filter_alerts(

@@ -32,6 +32,7 @@ _log = logging.getLogger("dashboard")
 RUNTIME_KEY: Final = "fleetstream_runtime"  # tests put a Runtime with recorded data here
 PAGES: Final = ("Fleet overview", "Alerts", "Car", "Efficiency")
 MAX_ALERTS_SHOWN: Final = 50
+MAX_UNPLACED_SHOWN: Final = 30  # cars listed under the map for having no position
 # Streamlit markdown badges: no emoji (a browser without an emoji font shows boxes).
 SEVERITY_BADGES: Final = {
     "critical": ":red-badge[critical]",
@@ -165,8 +166,22 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
     st.caption(
         "Colour: active alert severity (red critical, orange high, yellow warning, blue info), "
         "else state (green driving, purple charging, teal refuelling, grey parked/asleep, "
-        "light grey offline)."
+        "light grey offline). A car whose latest telemetry has no position is drawn at its "
+        "last known one, marked stale in the tooltip."
     )
+    unplaced = kpis.alerts_off_the_map(snapshot, points)
+    if unplaced:
+        listed = [f"`{vid}` ({severity})" for vid, severity in unplaced.items()]
+        more = (
+            f" and {len(listed) - MAX_UNPLACED_SHOWN:,} more"
+            if len(listed) > MAX_UNPLACED_SHOWN
+            else ""
+        )
+        st.warning(
+            "Active alerts of cars with no known position (not on the map): "
+            + ", ".join(listed[:MAX_UNPLACED_SHOWN])
+            + more
+        )
     active = kpis.active_alerts(snapshot.alerts)[:10]
     if active:
         st.subheader("Newest active alerts")
@@ -208,7 +223,7 @@ def render_map(points: list[kpis.MapPoint], style: str) -> None:
         layers=[layer],
         initial_view_state=view,
         map_style=None if style == "none" else style,
-        tooltip={"text": "{vehicle_id}\n{state}\n{alert}"},
+        tooltip={"text": "{vehicle_id}\n{state}\n{alert}\n{position}"},
     )
     st.pydeck_chart(deck, height=480)
 

@@ -15,6 +15,7 @@ wrong shape raises ``KeyError``/``TypeError``/``ValueError``; the feed counts an
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -197,6 +198,8 @@ class FleetSnapshot:
 
     Attributes:
         latest: The latest kept telemetry sample per car.
+        last_fixes: ``(ts, lat, lon)`` of the latest sample with a finite position, for
+            the cars whose latest sample has none (a GPS gap, a garage).
         powertrains: Powertrain per car, from any record kind.
         recent_stats: Stats windows that ended at or after the snapshot's ``since_ms``.
         alerts: Every kept alert episode, newest first.
@@ -208,6 +211,7 @@ class FleetSnapshot:
     recent_stats: list[WindowStats]
     alerts: list[AlertEntry]
     status: FeedStatus
+    last_fixes: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
     @property
     def vehicle_ids(self) -> list[str]:
@@ -222,6 +226,8 @@ class _Car:
     sessions: deque[SessionRecord]
     powertrain: str | None = None
     alert_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    # (ts, lat, lon) of the latest sample with a finite position, kept beyond the samples.
+    fix: tuple[int, float, float] | None = None
 
 
 class FleetView:
@@ -324,6 +330,9 @@ class FleetView:
         if car.samples and sample["ts"] <= car.samples[-1]["ts"]:
             return  # duplicate or out of order: the trace follows the car's clock
         car.samples.append(sample)
+        lat, lon = sample["lat"], sample["lon"]
+        if lat is not None and lon is not None and math.isfinite(lat) and math.isfinite(lon):
+            car.fix = (sample["ts"], float(lat), float(lon))
 
     def _stats(self, record: Mapping[str, Any]) -> None:
         check_shape(record, _STATS_FIELDS, "stats")
@@ -467,6 +476,11 @@ class FleetView:
         with self._lock:
             latest = {vid: dict(car.samples[-1]) for vid, car in self._cars.items() if car.samples}
             powertrains = {vid: car.powertrain for vid, car in self._cars.items() if car.powertrain}
+            last_fixes = {
+                vid: car.fix
+                for vid, car in self._cars.items()
+                if car.fix is not None and car.samples and car.fix[0] != car.samples[-1]["ts"]
+            }
             recent: list[WindowStats] = []
             for car in self._cars.values():
                 for stats in reversed(car.stats):
@@ -482,6 +496,7 @@ class FleetView:
             recent_stats=recent,
             alerts=alerts,
             status=status,
+            last_fixes=last_fixes,
         )
 
     def car(self, vehicle_id: str) -> CarHistory | None:

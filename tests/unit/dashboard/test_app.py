@@ -221,3 +221,20 @@ def test_evicted_active_alerts_are_reported_on_the_page() -> None:
     runtime = Runtime(settings=DashboardSettings(), view=view, feedback=ListFeedbackSink())
     at = app_with(runtime)
     assert any("2 active alert episodes were dropped" in w.value for w in at.warning)
+
+
+def test_overview_draws_a_car_in_a_gps_gap_and_lists_alerts_it_cannot_place(
+    small: Recording,
+) -> None:
+    runtime = runtime_for(small)
+    view = runtime.view
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="ev-1", lat=None, lon=None))
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="no-gps", lat=None, lon=None))
+    view.ingest("alerts", _alert("ep-x", "no-gps", "overheat", "critical", small.end_ms))
+    at = app_with(runtime)
+    deck = at.get("deck_gl_json_chart")[0].proto.json
+    assert "ev-1" in deck
+    assert "stale: last known position" in deck
+    assert "no-gps" not in deck
+    [warning] = at.warning
+    assert "`no-gps` (critical)" in warning.value

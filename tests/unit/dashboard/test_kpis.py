@@ -10,7 +10,8 @@ from dashboard import kpis
 from dashboard.feedback import feedback_record
 from processing.stats import consumption
 
-from .fleet_data import MIN_MS, Recording, filled_view
+from ..records import make_ev
+from .fleet_data import MIN_MS, Recording, _alert, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -60,12 +61,32 @@ def test_map_points_colour_by_alert_then_state(small: Recording) -> None:
     assert points["ice-1"]["lat"] == 48.2
 
 
-def test_cars_without_a_finite_position_are_not_drawn(small: Recording) -> None:
+def test_a_car_without_a_position_now_is_drawn_at_its_last_known_one(small: Recording) -> None:
+    # A GPS gap (null is valid): the car vanished from the map with its active alert.
     view = filled_view(small)
     view.ingest("telemetry", {**small.of("telemetry")[0], "ts": small.end_ms, "lat": None})
     view.ingest("telemetry", {**small.of("telemetry")[1], "ts": small.end_ms, "lon": math.nan})
-    ids = [p["vehicle_id"] for p in kpis.map_points(view.snapshot(), small.end_ms, ONLINE_MS)]
-    assert ids == ["ev-2"]
+    points = {p["vehicle_id"]: p for p in kpis.map_points(view.snapshot(), small.end_ms, ONLINE_MS)}
+    assert sorted(points) == ["ev-1", "ev-2", "ice-1"]
+    ev1 = points["ev-1"]
+    assert (ev1["lat"], ev1["lon"], ev1["alert"]) == (48.1, 11.5, "critical")
+    assert ev1["position"] == "stale: last known position at 2026-01-01 00:59:55 UTC"
+    assert (points["ice-1"]["lat"], points["ice-1"]["lon"]) == (48.2, 11.5)
+    assert points["ev-2"]["position"] == ""  # its latest sample has a position
+
+
+def test_active_alerts_of_cars_never_placed_are_listed(small: Recording) -> None:
+    view = filled_view(small)
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="no-gps", lat=None, lon=None))
+    view.ingest("alerts", _alert("ep-x", "no-gps", "overheat", "critical", small.end_ms))
+    view.ingest("alerts", _alert("ep-y", "no-telemetry", "tire_leak", "warning", small.end_ms))
+    snapshot = view.snapshot()
+    points = kpis.map_points(snapshot, small.end_ms, ONLINE_MS)
+    assert "no-gps" not in {p["vehicle_id"] for p in points}
+    assert kpis.alerts_off_the_map(snapshot, points) == {
+        "no-gps": "critical",
+        "no-telemetry": "warning",
+    }
 
 
 def test_filter_alerts_combines_filters(small: Recording) -> None:
