@@ -30,6 +30,8 @@ from telemetry.settings import settings_problems
 _log = logging.getLogger("dashboard")
 
 RUNTIME_KEY: Final = "fleetstream_runtime"  # tests put a Runtime with recorded data here
+# Per browser session: alert id -> the error of its latest failed feedback write.
+FEEDBACK_ERRORS_KEY: Final = "fleetstream_feedback_errors"
 PAGES: Final = ("Fleet overview", "Alerts", "Car", "Efficiency")
 MAX_ALERTS_SHOWN: Final = 50
 MAX_UNPLACED_SHOWN: Final = 30  # cars listed under the map for having no position
@@ -228,14 +230,30 @@ def render_map(points: list[kpis.MapPoint], style: str) -> None:
     st.pydeck_chart(deck, height=480)
 
 
+def _feedback_errors() -> dict[str, str]:
+    """This browser session's failed feedback writes: alert id -> error text."""
+    errors = st.session_state.get(FEEDBACK_ERRORS_KEY)
+    if not isinstance(errors, dict):
+        errors = {}
+        st.session_state[FEEDBACK_ERRORS_KEY] = errors
+    return errors
+
+
+def _dismiss_feedback_error(alert_id: str) -> None:
+    _feedback_errors().pop(alert_id, None)
+
+
 def _send_feedback(runtime: Runtime, alert: AlertEntry, verdict: Verdict) -> None:
+    # The error stays on the card until dismissed or a later write succeeds: shown only
+    # by the click's rerun, the next refresh (2 s) removed it before anyone read it.
     try:
         record = feedback_record(alert, verdict, runtime.now_ms())
         runtime.feedback.send(record)
     except FeedbackError as exc:
         _log.warning("%s", exc)
-        st.error(str(exc))
+        _feedback_errors()[alert["alert_id"]] = str(exc)
         return
+    _dismiss_feedback_error(alert["alert_id"])
     # Show it now; the feed reads the same record back from Kafka (latest verdict wins).
     runtime.view.ingest("feedback", record)
     st.toast(f"{alert['alert_id']}: {verdict.replace('_', ' ')}")
@@ -288,6 +306,15 @@ def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
             "False positive", key=f"fp-{alert['alert_id']}", width="stretch", disabled=no_raise
         ):
             _send_feedback(runtime, alert, "false_positive")
+        error = _feedback_errors().get(alert["alert_id"])
+        if error is not None:
+            st.error(f"Feedback not saved: {error}")
+            st.button(
+                "Dismiss",
+                key=f"dismiss-{alert['alert_id']}",
+                on_click=_dismiss_feedback_error,
+                args=(alert["alert_id"],),
+            )
 
 
 def stats_frame(history: CarHistory) -> pd.DataFrame:

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.errors import FeedbackError
 from dashboard.feedback import ListFeedbackSink
 from dashboard.runtime import Runtime
 from dashboard.settings import DashboardSettings
 from dashboard.ui import RUNTIME_KEY
 from dashboard.view import FleetView
+from telemetry.feedback import FeedbackRecord
 
 from ..records import make_ev
-from .fleet_data import Recording, _alert, runtime_for
+from .fleet_data import Recording, _alert, filled_view, runtime_for
 
 pytestmark = pytest.mark.unit
 
@@ -238,3 +240,48 @@ def test_overview_draws_a_car_in_a_gps_gap_and_lists_alerts_it_cannot_place(
     assert "no-gps" not in deck
     [warning] = at.warning
     assert "`no-gps` (critical)" in warning.value
+
+
+class _FlakySink(ListFeedbackSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def send(self, record: FeedbackRecord) -> None:
+        if self.failing:
+            msg = "could not write feedback: not confirmed within 10 s"
+            raise FeedbackError(msg)
+        super().send(record)
+
+
+def test_a_failed_feedback_write_stays_shown_until_dismissed_or_a_write_succeeds(
+    small: Recording,
+) -> None:
+    # It was shown by the click's rerun only: the next refresh (2 s) removed it.
+    sink = _FlakySink()
+    runtime = Runtime(
+        settings=DashboardSettings(), view=filled_view(small), feedback=sink,
+        clock=lambda: small.end_ms / 1000,
+    )  # fmt: skip
+    at = app_with(runtime, "Alerts")
+
+    def errors() -> list[str]:
+        return [e.value for e in at.error]
+
+    at.button(key="fp-ep-glitch-raised").click().run()
+    assert len(errors()) == 1
+    assert "could not write feedback: not confirmed within 10 s" in errors()[0]
+    at.run()  # the next refresh
+    at.run()
+    assert len(errors()) == 1
+    at.button(key="dismiss-ep-glitch-raised").click().run()
+    assert errors() == []
+    at.run()
+    assert errors() == []
+    at.button(key="ack-ep-glitch-raised").click().run()
+    at.run()
+    assert len(errors()) == 1
+    sink.failing = False
+    at.button(key="ack-ep-glitch-raised").click().run()
+    assert errors() == []
+    assert [r["verdict"] for r in sink.records] == ["acknowledged"]
