@@ -240,6 +240,36 @@ def alerts_off_the_map(snapshot: FleetSnapshot, points: Iterable[MapPoint]) -> d
     return {vid: worst[vid] for vid in sorted(worst) if vid not in drawn}
 
 
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Everything the fleet overview page shows, computed once for every browser session.
+
+    Attributes:
+        kpis: The headline numbers.
+        points: The map's points.
+        off_map: Cars with an active alert and no known position, with its severity.
+        newest_active: The newest active alerts (not false positives), newest first.
+    """
+
+    kpis: FleetKpis
+    points: list[MapPoint]
+    off_map: dict[str, str]
+    newest_active: list[AlertEntry]
+
+
+def overview(
+    snapshot: FleetSnapshot, now_ms: int, online_ms: int, period_ms: int, newest: int = 10
+) -> Overview:
+    """The fleet overview page's content at ``now_ms`` (see :func:`fleet_kpis`)."""
+    points = map_points(snapshot, now_ms, online_ms)
+    return Overview(
+        kpis=fleet_kpis(snapshot, now_ms, online_ms, period_ms),
+        points=points,
+        off_map=alerts_off_the_map(snapshot, points),
+        newest_active=active_alerts(snapshot.alerts)[:newest],
+    )
+
+
 def filter_alerts(
     alerts: Iterable[AlertEntry],
     *,
@@ -326,3 +356,11 @@ def idle_drain_per_car(sessions: Iterable[SessionRecord]) -> list[IdleDrain]:
     ]
     rows.sort(key=lambda r: r["drain_pct_per_h"], reverse=True)
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """The efficiency page's tables, computed once for every browser session."""
+
+    by_temperature: list[TemperatureBin]
+    idle_drain: list[IdleDrain]

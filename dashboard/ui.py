@@ -1,9 +1,11 @@
 """The Streamlit pages. ``dashboard/app.py`` calls :func:`main`; nothing runs on import.
 
 The page layout (sidebar with the page choice) renders once per full rerun; the page body
-is an ``st.fragment`` with ``run_every``, so only it re-renders on each refresh. It reads a
-snapshot of the process-wide :class:`~dashboard.view.FleetView`, which the one Kafka feed
+is an ``st.fragment`` with ``run_every``, so only it re-renders on each refresh. It reads
+copies from the process-wide :class:`~dashboard.view.FleetView`, which the one Kafka feed
 thread fills (``st.cache_resource``): no consumer is created per rerun or per session.
+The fleet-wide numbers (overview, efficiency) come from the runtime, computed once per
+refresh interval for every session.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dashboard import kpis
 from dashboard.errors import FeedbackError
 from dashboard.feedback import feedback_record
 from dashboard.runtime import Runtime, start_runtime
-from dashboard.view import AlertEntry, CarHistory, FleetSnapshot
+from dashboard.view import AlertEntry, CarHistory, FeedStatus
 from telemetry.feedback import Verdict
 from telemetry.logs import configure_logging
 from telemetry.settings import settings_problems
@@ -87,23 +89,20 @@ def main() -> None:
 
 def render_page(runtime: Runtime, page: str) -> None:
     """One refresh of the page body (runs as a fragment)."""
-    settings = runtime.settings
     now_ms = runtime.now_ms()
-    snapshot = runtime.view.snapshot(since_ms=now_ms - int(settings.dashboard_kpi_window_s * 1000))
-    render_status(snapshot, runtime)
+    render_status(runtime.view.status(), runtime)
     if page == "Alerts":
-        render_alerts(snapshot, runtime)
+        render_alerts(runtime)
     elif page == "Car":
-        render_car(snapshot, runtime)
+        render_car(runtime)
     elif page == "Efficiency":
-        render_efficiency(runtime)
+        render_efficiency(runtime, now_ms)
     else:
-        render_overview(snapshot, runtime, now_ms)
+        render_overview(runtime, now_ms)
 
 
-def render_status(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_status(status: FeedStatus, runtime: Runtime) -> None:
     """The connection notice: a warning while Kafka is unreachable, else one caption line."""
-    status = snapshot.status
     if status.connected is None:
         st.info(f"Connecting to Kafka {runtime.settings.kafka_bootstrap_servers}…")
     elif not status.connected:
@@ -136,11 +135,11 @@ def _time(ts_ms: int | None) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> None:
+def render_overview(runtime: Runtime, now_ms: int) -> None:
     """Fleet overview: KPIs and the live map."""
     settings = runtime.settings
-    online_ms = int(settings.dashboard_online_s * 1000)
-    k = kpis.fleet_kpis(snapshot, now_ms, online_ms, int(settings.dashboard_kpi_window_s * 1000))
+    shown = runtime.overview(now_ms)
+    k = shown.kpis
     st.header("Fleet overview")
     row = st.columns(4)
     row[0].metric("Cars online", f"{k.online} / {k.cars}")
@@ -159,10 +158,9 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
         _fmt(k.completeness_pct, 2, " %"),
         help=f"records received / numbered by the cars (seq), {period}",
     )
-    points = kpis.map_points(snapshot, now_ms, online_ms)
     st.subheader("Map")
-    if points:
-        render_map(points, settings.dashboard_map_style)
+    if shown.points:
+        render_map(shown.points, settings.dashboard_map_style)
     else:
         st.info("No car positions yet.")
     st.caption(
@@ -171,7 +169,7 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
         "light grey offline). A car whose latest telemetry has no position is drawn at its "
         "last known one, marked stale in the tooltip."
     )
-    unplaced = kpis.alerts_off_the_map(snapshot, points)
+    unplaced = shown.off_map
     if unplaced:
         listed = [f"`{vid}` ({severity})" for vid, severity in unplaced.items()]
         more = (
@@ -184,7 +182,7 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
             + ", ".join(listed[:MAX_UNPLACED_SHOWN])
             + more
         )
-    active = kpis.active_alerts(snapshot.alerts)[:10]
+    active = shown.newest_active
     if active:
         st.subheader("Newest active alerts")
         st.dataframe(
@@ -256,21 +254,23 @@ def _send_feedback(runtime: Runtime, alert: AlertEntry, verdict: Verdict) -> Non
     _dismiss_feedback_error(alert["alert_id"])
     # Show it now; the feed reads the same record back from Kafka (latest verdict wins).
     runtime.view.ingest("feedback", record)
+    runtime.cache.clear()  # the overview's active alerts, for every session
     st.toast(f"{alert['alert_id']}: {verdict.replace('_', ' ')}")
 
 
-def render_alerts(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_alerts(runtime: Runtime) -> None:
     """The alert feed: newest first, filters, evidence, feedback buttons."""
     st.header("Alerts")
+    alerts = runtime.view.alerts()
     cols = st.columns(4)
     kinds = cols[0].multiselect("Kind", kpis.ALERT_KINDS, key="alert_kinds")
     severities = cols[1].multiselect("Severity", kpis.SEVERITIES, key="alert_severities")
-    cars = cols[2].multiselect("Car", snapshot.vehicle_ids, key="alert_cars")
+    cars = cols[2].multiselect("Car", runtime.view.vehicle_ids(), key="alert_cars")
     active_only = cols[3].checkbox("Active only", key="alert_active_only")
     shown = kpis.filter_alerts(
-        snapshot.alerts, kinds=kinds, severities=severities, cars=cars, active_only=active_only
+        alerts, kinds=kinds, severities=severities, cars=cars, active_only=active_only
     )
-    st.caption(f"{len(shown)} of {len(snapshot.alerts)} alert episodes, newest first.")
+    st.caption(f"{len(shown)} of {len(alerts)} alert episodes, newest first.")
     if not shown:
         st.info("No alerts match.")
     for alert in shown[:MAX_ALERTS_SHOWN]:
@@ -370,10 +370,10 @@ def _chart(frame: pd.DataFrame, columns: dict[str, str], title: str) -> None:
     st.vega_lite_chart(long, spec, height=220)
 
 
-def render_car(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_car(runtime: Runtime) -> None:
     """Per-car page: levels, consumption, speed, tyres, temperatures, sessions, alerts."""
     st.header("Car")
-    cars = snapshot.vehicle_ids
+    cars = runtime.view.vehicle_ids()
     if not cars:
         st.info("No cars yet.")
         return
@@ -452,10 +452,11 @@ def _session_row(s: Any) -> dict[str, Any]:
     }
 
 
-def render_efficiency(runtime: Runtime) -> None:
+def render_efficiency(runtime: Runtime, now_ms: int) -> None:
     """Consumption by outside temperature and idle drain per car (TeslaMate style)."""
     st.header("Efficiency")
-    bins = kpis.consumption_by_temperature(runtime.view.all_stats())
+    tables = runtime.efficiency(now_ms)
+    bins = tables.by_temperature
     st.subheader("Consumption by outside temperature (5 °C bins)")
     if bins:
         frame = pd.DataFrame(bins)
@@ -482,7 +483,7 @@ def render_efficiency(runtime: Runtime) -> None:
     else:
         st.caption("No driving windows with consumption and outside temperature yet.")
     st.subheader("Idle drain per car (parked or asleep)")
-    drains = kpis.idle_drain_per_car(runtime.view.all_sessions())
+    drains = tables.idle_drain
     if drains:
         frame = pd.DataFrame(drains)
         st.bar_chart(

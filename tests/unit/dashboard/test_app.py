@@ -12,7 +12,7 @@ from dashboard.feedback import ListFeedbackSink
 from dashboard.runtime import Runtime
 from dashboard.settings import DashboardSettings
 from dashboard.ui import RUNTIME_KEY
-from dashboard.view import FleetView
+from dashboard.view import FleetSnapshot, FleetView
 from telemetry.feedback import FeedbackRecord
 
 from ..records import make_ev
@@ -285,3 +285,37 @@ def test_a_failed_feedback_write_stays_shown_until_dismissed_or_a_write_succeeds
     at.button(key="ack-ep-glitch-raised").click().run()
     assert errors() == []
     assert [r["verdict"] for r in sink.records] == ["acknowledged"]
+
+
+class _CountingView(FleetView):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots = 0
+
+    def snapshot(self, since_ms: int = 0) -> FleetSnapshot:
+        self.snapshots += 1
+        return super().snapshot(since_ms)
+
+
+def test_the_overview_is_computed_once_per_refresh_interval_for_all_sessions(
+    small: Recording,
+) -> None:
+    # Every session computed the KPIs from the raw windows on every refresh (0.9 s each
+    # at 10,000 cars x 60 windows).
+    view = _CountingView()
+    for kind, record in small.records:
+        view.ingest(kind, record)
+    now = [small.end_ms / 1000]
+    runtime = Runtime(
+        settings=DashboardSettings(), view=view, feedback=ListFeedbackSink(),
+        clock=lambda: now[0],
+    )  # fmt: skip
+    sessions = [app_with(runtime) for _ in range(3)]
+    for at in sessions:
+        at.run()
+        assert metrics(at)["Active alerts"] == "2"
+    assert view.snapshots == 1
+    now[0] += runtime.settings.dashboard_refresh_s
+    for at in sessions:
+        at.run()
+    assert view.snapshots == 2

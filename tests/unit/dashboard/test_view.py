@@ -14,7 +14,7 @@ from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView, RecordKind
 
 from ..records import make_ev
-from .fleet_data import T0, Recording, _alert, _drive, _stats, filled_view
+from .fleet_data import MIN_MS, T0, Recording, _alert, _drive, _stats, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -305,3 +305,37 @@ def test_an_active_episode_is_evicted_only_when_all_are_active(
     assert view.status().evicted_active == 4  # "c" went first, then a0 to a3
     # Logged once: the later evictions within the minute are counted, not logged.
     assert len([r for r in caplog.records if "active alert episodes" in r.getMessage()]) == 1
+
+
+class _CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holds = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.holds += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+def test_fleet_wide_readers_hold_the_lock_for_a_chunk_of_cars_at_a_time() -> None:
+    # One hold over every car (0.2 s at 10,000 cars x 60 windows) stalled the feed thread
+    # for every browser session's refresh.
+    view = FleetView()
+    for i in range(1000):
+        vid = f"car-{i}"
+        view.ingest("telemetry", make_ev(T0, vehicle_id=vid))
+        view.ingest("stats", _stats(vid, "ev", T0 + i, 1.0, 5.0, samples=60, missing=0))
+    lock = _CountingLock()
+    view._lock = lock  # type: ignore[assignment]
+    snapshot = view.snapshot(since_ms=T0 + 500 + MIN_MS)
+    assert len(snapshot.latest) == 1000
+    assert len(snapshot.recent_stats) == 500
+    assert lock.holds >= 4
+    lock.holds = 0
+    assert len(view.all_stats()) == 1000
+    assert lock.holds >= 4
