@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Final, TypeVar, cast
 
 from dashboard import kpis
 from dashboard.feed import KafkaFeed
@@ -26,6 +26,10 @@ from dashboard.view import FleetView
 _log = logging.getLogger("dashboard")
 
 T = TypeVar("T")
+
+# The efficiency tables cover every kept window (12 h) and session: recomputed this often
+# at most (about 1 s at 10,000 cars x 720 windows), not at every refresh.
+EFFICIENCY_EVERY_S: Final = 30.0
 
 
 class RefreshCache:
@@ -101,15 +105,19 @@ class Runtime:
         return self.cache.get("overview", self._interval(now_ms), compute)
 
     def efficiency(self, now_ms: int) -> kpis.Efficiency:
-        """The efficiency tables, computed at most once per refresh interval for all sessions."""
+        """The efficiency tables, computed at most once per :data:`EFFICIENCY_EVERY_S`.
+
+        For all sessions; a refresh interval longer than that is used instead.
+        """
+        every_ms = int(max(EFFICIENCY_EVERY_S, self.settings.dashboard_refresh_s) * 1000)
 
         def compute() -> kpis.Efficiency:
             return kpis.Efficiency(
-                by_temperature=kpis.consumption_by_temperature(self.view.all_stats()),
-                idle_drain=kpis.idle_drain_per_car(self.view.all_sessions()),
+                by_temperature=kpis.consumption_by_temperature(self.view.window_chunks()),
+                idle_drain=kpis.idle_drain_per_car(self.view.session_chunks()),
             )
 
-        return self.cache.get("efficiency", self._interval(now_ms), compute)
+        return self.cache.get("efficiency", now_ms // every_ms, compute)
 
     def stop(self) -> None:
         """Stop the feed thread and flush the feedback producer."""

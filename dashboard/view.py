@@ -2,9 +2,10 @@
 
 :class:`FleetView` is fed by one background thread (:mod:`dashboard.feed`) and read by
 every browser session's refresh, so every method takes the lock and readers get copies
-(:class:`FleetSnapshot`, :class:`CarHistory`), never the live containers. Memory is
-bounded: per car a fixed number of stats windows, sampled telemetry records and sessions;
-a fixed number of cars and alert episodes (the oldest go first).
+(:class:`FleetSnapshot`, :class:`CarHistory`, tables), never the live containers. Memory
+is bounded: per car a fixed number of stats windows, sampled telemetry records and
+sessions, kept compactly as rows of floats (:mod:`dashboard.rows`); a fixed number of cars
+and alert episodes.
 
 Records are the JSON objects of the Kafka topics as documented in docs/processing.md
 (``vehicle-stats``, ``vehicle-sessions``, ``vehicle-alerts``), v1 telemetry
@@ -14,17 +15,39 @@ wrong shape raises ``KeyError``/``TypeError``/``ValueError``; the feed counts an
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
 import math
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypedDict, get_type_hints
+from typing import Any, Final, Literal, get_type_hints
 
+import numpy as np
+import numpy.typing as npt
+
+from dashboard.rows import (
+    SAMPLE,
+    SAMPLE_COLUMNS,
+    SESSION,
+    SESSION_COLUMNS,
+    WINDOW,
+    WINDOW_COLUMNS,
+    CarSample,
+    KeptSession,
+    KeptWindow,
+    Rows,
+    Table,
+    sample_of,
+    sample_row,
+    session_of,
+    session_row,
+    table,
+    window_of,
+    window_row,
+)
 from processing.sessions import SessionRecord
 from processing.stats import WindowStats
 from telemetry.alerts import AlertFields
@@ -41,6 +64,11 @@ RECORD_KINDS: Final[tuple[RecordKind, ...]] = (
 # Feedback that arrives before its alert (another topic, another order) waits here.
 _MAX_PENDING_FEEDBACK: Final = 10_000
 _TS: Final = NUMBER_FIELDS["ts"]
+_TS_COL: Final = SAMPLE["ts"]
+_LAT_COL: Final = SAMPLE["lat"]
+_LON_COL: Final = SAMPLE["lon"]
+_END_COL: Final = WINDOW["window_end"]
+_ID_COL: Final = SESSION["id_hash"]
 # An active episode evicted (every kept one active) is logged at most this often.
 _EVICTED_ACTIVE_LOG_S: Final = 60.0
 # Cars copied per hold of the lock by the fleet-wide readers (about 1 ms each).
@@ -103,26 +131,6 @@ def check_time(record: Mapping[str, Any], name: str, what: str) -> int:
     return value
 
 
-class CarSample(TypedDict):
-    """The part of one telemetry record the dashboard keeps."""
-
-    ts: int
-    powertrain: str
-    state: str
-    lat: float | None
-    lon: float | None
-    speed_kmh: float | None
-    odometer_km: float | None
-    level_pct: float | None
-    temp_c: float | None
-    inside_temp_c: float | None
-    outside_temp_c: float | None
-    tpms_fl_bar: float | None
-    tpms_fr_bar: float | None
-    tpms_rl_bar: float | None
-    tpms_rr_bar: float | None
-
-
 class AlertEntry(AlertFields):
     """One alert episode: its raised record, whether it cleared, and operator feedback.
 
@@ -137,28 +145,6 @@ class AlertEntry(AlertFields):
     cleared_ts: int | None
     verdict: str | None
     verdict_ts: int | None
-
-
-def sample_from_record(record: Mapping[str, Any]) -> CarSample:
-    """Compact a validated v1 telemetry record (EV level/temp or ICE level/temp)."""
-    ev = record["powertrain"] == "ev"
-    return CarSample(
-        ts=int(record["ts"]),
-        powertrain=str(record["powertrain"]),
-        state=str(record["state"]),
-        lat=record.get("lat"),
-        lon=record.get("lon"),
-        speed_kmh=record.get("speed_kmh"),
-        odometer_km=record.get("odometer_km"),
-        level_pct=record.get("battery_level_pct" if ev else "fuel_level_pct"),
-        temp_c=record.get("battery_temp_c" if ev else "coolant_temp_c"),
-        inside_temp_c=record.get("inside_temp_c"),
-        outside_temp_c=record.get("outside_temp_c"),
-        tpms_fl_bar=record.get("tpms_fl_bar"),
-        tpms_fr_bar=record.get("tpms_fr_bar"),
-        tpms_rl_bar=record.get("tpms_rl_bar"),
-        tpms_rr_bar=record.get("tpms_rr_bar"),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,28 +177,29 @@ class CarHistory:
     vehicle_id: str
     powertrain: str | None
     samples: list[CarSample]
-    stats: list[WindowStats]
-    sessions: list[SessionRecord]
+    stats: list[KeptWindow]
+    sessions: list[KeptSession]
     alerts: list[AlertEntry]
 
 
 @dataclass(frozen=True, slots=True)
 class FleetSnapshot:
-    """A consistent copy of the fleet at one moment.
+    """A copy of the fleet: each car's part consistent, the cars copied a chunk at a time.
 
     Attributes:
         latest: The latest kept telemetry sample per car.
         last_fixes: ``(ts, lat, lon)`` of the latest sample with a finite position, for
             the cars whose latest sample has none (a GPS gap, a garage).
         powertrains: Powertrain per car, from any record kind.
-        recent_stats: Stats windows that ended at or after the snapshot's ``since_ms``.
+        recent_windows: Stats windows that ended at or after the snapshot's ``since_ms``,
+            one row each (columns: :data:`dashboard.rows.WINDOW_COLUMNS`).
         alerts: Every kept alert episode, newest first.
         status: The feed's status.
     """
 
     latest: dict[str, CarSample]
     powertrains: dict[str, str]
-    recent_stats: list[WindowStats]
+    recent_windows: Table
     alerts: list[AlertEntry]
     status: FeedStatus
     last_fixes: dict[str, tuple[int, float, float]] = field(default_factory=dict)
@@ -223,11 +210,28 @@ class FleetSnapshot:
         return sorted(self.powertrains)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTable:
+    """Kept sessions of some cars, one row each (columns: ``rows.SESSION_COLUMNS``).
+
+    Attributes:
+        vehicle_ids: The cars.
+        powertrains: Each car's powertrain (None if unknown).
+        car: Per row, the index of its car in ``vehicle_ids``.
+        rows: The sessions.
+    """
+
+    vehicle_ids: list[str]
+    powertrains: list[str | None]
+    car: npt.NDArray[np.intp]
+    rows: Table
+
+
 @dataclass(slots=True)
 class _Car:
-    samples: deque[CarSample]
-    stats: deque[WindowStats]
-    sessions: deque[SessionRecord]
+    samples: Rows
+    stats: Rows
+    sessions: Rows
     powertrain: str | None = None
     alert_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     # (ts, lat, lon) of the latest sample with a finite position, kept beyond the samples.
@@ -312,9 +316,9 @@ class FleetView:
         car = self._cars.get(vehicle_id)
         if car is None:
             car = _Car(
-                samples=deque(maxlen=self._samples_per_car),
-                stats=deque(maxlen=self._windows_per_car),
-                sessions=deque(maxlen=self._sessions_per_car),
+                samples=Rows(len(SAMPLE_COLUMNS), self._samples_per_car),
+                stats=Rows(len(WINDOW_COLUMNS), self._windows_per_car),
+                sessions=Rows(len(SESSION_COLUMNS), self._sessions_per_car),
             )
             self._cars[vehicle_id] = car
             while len(self._cars) > self._max_cars:
@@ -324,47 +328,46 @@ class FleetView:
         return car
 
     def _telemetry(self, record: Mapping[str, Any]) -> None:
-        sample = sample_from_record(record)
-        ahead_ms = sample["ts"] - self._clock() * 1000
+        row = sample_row(record)
+        ts = int(row[_TS_COL])
+        ahead_ms = ts - self._clock() * 1000
         if ahead_ms > self._max_ahead_ms:
-            msg = f"telemetry ts {sample['ts']} is {ahead_ms / 1000:.0f} s ahead of the wall clock"
+            msg = f"telemetry ts {ts} is {ahead_ms / 1000:.0f} s ahead of the wall clock"
             raise ValueError(msg)
         car = self._car(str(record["vehicle_id"]))
-        car.powertrain = sample["powertrain"]
-        if car.samples and sample["ts"] <= car.samples[-1]["ts"]:
+        car.powertrain = str(record["powertrain"])
+        if car.samples and ts <= car.samples.value(-1, _TS_COL):
             return  # duplicate or out of order: the trace follows the car's clock
-        car.samples.append(sample)
-        lat, lon = sample["lat"], sample["lon"]
-        if lat is not None and lon is not None and math.isfinite(lat) and math.isfinite(lon):
-            car.fix = (sample["ts"], float(lat), float(lon))
+        car.samples.append(row)
+        lat, lon = row[_LAT_COL], row[_LON_COL]
+        if math.isfinite(lat) and math.isfinite(lon):
+            car.fix = (ts, lat, lon)
 
     def _stats(self, record: Mapping[str, Any]) -> None:
         check_shape(record, _STATS_FIELDS, "stats")
         check_time(record, "window_start", "stats")
-        check_time(record, "window_end", "stats")
-        stats: WindowStats = dict(record)  # type: ignore[assignment]
-        car = self._car(str(stats["vehicle_id"]))
-        car.powertrain = str(stats["powertrain"])
-        end = int(stats["window_end"])
+        end = check_time(record, "window_end", "stats")
+        row = window_row(record)
+        car = self._car(str(record["vehicle_id"]))
+        car.powertrain = str(record["powertrain"])
         # Windows arrive in order per car; a replayed one replaces its first copy.
-        if car.stats and end <= car.stats[-1]["window_end"]:
-            for i, old in enumerate(car.stats):
-                if old["window_end"] == end:
-                    car.stats[i] = stats
-                    return
+        if car.stats and end <= car.stats.value(-1, _END_COL):
+            i = car.stats.first_at_least(_END_COL, end)
+            if car.stats.value(i, _END_COL) == end:
+                car.stats.replace(i, row)
             return
-        car.stats.append(stats)
+        car.stats.append(row)
 
     def _session(self, record: Mapping[str, Any]) -> None:
         check_shape(record, _SESSION_FIELDS, "session")
         check_time(record, "start_ts", "session")
         check_time(record, "end_ts", "session")
-        session: SessionRecord = dict(record)  # type: ignore[assignment]
-        car = self._car(str(session["vehicle_id"]))
-        car.powertrain = str(session["powertrain"])
-        if any(s["session_id"] == session["session_id"] for s in car.sessions):
+        row = session_row(record)
+        car = self._car(str(record["vehicle_id"]))
+        car.powertrain = str(record["powertrain"])
+        if car.sessions.find(_ID_COL, row[_ID_COL]) is not None:
             return
-        car.sessions.append(session)
+        car.sessions.append(row)
 
     def _alert(self, record: Mapping[str, Any]) -> None:
         episode = str(record["episode_id"])
@@ -488,7 +491,7 @@ class FleetView:
             yield cars[i : i + _CARS_PER_HOLD]
 
     def snapshot(self, since_ms: int = 0) -> FleetSnapshot:
-        """Copy the latest state; ``recent_stats`` holds windows ending at or after since_ms.
+        """Copy the latest state; ``recent_windows`` holds windows ending at or after since_ms.
 
         Not one moment for the whole fleet: each car's part is consistent, the cars are
         copied a chunk at a time (see :meth:`_cars_in_chunks`).
@@ -496,30 +499,27 @@ class FleetView:
         with self._lock:
             alerts: list[AlertEntry] = [AlertEntry(**a) for a in self._alerts.values()]
             status = self._status()
-        latest: dict[str, CarSample] = {}
+        latest_rows: dict[str, array[float]] = {}
         powertrains: dict[str, str] = {}
         last_fixes: dict[str, tuple[int, float, float]] = {}
-        recent: list[WindowStats] = []
+        recent: array[float] = array("d")
         for chunk in self._cars_in_chunks():
             with self._lock:
                 for vid, car in chunk:
                     if car.powertrain:
                         powertrains[vid] = car.powertrain
                     if car.samples:
-                        latest[vid] = CarSample(**car.samples[-1])
-                        if car.fix is not None and car.fix[0] != car.samples[-1]["ts"]:
+                        latest_rows[vid] = row = car.samples.row(-1)
+                        if car.fix is not None and car.fix[0] != row[_TS_COL]:
                             last_fixes[vid] = car.fix
-                    if car.stats and car.stats[-1]["window_end"] >= since_ms:
+                    if car.stats and car.stats.value(-1, _END_COL) >= since_ms:
                         # Windows are in window_end order: the recent ones are a tail.
-                        first = bisect.bisect_left(
-                            car.stats, since_ms, key=lambda w: w["window_end"]
-                        )
-                        recent.extend(itertools.islice(car.stats, first, None))
+                        recent += car.stats.copy(car.stats.first_at_least(_END_COL, since_ms))
         alerts.sort(key=lambda a: a["ts"], reverse=True)
         return FleetSnapshot(
-            latest=latest,
+            latest={vid: sample_of(row) for vid, row in latest_rows.items()},
             powertrains=powertrains,
-            recent_stats=recent,
+            recent_windows=table(recent, len(WINDOW_COLUMNS)),
             alerts=alerts,
             status=status,
             last_fixes=last_fixes,
@@ -546,29 +546,52 @@ class FleetView:
                 return None
             episodes = dict.fromkeys(e for e in car.alert_ids if e in self._alerts)
             alerts = [AlertEntry(**self._alerts[e]) for e in episodes]
-            return CarHistory(
-                vehicle_id=vehicle_id,
-                powertrain=car.powertrain,
-                samples=list(car.samples),
-                stats=list(car.stats),
-                sessions=list(car.sessions),
-                alerts=alerts,
+            powertrain = car.powertrain
+            samples, stats, sessions = car.samples.copy(), car.stats.copy(), car.sessions.copy()
+        return CarHistory(
+            vehicle_id=vehicle_id,
+            powertrain=powertrain,
+            samples=[sample_of(r) for r in table(samples, len(SAMPLE_COLUMNS)).tolist()],
+            stats=[window_of(r) for r in table(stats, len(WINDOW_COLUMNS)).tolist()],
+            sessions=[session_of(r) for r in table(sessions, len(SESSION_COLUMNS)).tolist()],
+            alerts=alerts,
+        )
+
+    def window_chunks(self, since_ms: int | None = None) -> Iterator[Table]:
+        """Every car's kept windows (ending at or after ``since_ms``), a chunk of cars at a time.
+
+        One table per chunk (columns: :data:`dashboard.rows.WINDOW_COLUMNS`), so a
+        fleet-wide computation never holds a copy of every window (750 MB at the default
+        bounds) at once.
+        """
+        for chunk in self._cars_in_chunks():
+            rows: array[float] = array("d")
+            with self._lock:
+                for _, car in chunk:
+                    if since_ms is None:
+                        rows += car.stats.copy()
+                    elif car.stats and car.stats.value(-1, _END_COL) >= since_ms:
+                        rows += car.stats.copy(car.stats.first_at_least(_END_COL, since_ms))
+            yield table(rows, len(WINDOW_COLUMNS))
+
+    def windows(self, since_ms: int | None = None) -> Table:
+        """Every car's kept windows (ending at or after ``since_ms``) in one table."""
+        return np.concatenate([*self.window_chunks(since_ms), table(array("d"), len(WINDOW))])
+
+    def session_chunks(self) -> Iterator[SessionTable]:
+        """Every car's kept sessions, a chunk of cars at a time."""
+        for chunk in self._cars_in_chunks():
+            rows: array[float] = array("d")
+            counts: list[int] = []
+            powertrains: list[str | None] = []
+            with self._lock:
+                for _, car in chunk:
+                    rows += car.sessions.copy()
+                    counts.append(len(car.sessions))
+                    powertrains.append(car.powertrain)
+            yield SessionTable(
+                vehicle_ids=[vid for vid, _ in chunk],
+                powertrains=powertrains,
+                car=np.repeat(np.arange(len(chunk)), counts),
+                rows=table(rows, len(SESSION_COLUMNS)),
             )
-
-    def all_stats(self) -> list[WindowStats]:
-        """Every kept stats window of every car (for the efficiency view), chunk by chunk."""
-        out: list[WindowStats] = []
-        for chunk in self._cars_in_chunks():
-            with self._lock:
-                for _, car in chunk:
-                    out.extend(car.stats)
-        return out
-
-    def all_sessions(self) -> list[SessionRecord]:
-        """Every kept session of every car (for the efficiency view), chunk by chunk."""
-        out: list[SessionRecord] = []
-        for chunk in self._cars_in_chunks():
-            with self._lock:
-                for _, car in chunk:
-                    out.extend(car.sessions)
-        return out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 
 from dashboard import kpis
 from dashboard.feedback import feedback_record
-from processing.stats import consumption
+from processing.stats import WindowStats, consumption
 
 from ..records import make_ev
 from .fleet_data import MIN_MS, Recording, _alert, filled_view
@@ -102,7 +103,7 @@ def test_filter_alerts_combines_filters(small: Recording) -> None:
 
 
 def test_consumption_by_temperature_bins(small: Recording) -> None:
-    rows = kpis.consumption_by_temperature(filled_view(small).all_stats())
+    rows = kpis.consumption_by_temperature(filled_view(small).window_chunks())
     assert [(r["powertrain"], r["temp_c"], r["windows"]) for r in rows] == [
         ("ev", 10.0, 2),
         ("ice", -5.0, 1),
@@ -113,7 +114,7 @@ def test_consumption_by_temperature_bins(small: Recording) -> None:
 
 
 def test_idle_drain_per_car(small: Recording) -> None:
-    rows = kpis.idle_drain_per_car(filled_view(small).all_sessions())
+    rows = kpis.idle_drain_per_car(filled_view(small).session_chunks())
     assert rows == [
         {
             "vehicle_id": "ice-1",
@@ -127,12 +128,15 @@ def test_idle_drain_per_car(small: Recording) -> None:
 
 def test_recorded_fleet_consumption_agrees_with_window_ratios(recorded: Recording) -> None:
     view = filled_view(recorded)
-    stats = view.all_stats()
-    ev, ice = kpis.fleet_consumption(stats)
+    stats = recorded.of("stats")
+    ev, ice = kpis.fleet_consumption(view.windows())
     # A distance-weighted mean lies between the smallest and largest window values.
     for powertrain, value in (("ev", ev), ("ice", ice)):
         values = [
-            c for s in stats if s["powertrain"] == powertrain if (c := consumption(s)) is not None
+            c
+            for s in stats
+            if s["powertrain"] == powertrain
+            if (c := consumption(cast("WindowStats", s))) is not None
         ]
         assert value is not None
         assert min(values) <= value <= max(values)
@@ -140,5 +144,5 @@ def test_recorded_fleet_consumption_agrees_with_window_ratios(recorded: Recordin
     k = kpis.fleet_kpis(snapshot, recorded.end_ms, ONLINE_MS, HOUR_MS)
     assert k.online == 10
     assert k.completeness_pct == pytest.approx(100.0)  # the simulator loses nothing
-    assert kpis.consumption_by_temperature(stats)
-    assert kpis.idle_drain_per_car(view.all_sessions())
+    assert kpis.consumption_by_temperature([view.windows()])
+    assert kpis.idle_drain_per_car(view.session_chunks())
