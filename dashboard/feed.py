@@ -4,7 +4,12 @@ It assigns every partition of the dashboard's topics itself (no consumer group, 
 commits: a dashboard is a reader, several may run) and starts each partition a fixed
 number of records before its end, so a fresh dashboard shows recent history at once.
 Telemetry, the high-volume topic, is sampled before decoding: at most one record per car
-per ``dashboard_telemetry_sample_ms`` of event time is decoded and kept.
+per ``dashboard_telemetry_sample_ms`` of event time is decoded and kept at once. The
+latest record dropped per car is held back (one per car) and kept when its interval ends:
+when the car's next kept record is at least an interval newer, or, for a car that went
+silent, once the interval has passed on the wall clock (checked in the poll loop).
+Otherwise a car's last state change (parked, then silent) was lost and it showed
+"driving" forever.
 
 A broker that goes away is reported in the view (``connected=False`` plus the error),
 librdkafka keeps reconnecting, and a failing client is rebuilt after a pause; nothing
@@ -19,7 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Final
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final, NamedTuple
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -41,14 +48,35 @@ REBUILD_AFTER_S: Final = 30.0  # broker checks failing this long: a new client
 _DOWN_CODES: Final = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})  # noqa: SLF001
 
 
+class _Held(NamedTuple):
+    """A car's latest telemetry record the sampler dropped, kept when its interval ends."""
+
+    due: float  # monotonic seconds: kept then if nothing newer was kept before
+    ts: int  # its record timestamp
+    message: Message
+
+
 class KafkaFeed:
     """Consumes the dashboard topics into a :class:`FleetView` until stopped."""
 
     THREAD_NAME: Final = "dashboard-kafka-feed"
 
-    def __init__(self, settings: DashboardSettings, view: FleetView) -> None:
+    def __init__(
+        self,
+        settings: DashboardSettings,
+        view: FleetView,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create the feed (not started).
+
+        Args:
+            settings: The dashboard settings.
+            view: Where the records go.
+            clock: Monotonic seconds, for when a held telemetry record is due.
+        """
         self._settings = settings
         self._view = view
+        self._clock = clock
         self._kinds: dict[str, RecordKind] = {
             settings.dashboard_telemetry_topic: "telemetry",
             settings.dashboard_stats_topic: "stats",
@@ -59,6 +87,8 @@ class KafkaFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampled: dict[bytes | None, int] = {}  # car key -> event time of last kept record
+        # car key -> its held record, in the order first held (that is, by due time).
+        self._held: OrderedDict[bytes | None, _Held] = OrderedDict()
         self.consumed = 0  # records polled (kept or sampled away), for throughput figures
         # (topic, partition) -> next offset to read: a rebuilt client resumes there.
         self._positions: dict[tuple[str, int], int] = {}
@@ -133,6 +163,7 @@ class KafkaFeed:
                     continue
                 for message in consumer.consume(_BATCH, _POLL_S):
                     self._handle(message)
+                self._keep_due()
         finally:
             consumer.close()
 
@@ -187,6 +218,10 @@ class KafkaFeed:
             return
         if kind == "telemetry" and not self._keep_sample(message):
             return
+        self._ingest(kind, message)
+
+    def _ingest(self, kind: RecordKind, message: Message) -> None:
+        """Decode a record and take it into the view; a malformed one is counted."""
         try:
             record = orjson.loads(message.value() or b"")
             if kind == "telemetry":
@@ -200,13 +235,49 @@ class KafkaFeed:
             _log.debug("skipped a malformed %s record: %s", kind, exc)
 
     def _keep_sample(self, message: Message) -> bool:
-        """Keep a car's record only if its event time moved on by the sample interval."""
+        """Keep a car's record only if its event time moved on by the sample interval.
+
+        A dropped record is held instead (the car's latest one); a kept record discards
+        the held one, after taking it into the view first if it is at least an interval
+        older (it was the car's state for that long).
+        """
         key = message.key()
         ts = message.timestamp()[1]
+        interval = self._settings.dashboard_telemetry_sample_ms
         last = self._sampled.get(key)
-        if last is not None and 0 <= ts - last < self._settings.dashboard_telemetry_sample_ms:
+        if last is not None and 0 <= ts - last < interval:
+            self._hold(key, ts, message)
             return False
+        held = self._held.pop(key, None)
+        if held is not None and ts - held.ts >= interval:
+            self._ingest("telemetry", held.message)
         if last is None and len(self._sampled) >= 2 * self._settings.dashboard_max_cars:
             self._sampled.clear()  # bound the memory; costs one extra sample per car
         self._sampled[key] = ts
         return True
+
+    def _hold(self, key: bytes | None, ts: int, message: Message) -> None:
+        """Hold a dropped record as its car's latest (one per car, bounded in cars)."""
+        held = self._held.get(key)
+        if held is not None:
+            if ts >= held.ts:  # the newer one, due when the first held one was
+                self._held[key] = held._replace(ts=ts, message=message)
+            return
+        if len(self._held) >= 2 * self._settings.dashboard_max_cars:
+            self._keep_held(*self._held.popitem(last=False))
+        due = self._clock() + self._settings.dashboard_telemetry_sample_ms / 1000
+        self._held[key] = _Held(due, ts, message)
+
+    def _keep_due(self) -> None:
+        """Take into the view every held record whose interval has passed (wall clock)."""
+        now = self._clock()
+        while self._held:
+            key, held = next(iter(self._held.items()))
+            if held.due > now:
+                return
+            del self._held[key]
+            self._keep_held(key, held)
+
+    def _keep_held(self, key: bytes | None, held: _Held) -> None:
+        self._sampled[key] = held.ts
+        self._ingest("telemetry", held.message)

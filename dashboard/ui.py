@@ -1,9 +1,11 @@
 """The Streamlit pages. ``dashboard/app.py`` calls :func:`main`; nothing runs on import.
 
 The page layout (sidebar with the page choice) renders once per full rerun; the page body
-is an ``st.fragment`` with ``run_every``, so only it re-renders on each refresh. It reads a
-snapshot of the process-wide :class:`~dashboard.view.FleetView`, which the one Kafka feed
+is an ``st.fragment`` with ``run_every``, so only it re-renders on each refresh. It reads
+copies from the process-wide :class:`~dashboard.view.FleetView`, which the one Kafka feed
 thread fills (``st.cache_resource``): no consumer is created per rerun or per session.
+The fleet-wide numbers (overview, efficiency) come from the runtime, computed once per
+refresh interval for every session.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dashboard import kpis
 from dashboard.errors import FeedbackError
 from dashboard.feedback import feedback_record
 from dashboard.runtime import Runtime, start_runtime
-from dashboard.view import AlertEntry, CarHistory, FleetSnapshot
+from dashboard.view import AlertEntry, CarHistory, FeedStatus
 from telemetry.feedback import Verdict
 from telemetry.logs import configure_logging
 from telemetry.settings import settings_problems
@@ -30,8 +32,11 @@ from telemetry.settings import settings_problems
 _log = logging.getLogger("dashboard")
 
 RUNTIME_KEY: Final = "fleetstream_runtime"  # tests put a Runtime with recorded data here
+# Per browser session: alert id -> the error of its latest failed feedback write.
+FEEDBACK_ERRORS_KEY: Final = "fleetstream_feedback_errors"
 PAGES: Final = ("Fleet overview", "Alerts", "Car", "Efficiency")
 MAX_ALERTS_SHOWN: Final = 50
+MAX_UNPLACED_SHOWN: Final = 30  # cars listed under the map for having no position
 # Streamlit markdown badges: no emoji (a browser without an emoji font shows boxes).
 SEVERITY_BADGES: Final = {
     "critical": ":red-badge[critical]",
@@ -84,28 +89,30 @@ def main() -> None:
 
 def render_page(runtime: Runtime, page: str) -> None:
     """One refresh of the page body (runs as a fragment)."""
-    settings = runtime.settings
     now_ms = runtime.now_ms()
-    snapshot = runtime.view.snapshot(since_ms=now_ms - int(settings.dashboard_kpi_window_s * 1000))
-    render_status(snapshot, runtime)
+    render_status(runtime.view.status(), runtime)
     if page == "Alerts":
-        render_alerts(snapshot, runtime)
+        render_alerts(runtime)
     elif page == "Car":
-        render_car(snapshot, runtime)
+        render_car(runtime)
     elif page == "Efficiency":
-        render_efficiency(runtime)
+        render_efficiency(runtime, now_ms)
     else:
-        render_overview(snapshot, runtime, now_ms)
+        render_overview(runtime, now_ms)
 
 
-def render_status(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_status(status: FeedStatus, runtime: Runtime) -> None:
     """The connection notice: a warning while Kafka is unreachable, else one caption line."""
-    status = snapshot.status
     if status.connected is None:
         st.info(f"Connecting to Kafka {runtime.settings.kafka_bootstrap_servers}…")
     elif not status.connected:
         detail = f" (last error: {status.last_error})" if status.last_error else ""
         st.warning(f"Reconnecting to Kafka {runtime.settings.kafka_bootstrap_servers}…{detail}")
+    if status.evicted_active:
+        st.warning(
+            f"{status.evicted_active:,} active alert episodes were dropped: more were active "
+            f"than FLEETSTREAM_DASHBOARD_MAX_ALERTS ({runtime.settings.dashboard_max_alerts:,})."
+        )
     if status.last_message_at is None:
         st.info("Waiting for data from Kafka…")
         return
@@ -128,11 +135,11 @@ def _time(ts_ms: int | None) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> None:
+def render_overview(runtime: Runtime, now_ms: int) -> None:
     """Fleet overview: KPIs and the live map."""
     settings = runtime.settings
-    online_ms = int(settings.dashboard_online_s * 1000)
-    k = kpis.fleet_kpis(snapshot, now_ms, online_ms, int(settings.dashboard_kpi_window_s * 1000))
+    shown = runtime.overview(now_ms)
+    k = shown.kpis
     st.header("Fleet overview")
     row = st.columns(4)
     row[0].metric("Cars online", f"{k.online} / {k.cars}")
@@ -151,18 +158,31 @@ def render_overview(snapshot: FleetSnapshot, runtime: Runtime, now_ms: int) -> N
         _fmt(k.completeness_pct, 2, " %"),
         help=f"records received / numbered by the cars (seq), {period}",
     )
-    points = kpis.map_points(snapshot, now_ms, online_ms)
     st.subheader("Map")
-    if points:
-        render_map(points, settings.dashboard_map_style)
+    if shown.points:
+        render_map(shown.points, settings.dashboard_map_style)
     else:
         st.info("No car positions yet.")
     st.caption(
         "Colour: active alert severity (red critical, orange high, yellow warning, blue info), "
         "else state (green driving, purple charging, teal refuelling, grey parked/asleep, "
-        "light grey offline)."
+        "light grey offline). A car whose latest telemetry has no position is drawn at its "
+        "last known one, marked stale in the tooltip."
     )
-    active = kpis.active_alerts(snapshot.alerts)[:10]
+    unplaced = shown.off_map
+    if unplaced:
+        listed = [f"`{vid}` ({severity})" for vid, severity in unplaced.items()]
+        more = (
+            f" and {len(listed) - MAX_UNPLACED_SHOWN:,} more"
+            if len(listed) > MAX_UNPLACED_SHOWN
+            else ""
+        )
+        st.warning(
+            "Active alerts of cars with no known position (not on the map): "
+            + ", ".join(listed[:MAX_UNPLACED_SHOWN])
+            + more
+        )
+    active = shown.newest_active
     if active:
         st.subheader("Newest active alerts")
         st.dataframe(
@@ -203,36 +223,54 @@ def render_map(points: list[kpis.MapPoint], style: str) -> None:
         layers=[layer],
         initial_view_state=view,
         map_style=None if style == "none" else style,
-        tooltip={"text": "{vehicle_id}\n{state}\n{alert}"},
+        tooltip={"text": "{vehicle_id}\n{state}\n{alert}\n{position}"},
     )
     st.pydeck_chart(deck, height=480)
 
 
+def _feedback_errors() -> dict[str, str]:
+    """This browser session's failed feedback writes: alert id -> error text."""
+    errors = st.session_state.get(FEEDBACK_ERRORS_KEY)
+    if not isinstance(errors, dict):
+        errors = {}
+        st.session_state[FEEDBACK_ERRORS_KEY] = errors
+    return errors
+
+
+def _dismiss_feedback_error(alert_id: str) -> None:
+    _feedback_errors().pop(alert_id, None)
+
+
 def _send_feedback(runtime: Runtime, alert: AlertEntry, verdict: Verdict) -> None:
+    # The error stays on the card until dismissed or a later write succeeds: shown only
+    # by the click's rerun, the next refresh (2 s) removed it before anyone read it.
     try:
         record = feedback_record(alert, verdict, runtime.now_ms())
         runtime.feedback.send(record)
     except FeedbackError as exc:
         _log.warning("%s", exc)
-        st.error(str(exc))
+        _feedback_errors()[alert["alert_id"]] = str(exc)
         return
+    _dismiss_feedback_error(alert["alert_id"])
     # Show it now; the feed reads the same record back from Kafka (latest verdict wins).
     runtime.view.ingest("feedback", record)
+    runtime.cache.clear()  # the overview's active alerts, for every session
     st.toast(f"{alert['alert_id']}: {verdict.replace('_', ' ')}")
 
 
-def render_alerts(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_alerts(runtime: Runtime) -> None:
     """The alert feed: newest first, filters, evidence, feedback buttons."""
     st.header("Alerts")
+    alerts = runtime.view.alerts()
     cols = st.columns(4)
     kinds = cols[0].multiselect("Kind", kpis.ALERT_KINDS, key="alert_kinds")
     severities = cols[1].multiselect("Severity", kpis.SEVERITIES, key="alert_severities")
-    cars = cols[2].multiselect("Car", snapshot.vehicle_ids, key="alert_cars")
+    cars = cols[2].multiselect("Car", runtime.view.vehicle_ids(), key="alert_cars")
     active_only = cols[3].checkbox("Active only", key="alert_active_only")
     shown = kpis.filter_alerts(
-        snapshot.alerts, kinds=kinds, severities=severities, cars=cars, active_only=active_only
+        alerts, kinds=kinds, severities=severities, cars=cars, active_only=active_only
     )
-    st.caption(f"{len(shown)} of {len(snapshot.alerts)} alert episodes, newest first.")
+    st.caption(f"{len(shown)} of {len(alerts)} alert episodes, newest first.")
     if not shown:
         st.info("No alerts match.")
     for alert in shown[:MAX_ALERTS_SHOWN]:
@@ -268,6 +306,15 @@ def render_alert(alert: AlertEntry, runtime: Runtime) -> None:
             "False positive", key=f"fp-{alert['alert_id']}", width="stretch", disabled=no_raise
         ):
             _send_feedback(runtime, alert, "false_positive")
+        error = _feedback_errors().get(alert["alert_id"])
+        if error is not None:
+            st.error(f"Feedback not saved: {error}")
+            st.button(
+                "Dismiss",
+                key=f"dismiss-{alert['alert_id']}",
+                on_click=_dismiss_feedback_error,
+                args=(alert["alert_id"],),
+            )
 
 
 def stats_frame(history: CarHistory) -> pd.DataFrame:
@@ -323,10 +370,10 @@ def _chart(frame: pd.DataFrame, columns: dict[str, str], title: str) -> None:
     st.vega_lite_chart(long, spec, height=220)
 
 
-def render_car(snapshot: FleetSnapshot, runtime: Runtime) -> None:
+def render_car(runtime: Runtime) -> None:
     """Per-car page: levels, consumption, speed, tyres, temperatures, sessions, alerts."""
     st.header("Car")
-    cars = snapshot.vehicle_ids
+    cars = runtime.view.vehicle_ids()
     if not cars:
         st.info("No cars yet.")
         return
@@ -405,10 +452,11 @@ def _session_row(s: Any) -> dict[str, Any]:
     }
 
 
-def render_efficiency(runtime: Runtime) -> None:
+def render_efficiency(runtime: Runtime, now_ms: int) -> None:
     """Consumption by outside temperature and idle drain per car (TeslaMate style)."""
     st.header("Efficiency")
-    bins = kpis.consumption_by_temperature(runtime.view.all_stats())
+    tables = runtime.efficiency(now_ms)
+    bins = tables.by_temperature
     st.subheader("Consumption by outside temperature (5 °C bins)")
     if bins:
         frame = pd.DataFrame(bins)
@@ -435,7 +483,7 @@ def render_efficiency(runtime: Runtime) -> None:
     else:
         st.caption("No driving windows with consumption and outside temperature yet.")
     st.subheader("Idle drain per car (parked or asleep)")
-    drains = kpis.idle_drain_per_car(runtime.view.all_sessions())
+    drains = tables.idle_drain
     if drains:
         frame = pd.DataFrame(drains)
         st.bar_chart(

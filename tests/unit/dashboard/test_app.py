@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.errors import FeedbackError
 from dashboard.feedback import ListFeedbackSink
 from dashboard.runtime import Runtime
 from dashboard.settings import DashboardSettings
 from dashboard.ui import RUNTIME_KEY
-from dashboard.view import FleetView
+from dashboard.view import FleetSnapshot, FleetView
+from telemetry.feedback import FeedbackRecord
 
 from ..records import make_ev
-from .fleet_data import Recording, _alert, runtime_for
+from .fleet_data import Recording, _alert, filled_view, runtime_for
 
 pytestmark = pytest.mark.unit
 
@@ -192,3 +194,128 @@ def test_invalid_settings_are_reported_on_the_page_by_name_only(
     assert len(at.error) == 1
     assert name in at.error[0].value
     assert "hunter2" not in at.error[0].value
+
+
+def test_car_page_of_an_evicted_episode_read_again_renders() -> None:
+    now = 1_767_225_600_000
+    view = FleetView(max_alerts=3, clock=lambda: now / 1000)
+    view.ingest("telemetry", make_ev(now - 1000, vehicle_id="car-1"))
+    episodes = [("ep1", "car-1"), *((f"x{i}", f"o-{i}") for i in range(3))]
+    for i, (episode, vid) in enumerate(episodes):
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", now - 50_000 + i))
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", now - 9000, "cleared"))
+    # A replay from further back: evicted, ep1 is read again.
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", now - 50_000))
+    runtime = Runtime(
+        settings=DashboardSettings(), view=view, feedback=ListFeedbackSink(),
+        clock=lambda: now / 1000,
+    )  # fmt: skip
+    at = app_with(runtime, "Car")
+    at.run()  # the next refresh
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.button(key="ack-ep1-raised")
+
+
+def test_evicted_active_alerts_are_reported_on_the_page() -> None:
+    view = FleetView(max_alerts=1)
+    for i in range(3):
+        view.ingest("alerts", _alert(f"a{i}", "car-1", "overheat", "critical", 1_767_225_600_000))
+    runtime = Runtime(settings=DashboardSettings(), view=view, feedback=ListFeedbackSink())
+    at = app_with(runtime)
+    assert any("2 active alert episodes were dropped" in w.value for w in at.warning)
+
+
+def test_overview_draws_a_car_in_a_gps_gap_and_lists_alerts_it_cannot_place(
+    small: Recording,
+) -> None:
+    runtime = runtime_for(small)
+    view = runtime.view
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="ev-1", lat=None, lon=None))
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="no-gps", lat=None, lon=None))
+    view.ingest("alerts", _alert("ep-x", "no-gps", "overheat", "critical", small.end_ms))
+    at = app_with(runtime)
+    deck = at.get("deck_gl_json_chart")[0].proto.json
+    assert "ev-1" in deck
+    assert "stale: last known position" in deck
+    assert "no-gps" not in deck
+    [warning] = at.warning
+    assert "`no-gps` (critical)" in warning.value
+
+
+class _FlakySink(ListFeedbackSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def send(self, record: FeedbackRecord) -> None:
+        if self.failing:
+            msg = "could not write feedback: not confirmed within 10 s"
+            raise FeedbackError(msg)
+        super().send(record)
+
+
+def test_a_failed_feedback_write_stays_shown_until_dismissed_or_a_write_succeeds(
+    small: Recording,
+) -> None:
+    # It was shown by the click's rerun only: the next refresh (2 s) removed it.
+    sink = _FlakySink()
+    runtime = Runtime(
+        settings=DashboardSettings(), view=filled_view(small), feedback=sink,
+        clock=lambda: small.end_ms / 1000,
+    )  # fmt: skip
+    at = app_with(runtime, "Alerts")
+
+    def errors() -> list[str]:
+        return [e.value for e in at.error]
+
+    at.button(key="fp-ep-glitch-raised").click().run()
+    assert len(errors()) == 1
+    assert "could not write feedback: not confirmed within 10 s" in errors()[0]
+    at.run()  # the next refresh
+    at.run()
+    assert len(errors()) == 1
+    at.button(key="dismiss-ep-glitch-raised").click().run()
+    assert errors() == []
+    at.run()
+    assert errors() == []
+    at.button(key="ack-ep-glitch-raised").click().run()
+    at.run()
+    assert len(errors()) == 1
+    sink.failing = False
+    at.button(key="ack-ep-glitch-raised").click().run()
+    assert errors() == []
+    assert [r["verdict"] for r in sink.records] == ["acknowledged"]
+
+
+class _CountingView(FleetView):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots = 0
+
+    def snapshot(self, since_ms: int = 0) -> FleetSnapshot:
+        self.snapshots += 1
+        return super().snapshot(since_ms)
+
+
+def test_the_overview_is_computed_once_per_refresh_interval_for_all_sessions(
+    small: Recording,
+) -> None:
+    # Every session computed the KPIs from the raw windows on every refresh (0.9 s each
+    # at 10,000 cars x 60 windows).
+    view = _CountingView()
+    for kind, record in small.records:
+        view.ingest(kind, record)
+    now = [small.end_ms / 1000]
+    runtime = Runtime(
+        settings=DashboardSettings(), view=view, feedback=ListFeedbackSink(),
+        clock=lambda: now[0],
+    )  # fmt: skip
+    sessions = [app_with(runtime) for _ in range(3)]
+    for at in sessions:
+        at.run()
+        assert metrics(at)["Active alerts"] == "2"
+    assert view.snapshots == 1
+    now[0] += runtime.settings.dashboard_refresh_s
+    for at in sessions:
+        at.run()
+    assert view.snapshots == 2

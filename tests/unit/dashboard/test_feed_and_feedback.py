@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 from typing import ClassVar
 
+import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -20,7 +21,8 @@ from dashboard.view import FleetView
 from telemetry.errors import FleetstreamError
 from telemetry.feedback import latest_verdicts
 
-from .fleet_data import Recording, filled_view
+from ..records import make_ev
+from .fleet_data import T0, Recording, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +159,70 @@ def test_a_client_that_never_reaches_the_broker_is_rebuilt_and_resumes(
     assert starts == {0: max(10, 5000 - settings.dashboard_backfill), 1: 4321}
     assert view.status().connected is True
     assert "no broker answered this client" in (view.status().last_error or "")
+
+
+class _Message:
+    """Stands in for a confluent_kafka Message of the telemetry topic."""
+
+    def __init__(self, record: dict[str, object], offset: int) -> None:
+        self._record, self._offset = record, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "vehicle-telemetry"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return str(self._record["vehicle_id"]).encode()
+
+    def value(self) -> bytes:
+        return orjson.dumps(self._record)
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, int(str(self._record["ts"])))
+
+
+def _sampling_feed(now_ms: int) -> tuple[KafkaFeed, FleetView, list[float]]:
+    wall = [1000.0]  # monotonic seconds, moved by the test
+    view = FleetView(clock=lambda: now_ms / 1000)
+    feed = KafkaFeed(DashboardSettings(), view, clock=lambda: wall[0])
+    return feed, view, wall
+
+
+def test_sampling_keeps_a_silent_cars_last_record_when_its_interval_ends() -> None:
+    # The car parks 1 s after the last kept record and goes silent: the sampler dropped
+    # the parked record, and the car showed "driving" at 90 km/h forever.
+    feed, view, wall = _sampling_feed(T0 + 60_000)
+    states = [("driving", 90.0)] * 5 + [("parked", 0.0)]
+    for i, (state, speed) in enumerate(states):  # 1 Hz
+        record = make_ev(T0 + i * 1000, state=state, speed_kmh=speed)
+        feed._handle(_Message(record, i))
+    feed._keep_due()
+    assert view.snapshot().latest["car-1"]["state"] == "driving"  # not due yet
+    wall[0] += 2.0  # the sample interval, on the wall clock
+    feed._keep_due()
+    latest = view.snapshot().latest["car-1"]
+    assert (latest["ts"], latest["state"], latest["speed_kmh"]) == (T0 + 5000, "parked", 0.0)
+
+
+def test_sampling_rate_is_kept_and_a_held_state_kept_when_superseded() -> None:
+    feed, view, wall = _sampling_feed(T0 + 60_000)
+    for i in range(20):  # 1 Hz for 20 s: every other record, the held ones discarded
+        feed._handle(_Message(make_ev(T0 + i * 1000), i))
+        wall[0] += 0.5
+        feed._keep_due()
+    car = view.car("car-1")
+    assert car is not None
+    assert [s["ts"] - T0 for s in car.samples] == list(range(0, 20_000, 2000))
+    # Held at 19 s, the next record 11 s later: 19 s stood for a whole interval, kept too.
+    feed._handle(_Message(make_ev(T0 + 30_000), 20))
+    car = view.car("car-1")
+    assert car is not None
+    assert [s["ts"] - T0 for s in car.samples][-3:] == [18_000, 19_000, 30_000]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 
 from dashboard import kpis
 from dashboard.feedback import feedback_record
-from processing.stats import consumption
+from processing.stats import WindowStats, consumption
 
-from .fleet_data import MIN_MS, Recording, filled_view
+from ..records import make_ev
+from .fleet_data import MIN_MS, Recording, _alert, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -60,12 +62,32 @@ def test_map_points_colour_by_alert_then_state(small: Recording) -> None:
     assert points["ice-1"]["lat"] == 48.2
 
 
-def test_cars_without_a_finite_position_are_not_drawn(small: Recording) -> None:
+def test_a_car_without_a_position_now_is_drawn_at_its_last_known_one(small: Recording) -> None:
+    # A GPS gap (null is valid): the car vanished from the map with its active alert.
     view = filled_view(small)
     view.ingest("telemetry", {**small.of("telemetry")[0], "ts": small.end_ms, "lat": None})
     view.ingest("telemetry", {**small.of("telemetry")[1], "ts": small.end_ms, "lon": math.nan})
-    ids = [p["vehicle_id"] for p in kpis.map_points(view.snapshot(), small.end_ms, ONLINE_MS)]
-    assert ids == ["ev-2"]
+    points = {p["vehicle_id"]: p for p in kpis.map_points(view.snapshot(), small.end_ms, ONLINE_MS)}
+    assert sorted(points) == ["ev-1", "ev-2", "ice-1"]
+    ev1 = points["ev-1"]
+    assert (ev1["lat"], ev1["lon"], ev1["alert"]) == (48.1, 11.5, "critical")
+    assert ev1["position"] == "stale: last known position at 2026-01-01 00:59:55 UTC"
+    assert (points["ice-1"]["lat"], points["ice-1"]["lon"]) == (48.2, 11.5)
+    assert points["ev-2"]["position"] == ""  # its latest sample has a position
+
+
+def test_active_alerts_of_cars_never_placed_are_listed(small: Recording) -> None:
+    view = filled_view(small)
+    view.ingest("telemetry", make_ev(small.end_ms, vehicle_id="no-gps", lat=None, lon=None))
+    view.ingest("alerts", _alert("ep-x", "no-gps", "overheat", "critical", small.end_ms))
+    view.ingest("alerts", _alert("ep-y", "no-telemetry", "tire_leak", "warning", small.end_ms))
+    snapshot = view.snapshot()
+    points = kpis.map_points(snapshot, small.end_ms, ONLINE_MS)
+    assert "no-gps" not in {p["vehicle_id"] for p in points}
+    assert kpis.alerts_off_the_map(snapshot, points) == {
+        "no-gps": "critical",
+        "no-telemetry": "warning",
+    }
 
 
 def test_filter_alerts_combines_filters(small: Recording) -> None:
@@ -81,7 +103,7 @@ def test_filter_alerts_combines_filters(small: Recording) -> None:
 
 
 def test_consumption_by_temperature_bins(small: Recording) -> None:
-    rows = kpis.consumption_by_temperature(filled_view(small).all_stats())
+    rows = kpis.consumption_by_temperature(filled_view(small).window_chunks())
     assert [(r["powertrain"], r["temp_c"], r["windows"]) for r in rows] == [
         ("ev", 10.0, 2),
         ("ice", -5.0, 1),
@@ -92,7 +114,7 @@ def test_consumption_by_temperature_bins(small: Recording) -> None:
 
 
 def test_idle_drain_per_car(small: Recording) -> None:
-    rows = kpis.idle_drain_per_car(filled_view(small).all_sessions())
+    rows = kpis.idle_drain_per_car(filled_view(small).session_chunks())
     assert rows == [
         {
             "vehicle_id": "ice-1",
@@ -106,12 +128,15 @@ def test_idle_drain_per_car(small: Recording) -> None:
 
 def test_recorded_fleet_consumption_agrees_with_window_ratios(recorded: Recording) -> None:
     view = filled_view(recorded)
-    stats = view.all_stats()
-    ev, ice = kpis.fleet_consumption(stats)
+    stats = recorded.of("stats")
+    ev, ice = kpis.fleet_consumption(view.windows())
     # A distance-weighted mean lies between the smallest and largest window values.
     for powertrain, value in (("ev", ev), ("ice", ice)):
         values = [
-            c for s in stats if s["powertrain"] == powertrain if (c := consumption(s)) is not None
+            c
+            for s in stats
+            if s["powertrain"] == powertrain
+            if (c := consumption(cast("WindowStats", s))) is not None
         ]
         assert value is not None
         assert min(values) <= value <= max(values)
@@ -119,5 +144,5 @@ def test_recorded_fleet_consumption_agrees_with_window_ratios(recorded: Recordin
     k = kpis.fleet_kpis(snapshot, recorded.end_ms, ONLINE_MS, HOUR_MS)
     assert k.online == 10
     assert k.completeness_pct == pytest.approx(100.0)  # the simulator loses nothing
-    assert kpis.consumption_by_temperature(stats)
-    assert kpis.idle_drain_per_car(view.all_sessions())
+    assert kpis.consumption_by_temperature([view.windows()])
+    assert kpis.idle_drain_per_car(view.session_chunks())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from typing import Any, Literal
 
+import orjson
 import pytest
 
 from dashboard.errors import FeedbackError
@@ -14,7 +16,7 @@ from dashboard.settings import DashboardSettings
 from dashboard.view import FleetView, RecordKind
 
 from ..records import make_ev
-from .fleet_data import T0, Recording, _alert, _drive, _stats, filled_view
+from .fleet_data import MIN_MS, T0, Recording, _alert, _drive, _stats, filled_view
 
 pytestmark = pytest.mark.unit
 
@@ -234,7 +236,7 @@ def test_times_no_date_can_show_are_refused(kind: RecordKind, record: dict[str, 
         view.ingest(kind, record)
     snapshot = view.snapshot()
     assert snapshot.alerts == []
-    assert snapshot.recent_stats == []
+    assert len(snapshot.recent_windows) == 0
 
 
 @pytest.mark.parametrize("max_future_s", [None, "90"])
@@ -256,3 +258,112 @@ def test_a_sample_far_ahead_of_the_wall_clock_is_refused_and_hides_nothing(
     assert car is not None
     assert [s["ts"] for s in car.samples] == [now_ms - 1000, now_ms, now_ms + limit_ms - 1000]
     assert car.samples[-1]["lat"] == 48.1
+
+
+def test_an_evicted_episode_read_again_is_listed_once_for_its_car() -> None:
+    # Its id stayed in the car's list; the clear re-created the episode and appended it
+    # again, and the car page made two cards with one Streamlit key on every refresh.
+    view = FleetView(max_alerts=3)
+    episodes = [("ep1", "car-1"), *((f"x{i}", f"other-{i}") for i in range(3))]
+    for i, (episode, vid) in enumerate(episodes):
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", T0 + i))
+        view.ingest("alerts", _alert(episode, vid, "overheat", "critical", T0 + 9, "cleared"))
+    assert "ep1" not in {a["episode_id"] for a in view.snapshot().alerts}
+    # A replay from further back: the episode's records again.
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0))
+    view.ingest("alerts", _alert("ep1", "car-1", "overheat", "critical", T0 + 9, "cleared"))
+    car = view.car("car-1")
+    assert car is not None
+    assert [a["episode_id"] for a in car.alerts] == ["ep1"]
+
+
+def test_cleared_episodes_are_evicted_before_active_ones() -> None:
+    # A long-running critical alert was evicted by newer short glitches and vanished from
+    # the KPIs and the map.
+    view = FleetView(max_alerts=3)
+    view.ingest("alerts", _alert("hot", "car-1", "overheat", "critical", T0))
+    for i in range(250):  # the same car: its own list must not lose the active episode
+        view.ingest("alerts", _alert(f"g{i}", "car-1", "sensor_glitch", "info", T0 + 2 * i + 1))
+        view.ingest(
+            "alerts", _alert(f"g{i}", "car-1", "sensor_glitch", "info", T0 + 2 * i + 2, "cleared")
+        )
+    kept = {a["episode_id"]: a["active"] for a in view.snapshot().alerts}
+    assert kept == {"hot": True, "g248": False, "g249": False}
+    car = view.car("car-1")
+    assert car is not None
+    assert [a["episode_id"] for a in car.alerts] == ["hot", "g248", "g249"]
+    assert view.status().evicted_active == 0
+
+
+def test_an_active_episode_is_evicted_only_when_all_are_active(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    view = FleetView(max_alerts=2)
+    with caplog.at_level("WARNING", logger="dashboard.view"):
+        view.ingest("alerts", _alert("c", "car-1", "overheat", "critical", T0, "cleared"))
+        for i in range(6):
+            view.ingest("alerts", _alert(f"a{i}", "car-1", "overheat", "critical", T0 + i + 1))
+    assert [a["episode_id"] for a in view.snapshot().alerts] == ["a5", "a4"]
+    assert view.status().evicted_active == 4  # "c" went first, then a0 to a3
+    # Logged once: the later evictions within the minute are counted, not logged.
+    assert len([r for r in caplog.records if "active alert episodes" in r.getMessage()]) == 1
+
+
+class _CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holds = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.holds += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+def test_fleet_wide_readers_hold_the_lock_for_a_chunk_of_cars_at_a_time() -> None:
+    # One hold over every car (0.2 s at 10,000 cars x 60 windows) stalled the feed thread
+    # for every browser session's refresh.
+    view = FleetView()
+    for i in range(1000):
+        vid = f"car-{i}"
+        view.ingest("telemetry", make_ev(T0, vehicle_id=vid))
+        view.ingest("stats", _stats(vid, "ev", T0 + i, 1.0, 5.0, samples=60, missing=0))
+    lock = _CountingLock()
+    view._lock = lock  # type: ignore[assignment]
+    snapshot = view.snapshot(since_ms=T0 + 500 + MIN_MS)
+    assert len(snapshot.latest) == 1000
+    assert len(snapshot.recent_windows) == 500
+    assert lock.holds >= 4
+    lock.holds = 0
+    assert len(view.windows()) == 1000
+    assert lock.holds >= 4
+
+
+def test_kept_windows_and_samples_are_compact() -> None:
+    # As the records' dicts, a window took ~1.7 KB and a sample ~0.9 KB: 19 GiB with the
+    # default bounds full at 10,000 cars.
+    cars, rows = 20, 100
+    windows = [
+        orjson.loads(orjson.dumps(_stats(f"car-{c}", "ev", T0 + w * MIN_MS, 1.0, 5.0,
+                                         samples=60, missing=0)))
+        for w in range(rows) for c in range(cars)
+    ]  # fmt: skip
+    samples = [
+        orjson.loads(orjson.dumps(make_ev(T0 + i * 2000, vehicle_id=f"car-{c}")))
+        for i in range(rows) for c in range(cars)
+    ]  # fmt: skip
+    for kind, records in (("stats", windows), ("telemetry", samples)):
+        view = FleetView(windows_per_car=rows, samples_per_car=rows, clock=lambda: T0 / 1000)
+        tracemalloc.start()
+        try:
+            for record in records:
+                view.ingest(kind, record)  # type: ignore[arg-type]
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        per_record = kept / len(records)  # the car's own overhead included
+        assert per_record < 160, (kind, per_record)
