@@ -20,6 +20,7 @@ from models.archive import (
     STATS,
     TELEMETRY,
     ParquetArchive,
+    TableSpec,
     archive_topics,
     stats_row,
     telemetry_row,
@@ -37,7 +38,7 @@ from simulator import Fleet, FleetConfig
 from simulator import iter_records as simulate
 from telemetry.contract import ContractError
 
-from .records import make_ev
+from .records import make_ev, make_ice
 
 pytestmark = pytest.mark.unit
 
@@ -106,6 +107,149 @@ def test_invalid_values_are_refused_with_the_contract_reason() -> None:
     with pytest.raises(ContractError):
         stats_row(b'{"vehicle_id": "a"}')
     assert STATS.schema.field("window_start").nullable is False
+
+
+@pytest.mark.parametrize(
+    "value", ["12.5", True, [1], {"a": 1}, 12.5], ids=["str", "bool", "list", "dict", "number"]
+)
+def test_the_other_powertrains_fields_go_to_extra_not_to_typed_columns(
+    tmp_path: Path, value: Any
+) -> None:
+    # v1 checks only the record's own powertrain's fields. As a typed column, an ICE
+    # record's "power_kw": "12.5" failed the buffer's Arrow conversion and stopped the
+    # archiver at every restart; true was stored as 1.0.
+    ice = make_ice(1_767_225_600_000, power_kw=value)
+    row = telemetry_row(orjson.dumps(ice))
+    assert "power_kw" not in row
+    assert orjson.loads(row["extra"]) == {"power_kw": value}
+    ev = make_ev(1_767_225_600_000, fuel_rate_lph=value)
+    assert orjson.loads(telemetry_row(orjson.dumps(ev))["extra"]) == {"fuel_rate_lph": value}
+    archive = ParquetArchive(tmp_path, TELEMETRY)
+    archive.add(row)
+    archive.add(telemetry_row(orjson.dumps(make_ice(1_767_225_601_000, seq=1))))
+    [written] = archive.flush()
+    table = pq.read_table(written)
+    assert table.column("power_kw").to_pylist() == [None, None]
+    assert table.column("fuel_rate_lph").to_pylist() == [0.0, 0.0]
+
+
+def _raw_row(value: bytes) -> dict[str, Any]:
+    """A table spec's row without its checks: what a check that misses something gives."""
+    row: dict[str, Any] = orjson.loads(value)
+    return row
+
+
+_UNCHECKED = TableSpec("telemetry", TELEMETRY.schema, "ts", _raw_row)
+
+
+@pytest.mark.parametrize("batch_rows", [10_000, 2])
+def test_a_row_that_does_not_fit_the_columns_is_left_out_logged_and_counted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    batch_rows: int,
+) -> None:
+    monkeypatch.setattr("models.archive._BATCH_ROWS", batch_rows)  # the add() path too
+    reasons: list[str] = []
+    archive = ParquetArchive(tmp_path, _UNCHECKED, on_refused=reasons.append)
+    good = [make_ev(1_767_225_600_000 + i * 1000, seq=i) for i in range(3)]
+    archive.add(good[0])
+    archive.add({**good[1], "speed_kmh": "fast"})
+    archive.add(good[2])
+    archive.add({**make_ice(1_767_225_600_000), "coolant_temp_c": [1]})  # its partition's only row
+    assert archive.buffered == 4 - archive.rows_refused
+    written = archive.flush()
+    assert len(written) == 1  # the ICE partition had no row left: no empty file
+    assert pq.read_table(written[0]).column("seq").to_pylist() == [0, 2]
+    assert archive.rows_refused == 2
+    assert len(reasons) == 2
+    assert all(r.startswith("does_not_fit: ") for r in reasons)
+    assert "does not fit the table's columns" in caplog.text
+    assert archive.buffered == 0
+
+
+class _FakeMessage:
+    def __init__(self, topic: str, value: bytes) -> None:
+        self._topic, self._value = topic, value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class _FakeKafka:
+    """One topic partition: consumers get the records after the committed offset once."""
+
+    def __init__(self, topic: str, log: list[bytes]) -> None:
+        self.topic, self.log, self.committed = topic, log, 0
+        self.consumers: list[_FakeConsumer] = []
+
+    def consumer(self, _config: dict[str, Any]) -> _FakeConsumer:
+        self.consumers.append(_FakeConsumer(self))
+        return self.consumers[-1]
+
+
+class _FakeConsumer:
+    def __init__(self, kafka: _FakeKafka) -> None:
+        self.kafka, self.polls, self.read = kafka, 0, kafka.committed
+
+    def subscribe(self, _topics: list[str], on_assign: Any, on_revoke: Any) -> None:
+        on_assign(self, [0])
+
+    def consume(self, _n: int, _timeout: float) -> list[_FakeMessage]:
+        self.polls += 1
+        if self.polls > 1:
+            return []
+        start, self.read = self.read, len(self.kafka.log)
+        return [_FakeMessage(self.kafka.topic, v) for v in self.kafka.log[start:]]
+
+    def commit(self, asynchronous: bool) -> None:
+        self.kafka.committed = self.read
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unfitting_row_never_stops_the_archiver_and_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the conversion error escaped archive_topics before its commit: every
+    # restart read the same record, rewrote the same files and stopped again.
+    import confluent_kafka  # noqa: PLC0415 - patched for archive_topics' own import
+
+    good = [make_ev(1_767_225_600_000 + i * 1000, seq=i) for i in range(3)]
+    log = [orjson.dumps(r) for r in (good[0], {**good[1], "speed_kmh": "x"}, good[2])]
+    kafka = _FakeKafka("vehicle-telemetry", log)
+    monkeypatch.setattr(confluent_kafka, "Consumer", kafka.consumer)
+    reports = []
+    for _restart in range(2):
+        metrics = ArchiveMetrics()
+        reports.append(
+            archive_topics(
+                {},
+                {kafka.topic: _UNCHECKED},
+                tmp_path,
+                stop=lambda: kafka.consumers[-1].polls >= 2,
+                metrics=metrics,
+            )
+        )
+        assert kafka.committed == len(log)
+        if _restart == 0:
+            skipped = metrics.registry.get_sample_value(
+                "fleetstream_archive_skipped_total", {"table": "telemetry"}
+            )
+            assert skipped == 1
+    assert [(r.rows, r.skipped) for r in reports] == [
+        ({"telemetry": 2}, 1),
+        ({"telemetry": 0}, 0),  # the restart reads nothing again
+    ]
+    [written] = tmp_path.rglob("*.parquet")
+    assert pq.read_table(written).column("seq").to_pylist() == [0, 2]
 
 
 _GOOD_STATS: dict[str, Any] = {
