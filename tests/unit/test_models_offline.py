@@ -34,6 +34,7 @@ from models.replay import replay_records, window_alerts, window_feature_rows
 from models.training import Scores, best_threshold, label_windows, split_by_time
 from processing.detectors import HighConsumption, detect, detect_window
 from processing.evaluate import evaluate
+from processing.stats import WindowStats, window_stats
 from simulator import Fleet, FleetConfig
 from simulator import iter_records as simulate
 from telemetry.contract import ContractError
@@ -403,6 +404,36 @@ def test_replay_gives_the_pipeline_functions_alerts_and_features() -> None:
     assert all(r["consumption_ratio"] > 0 for r in rows)
     scores = evaluate([dict(lab) for lab in fleet.labels()], replayed.record_alerts)
     assert scores["sensor_glitch"].recall > 0.5
+
+
+def _driving_window(index: int, consumption: float) -> WindowStats:
+    start = 1_767_225_600_000 + index * 60_000
+    stats = window_stats("car-1", "ev", start, start + 60_000, [])
+    stats["distance_km"] = 1.0
+    stats["consumption_wh_per_km"] = consumption
+    stats["avg_speed_kmh"] = 60.0
+    stats["avg_outside_temp_c"] = 10.0
+    return stats
+
+
+def test_training_features_follow_the_alert_book_as_the_pipeline_does() -> None:
+    # Raised on window 7; windows 8-11 (1.3x: not high, not normal) keep the episode
+    # active, so the pipeline folds them into no baseline. Training folded them in as if
+    # no alert were active: its ratios drifted down from 1.3 while the pipeline scored 1.3.
+    values = [150.0] * 5 + [270.0] * 3 + [195.0] * 4
+    windows = [_driving_window(i, v) for i, v in enumerate(values)]
+    live: list[float] = []
+    state: dict[str, Any] = {}
+    for stats in windows:
+        features = HighConsumption().features(state.setdefault("high_consumption", {}), dict(stats))
+        if features is not None:
+            live.append(features["consumption_ratio"])
+        detect_window(state, dict(stats))
+    assert "high_consumption" in state["alerts"]
+    rows = window_feature_rows(windows)
+    assert [r["consumption_ratio"] for r in rows] == live
+    assert [round(r["consumption_ratio"], 6) for r in rows[-4:]] == [1.3] * 4
+    assert window_feature_rows(windows, None) == rows
 
 
 @pytest.fixture(scope="module")
