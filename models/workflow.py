@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,16 +64,47 @@ def _replay(table: pa.Table, progress: Progress, odometer_resolution_km: float) 
 
 
 def held_out(
-    labels: pd.DataFrame, alerts: Sequence[Mapping[str, Any]], since_ms: int | None
+    labels: pd.DataFrame,
+    alerts: Sequence[Mapping[str, Any]],
+    since_ms: int | None,
+    window_ms: int = 60_000,
 ) -> dict[str, KindScore]:
-    """Event-level scores of alerts and labels from ``since_ms`` on (all when None)."""
+    """Event-level scores of the labels and alerts of the time from ``since_ms`` on.
+
+    A label is held out when an alert from ``since_ms`` on could match it (it ends no more
+    than evaluate's slack of 2 windows before), and an alert when it is from then on or
+    matches a held-out label: an episode that starts before the cut and is caught after it
+    is detected, not a false alarm plus a dropped label, and one caught just before the
+    cut is detected, not missed. "From ``since_ms`` on" means ``ts >= since_ms - 1`` for
+    alerts: a window's alert carries its window's end - 1, and the held-out windows are
+    those ending at or after ``since_ms`` (:func:`models.training.split_by_time`).
+
+    Args:
+        labels: Ground-truth episodes (``load_labels``).
+        alerts: Alert records (raised and cleared).
+        since_ms: The cut (``training_data.test_from``); None scores all time.
+        window_ms: Window length, for evaluate's matching slack.
+    """
     rows: list[dict[str, Any]] = [
         {str(k): v for k, v in r.items()} for r in labels.to_dict("records")
     ]
     if since_ms is not None:
-        rows = [r for r in rows if r["start_ts"] >= since_ms]
-        alerts = [a for a in alerts if a["ts"] >= since_ms]
-    return evaluate(rows, alerts)
+        first = since_ms - 1
+        slack = 2 * window_ms
+        rows = [r for r in rows if r["end_ts"] + slack >= first]
+        kept: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            kept[(r["vehicle_id"], r["kind"])].append(r)
+        alerts = [
+            a
+            for a in alerts
+            if a["ts"] >= first
+            or any(
+                r["start_ts"] <= a["ts"] <= r["end_ts"] + slack
+                for r in kept.get((a["vehicle_id"], a["kind"]), ())
+            )
+        ]
+    return evaluate(rows, alerts, window_ms=window_ms)
 
 
 @dataclass(frozen=True, slots=True)
