@@ -35,6 +35,8 @@ METADATA_FILE: Final = "metadata.json"
 CURRENT: Final = "current"
 SHADOW: Final = "shadow"
 POINTERS: Final = (CURRENT, SHADOW)
+# The window length of artifacts saved before their metadata named it.
+DEFAULT_WINDOW_MS: Final = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +192,17 @@ def list_versions(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
 
 
-def load(folder: Path) -> LoadedModel:
+def load(folder: Path, window_ms: int | None = None) -> LoadedModel:
     """Load one version, refusing artifacts with types outside :data:`TRUSTED_TYPES`.
 
+    Args:
+        folder: The version folder.
+        window_ms: The loader's window length: a model trained on windows of another
+            length (metadata ``window_ms``; 60 s for artifacts without it) is refused,
+            its features would not mean what they meant in training. None: not checked.
+
     Raises:
-        ModelError: Missing, corrupt or untrusted artifact.
+        ModelError: Missing, corrupt, untrusted or incompatible artifact.
     """
     model_file = folder / MODEL_FILE
     _sklearn, _skops, sio = _serialisation()
@@ -221,6 +229,17 @@ def load(folder: Path) -> LoadedModel:
             msg = f"model artifact {folder} lacks metadata '{key}'"
             raise ModelError(msg)
     _check_compatible(folder, metadata, estimator)
+    trained_ms = metadata.get("window_ms", DEFAULT_WINDOW_MS)
+    if isinstance(trained_ms, bool) or not isinstance(trained_ms, int) or trained_ms <= 0:
+        msg = f"model artifact {folder} is incompatible: window_ms {trained_ms!r} is not a length"
+        raise ModelError(msg)
+    if window_ms is not None and trained_ms != window_ms:
+        msg = (
+            f"model artifact {folder} was trained on {trained_ms / 1000:g} s windows, not "
+            f"the {window_ms / 1000:g} s windows scored here (FLEETSTREAM_PROCESSING_WINDOW_S); "
+            f"train it again with --window-s {window_ms / 1000:g}"
+        )
+        raise ModelError(msg)
     return LoadedModel(str(metadata.get("version", folder.name)), estimator, metadata)
 
 

@@ -52,10 +52,13 @@ def _load(data: str, progress: Progress) -> pa.Table:
     return table
 
 
-def _replay(table: pa.Table, progress: Progress, odometer_resolution_km: float) -> Replay:
+def _replay(
+    table: pa.Table, progress: Progress, odometer_resolution_km: float, window_ms: int
+) -> Replay:
     task = progress.add_task("replaying through detectors", total=table.num_rows)
     result = replay_records(
         iter_records(table),
+        window_ms,
         tick=lambda n: progress.update(task, completed=n),
         glitch=SensorGlitch(odometer_resolution_km),
     )
@@ -118,12 +121,11 @@ class TrainOutcome:
 
 
 def _feedback_frames(
-    feedback: Sequence[Mapping[str, Any]] | None, frame: pd.DataFrame
+    feedback: Sequence[Mapping[str, Any]] | None, window_ms: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not feedback:
         empty = pd.DataFrame(columns=LABEL_COLUMNS)
         return empty, empty
-    window_ms = int((frame["window_end"] - frame["window_start"]).median())
     return feedback_labels(feedback, window_ms)
 
 
@@ -138,13 +140,17 @@ def run_train(
     feedback: Sequence[Mapping[str, Any]] | None = None,
     feedback_source: str | None = None,
     odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
+    window_ms: int = 60_000,
 ) -> TrainOutcome:
     """Load, replay, featurise, train, compare, calibrate, save and report.
 
     ``feedback`` (``vehicle-alerts.feedback`` records) adds labels: acknowledged
     ``high_consumption`` alerts mark their windows anomalous, false positives mark them
     normal (over any label file). ``odometer_resolution_km`` is the pipeline's setting
-    of that name, for the per-record rules' held-out scores.
+    of that name, for the per-record rules' held-out scores. ``window_ms`` is the
+    pipeline's window length (``FLEETSTREAM_PROCESSING_WINDOW_S``): the features are
+    those of windows of that length, and it is saved in the metadata, so a pipeline
+    with other windows refuses the model.
 
     Raises:
         DataError: Unreadable or insufficient data or labels.
@@ -152,12 +158,12 @@ def run_train(
     labels = load_labels(labels_path) if labels_path is not None else None
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress, odometer_resolution_km)
+        replayed = _replay(table, progress, odometer_resolution_km, window_ms)
         frame = pd.DataFrame(window_feature_rows(replayed.windows))
         if frame.empty:
             msg = "no driving windows in the data; nothing to train on"
             raise DataError(msg)
-        confirmed, rejected = _feedback_frames(feedback, frame)
+        confirmed, rejected = _feedback_frames(feedback, window_ms)
         if not confirmed.empty:
             labels = confirmed if labels is None else pd.concat([labels, confirmed])
         actual = label_windows(frame, labels) if labels is not None else None
@@ -175,6 +181,7 @@ def run_train(
         "features": list(chosen.family.features),
         "score": chosen.family.score,
         "threshold": chosen.threshold,
+        "window_ms": window_ms,
         "seed": seed,
         "training_data": {
             "source": data,
@@ -210,8 +217,8 @@ def run_train(
     if labels is not None:
         model_alerts = replayed.record_alerts + window_alerts(replayed.windows, candidate)
         rule_alerts = replayed.record_alerts + window_alerts(replayed.windows, None)
-        model_events = held_out(labels, model_alerts, result.split.test_from)
-        rule_events = held_out(labels, rule_alerts, result.split.test_from)
+        model_events = held_out(labels, model_alerts, result.split.test_from, window_ms)
+        rule_events = held_out(labels, rule_alerts, result.split.test_from, window_ms)
         metadata["test_events"] = {
             "model": _event_dict(model_events),
             "rules": _event_dict(rule_events),
@@ -244,10 +251,12 @@ def run_backtest(
     *,
     show_progress: bool = True,
     odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
+    window_ms: int = 60_000,
 ) -> tuple[dict[str, KindScore], list[dict[str, Any]]]:
     """Replay archived history through the detectors with ``model_dir`` (None: rules only).
 
-    ``odometer_resolution_km`` is the pipeline's setting of that name.
+    ``odometer_resolution_km`` and ``window_ms`` are the pipeline's settings of those
+    names; a model trained on other windows is refused, as the pipeline refuses it.
 
     Returns:
         The event-level scores (as ``fleetstream evaluate`` prints them) and the alerts.
@@ -256,13 +265,13 @@ def run_backtest(
         ModelError: The model does not load (same checks as the pipeline).
         DataError: Unreadable data or labels.
     """
-    model = registry.load(model_dir) if model_dir is not None else None
+    model = registry.load(model_dir, window_ms=window_ms) if model_dir is not None else None
     labels = load_labels(labels_path)
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress, odometer_resolution_km)
+        replayed = _replay(table, progress, odometer_resolution_km, window_ms)
     alerts: list[dict[str, Any]] = [
         dict(a) for a in replayed.record_alerts + window_alerts(replayed.windows, model)
     ]
     alerts.sort(key=lambda a: (a["ts"], a["vehicle_id"]))
-    return held_out(labels, alerts, since_ms), alerts
+    return held_out(labels, alerts, since_ms, window_ms), alerts

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from fleetstream.cli import app
+from models import workflow
 from models.archive import (
     STATS,
     TELEMETRY,
@@ -532,6 +533,44 @@ def test_train_cli_saves_a_loadable_artifact_with_metadata_and_report(
     for png in ("scores.png", "precision_recall.png", "per_kind_recall.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
         assert png in report
+
+
+def test_train_and_backtest_use_the_pipelines_window_length(
+    small_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Train and backtest replayed 60 s windows whatever the pipeline's setting: a pipeline
+    # with FLEETSTREAM_PROCESSING_WINDOW_S=300 scored features of 5 min windows with a
+    # model trained on 1 min ones, and feedback labels spanned 3 min instead of 15.
+    spans: list[int] = []
+    real = feedback_labels
+
+    def spy(records: Any, window_ms: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        spans.append(window_ms)
+        return real(records, window_ms)
+
+    monkeypatch.setattr(workflow, "feedback_labels", spy)
+    feedback = tmp_path / "feedback.jsonl"
+    _feedback_from_labels(small_run["labels"], feedback)
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("FLEETSTREAM_PROCESSING_WINDOW_S", "300")
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(small_run["data"]), "--labels", str(small_run["labels"]),
+         "--feedback", str(feedback), "--out", str(registry)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (folder,) = [p for p in registry.iterdir() if p.is_dir()]
+    meta = load(folder).metadata
+    assert meta["window_ms"] == 300_000
+    assert spans == [300_000]
+    backtest = ["backtest", "--model", str(folder), "--data", str(small_run["data"]),
+                "--labels", str(small_run["labels"])]  # fmt: skip
+    assert CliRunner().invoke(app, backtest).exit_code == 0
+    monkeypatch.delenv("FLEETSTREAM_PROCESSING_WINDOW_S")
+    refused = CliRunner().invoke(app, backtest)
+    assert refused.exit_code == 2
+    assert "trained on 300 s windows, not the 60 s windows" in refused.output
+    assert CliRunner().invoke(app, [*backtest, "--window-s", "300"]).exit_code == 0
 
 
 def test_backtest_cli_prints_evaluate_metrics(small_run: dict[str, Path], tmp_path: Path) -> None:

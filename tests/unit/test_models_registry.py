@@ -174,3 +174,18 @@ def test_processing_starts_without_importing_scikit_learn() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_load_checks_the_window_length_the_model_was_trained_on(tmp_path: Path) -> None:
+    old = save(forest(5), META, tmp_path, version="vold")  # before window_ms was saved
+    assert load(old).version == "vold"
+    assert load(old, window_ms=60_000).version == "vold"
+    with pytest.raises(ModelError, match="trained on 60 s windows"):
+        load(old, window_ms=300_000)
+    five = save(forest(5), {**META, "window_ms": 300_000}, tmp_path, version="v5")
+    assert load(five, window_ms=300_000).metadata["window_ms"] == 300_000
+    with pytest.raises(ModelError, match="trained on 300 s windows"):
+        load(five, window_ms=60_000)
+    bad = save(forest(5), {**META, "window_ms": "60"}, tmp_path, version="vbad")
+    with pytest.raises(ModelError, match="window_ms"):
+        load(bad)
