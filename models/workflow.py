@@ -144,10 +144,13 @@ def run_train(
 ) -> TrainOutcome:
     """Load, replay, featurise, train, compare, calibrate, save and report.
 
-    ``feedback`` (``vehicle-alerts.feedback`` records) adds labels: acknowledged
+    ``feedback`` (``vehicle-alerts.feedback`` records) adds window labels: acknowledged
     ``high_consumption`` alerts mark their windows anomalous, false positives mark them
-    normal (over any label file). ``odometer_resolution_km`` is the pipeline's setting
-    of that name, for the per-record rules' held-out scores. ``window_ms`` is the
+    normal (over any label file). Event-level scores come from the label file alone:
+    feedback episodes would count the file's episodes again, and, made from the rules'
+    own alerts, score the rules against themselves. With feedback only there are none.
+    ``odometer_resolution_km`` is the pipeline's setting of that name, for the per-record
+    rules' held-out scores. ``window_ms`` is the
     pipeline's window length (``FLEETSTREAM_PROCESSING_WINDOW_S``): the features are
     those of windows of that length, and it is saved in the metadata, so a pipeline
     with other windows refuses the model.
@@ -155,7 +158,7 @@ def run_train(
     Raises:
         DataError: Unreadable or insufficient data or labels.
     """
-    labels = load_labels(labels_path) if labels_path is not None else None
+    file_labels = load_labels(labels_path) if labels_path is not None else None
     with _progress(show_progress) as progress:
         table = _load(data, progress)
         replayed = _replay(table, progress, odometer_resolution_km, window_ms)
@@ -164,6 +167,7 @@ def run_train(
             msg = "no driving windows in the data; nothing to train on"
             raise DataError(msg)
         confirmed, rejected = _feedback_frames(feedback, window_ms)
+        labels = file_labels
         if not confirmed.empty:
             labels = confirmed if labels is None else pd.concat([labels, confirmed])
         actual = label_windows(frame, labels) if labels is not None else None
@@ -214,18 +218,20 @@ def run_train(
     }
     candidate = registry.LoadedModel("candidate", chosen.estimator, metadata)
     model_events = rule_events = None
-    if labels is not None:
+    if file_labels is not None:
         model_alerts = replayed.record_alerts + window_alerts(replayed.windows, candidate)
         rule_alerts = replayed.record_alerts + window_alerts(replayed.windows, None)
-        model_events = held_out(labels, model_alerts, result.split.test_from, window_ms)
-        rule_events = held_out(labels, rule_alerts, result.split.test_from, window_ms)
+        model_events = held_out(file_labels, model_alerts, result.split.test_from, window_ms)
+        rule_events = held_out(file_labels, rule_alerts, result.split.test_from, window_ms)
         metadata["test_events"] = {
             "model": _event_dict(model_events),
             "rules": _event_dict(rule_events),
         }
     folder = registry.save(chosen.estimator, metadata, out, version=version)
     registry.load(folder)  # the artifact must load through the pipeline's path
-    write_report(folder, result, model_events, rule_events)
+    write_report(
+        folder, result, model_events, rule_events, feedback_only=bool(feedback) and not labels_path
+    )
     _log.info("saved %s (%s)", folder, chosen.family.name)
     return TrainOutcome(folder, result, model_events, rule_events)
 

@@ -26,7 +26,7 @@ from models.archive import (
     stats_row,
     telemetry_row,
 )
-from models.dataset import LABEL_COLUMNS, dedupe, iter_records, load_telemetry
+from models.dataset import LABEL_COLUMNS, dedupe, iter_records, load_labels, load_telemetry
 from models.errors import DataError
 from models.feedback import feedback_labels
 from models.metrics import ArchiveMetrics
@@ -725,6 +725,34 @@ def test_train_learns_from_operator_feedback_alone(small_run: dict[str, Path]) -
     assert meta["training_data"]["feedback"]["confirmed_alerts"] == acknowledged
     # Supervised families only run with labels: here the labels came from feedback.
     assert meta["candidates"]["logistic_regression"]["validation"] is not None
+    # Episodes made from reviewed alerts would score the rules against their own alerts.
+    assert "test_events" not in meta
+    assert "only operators' feedback was given" in (folder / "report.md").read_text()
+
+
+def test_feedback_labels_windows_and_never_counts_episodes_twice(
+    small_run: dict[str, Path], tmp_path: Path
+) -> None:
+    # Every acknowledged alert's span was appended to the label file's episodes: each
+    # reviewed episode was a second label in the event-level scores.
+    feedback = tmp_path / "feedback.jsonl"
+    _feedback_from_labels(small_run["labels"], feedback)
+    outcome = workflow.run_train(
+        str(small_run["data"]),
+        small_run["labels"],
+        tmp_path / "registry",
+        show_progress=False,
+        feedback=[orjson.loads(line) for line in feedback.read_bytes().splitlines()],
+    )
+    meta = load(outcome.folder).metadata
+    labels = load_labels(small_run["labels"])
+    expected = held_out(labels, [], meta["training_data"]["test_from"])
+    for who in ("model", "rules"):
+        events = meta["test_events"][who]
+        assert events["overall"]["labels"] == expected["overall"].labels
+        assert events["high_consumption"]["labels"] == expected["high_consumption"].labels
+    assert expected["high_consumption"].labels > 0
+    assert "only operators' feedback" not in (outcome.folder / "report.md").read_text()
 
 
 def test_a_false_positive_verdict_overrides_a_label(small_run: dict[str, Path]) -> None:
