@@ -10,6 +10,7 @@ Layout of a registry folder::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import platform
@@ -35,6 +36,7 @@ METADATA_FILE: Final = "metadata.json"
 CURRENT: Final = "current"
 SHADOW: Final = "shadow"
 POINTERS: Final = (CURRENT, SHADOW)
+_log = logging.getLogger("models.registry")
 # The window length of artifacts saved before their metadata named it.
 DEFAULT_WINDOW_MS: Final = 60_000
 
@@ -240,7 +242,18 @@ def load(folder: Path, window_ms: int | None = None) -> LoadedModel:
             f"train it again with --window-s {window_ms / 1000:g}"
         )
         raise ModelError(msg)
-    return LoadedModel(str(metadata.get("version", folder.name)), estimator, metadata)
+    # The folder's name is the version, as pointers name it: a folder copied or renamed
+    # (promoted from staging under a release name) kept its metadata's version, which
+    # never equalled the pointer, and the pipeline loaded it again every 5 s.
+    version = folder.name or folder.resolve().name
+    if metadata.get("version", version) != version:
+        _log.warning(
+            "model artifact %s says it is version %r; it is version %r, its folder's name",
+            folder,
+            metadata["version"],
+            version,
+        )
+    return LoadedModel(version, estimator, metadata)
 
 
 def _check_compatible(folder: Path, metadata: dict[str, Any], estimator: Any) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import CURRENT, LoadedModel, save
+import processing.models as watched
+from models.registry import CURRENT, LoadedModel, load, save
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from tests.unit.models_builders import META, forest
@@ -143,3 +144,31 @@ def test_a_model_trained_on_another_window_length_is_refused_and_the_current_kep
     # A pipeline with the default 60 s windows refuses the 5 min model.
     _point(tmp_path, "v5min")
     assert ModelWatcher(tmp_path, ProcessingMetrics()).current() is None
+
+
+def test_a_renamed_version_folder_is_loaded_once_under_its_folders_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Copied from staging under a release name, its metadata still says "v1": the version
+    # loaded never equalled the pointer's, and the pipeline loaded it again every 5 s.
+    save(forest(5), META, tmp_path / "staging", version="v1")
+    root = tmp_path / "registry"
+    shutil.copytree(tmp_path / "staging" / "v1", root / "prod-2026-12")
+    _point(root, "prod-2026-12")
+    loads: list[Path] = []
+    real = load
+
+    def counting(folder: Path, window_ms: int | None = None) -> LoadedModel:
+        loads.append(folder)
+        return real(folder, window_ms)
+
+    monkeypatch.setattr(watched, "load", counting)
+    clock = Clock()
+    watcher = ModelWatcher(root, ProcessingMetrics(), every_s=5.0, clock=clock)
+    for _ in range(5):
+        clock.now += 5.0
+        model = watcher.current()
+        assert model is not None
+        assert model.version == "prod-2026-12"
+    assert len(loads) == 1
+    assert caplog.text.count("says it is version 'v1'") == 1
