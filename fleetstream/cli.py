@@ -759,11 +759,11 @@ def models_shadow(
     if clear == (version is not None):
         msg = "give a VERSION or --clear"
         raise typer.BadParameter(msg)
-    if clear:
-        unset(registry, SHADOW)
-        typer.echo("shadow scoring stopped")
-        return
     try:
+        if clear:
+            unset(registry, SHADOW)
+            typer.echo("shadow scoring stopped")
+            return
         promote(registry, version or "", SHADOW)
     except ModelError as exc:
         typer.echo(f"error: {exc}", err=True)

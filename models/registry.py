@@ -10,11 +10,14 @@ Layout of a registry folder::
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
 import platform
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,21 +146,66 @@ def promote(root: Path, version: str, pointer: str = CURRENT) -> None:
     """Point ``pointer`` (``current`` or ``shadow``) at ``version`` atomically.
 
     A running pipeline re-reads the pointer every few seconds and loads that version.
+    Promotions and :func:`unset` of one registry take turns (an exclusive ``flock`` on its
+    folder), each writing its own temporary file: two promotes at once shared
+    ``.current.tmp``, and the second one's rename failed with ``FileNotFoundError``.
 
     Raises:
-        ModelError: The version does not load (it is never pointed at).
+        ModelError: The version does not load (it is never pointed at), or the pointer
+            cannot be written.
     """
     _check_pointer(pointer)
-    load(root / version)  # refuse to promote something that would not load
-    tmp = root / f".{pointer}.tmp"
-    tmp.write_text(version + "\n", "utf-8")
-    os.replace(tmp, root / pointer)
+    with _locked(root, f"write the {pointer} pointer"):
+        load(root / version)  # refuse to promote something that would not load
+        tmp = root / f".{pointer}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            with tmp.open("x", encoding="utf-8") as out:
+                out.write(version + "\n")
+            os.replace(tmp, root / pointer)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            msg = f"cannot write the {pointer} pointer {root / pointer}: {exc}"
+            raise ModelError(msg) from exc
 
 
 def unset(root: Path, pointer: str) -> None:
-    """Remove a pointer (``shadow``: stop shadow scoring)."""
+    """Remove a pointer (``shadow``: stop shadow scoring).
+
+    Raises:
+        ModelError: The pointer cannot be removed.
+    """
     _check_pointer(pointer)
-    (root / pointer).unlink(missing_ok=True)
+    if not root.is_dir():
+        return  # no registry, no pointer
+    with _locked(root, f"remove the {pointer} pointer"):
+        try:
+            (root / pointer).unlink(missing_ok=True)
+        except OSError as exc:
+            msg = f"cannot remove the {pointer} pointer {root / pointer}: {exc}"
+            raise ModelError(msg) from exc
+
+
+@contextmanager
+def _locked(root: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the registry folder (released when its fd closes).
+
+    Raises:
+        ModelError: The folder cannot be opened or locked.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        msg = f"cannot {what}: registry {root} cannot be opened: {exc}"
+        raise ModelError(msg) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            msg = f"cannot {what}: registry {root} cannot be locked: {exc}"
+            raise ModelError(msg) from exc
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_pointer(pointer: str) -> None:
