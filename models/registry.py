@@ -155,6 +155,14 @@ def promote(root: Path, version: str, pointer: str = CURRENT) -> None:
             cannot be written.
     """
     _check_pointer(pointer)
+    if not _is_version_name(version) or version != version.strip():
+        # The pipeline would refuse the pointer (e.g. an absolute path, which load() here
+        # took): nothing would be deployed, only errors logged every minute.
+        msg = (
+            f"{version[:200]!r} is not the name of a version folder in {root}; "
+            f"give the folder's name (as `fleetstream models list` prints it), not a path"
+        )
+        raise ModelError(msg)
     with _locked(root, f"write the {pointer} pointer"):
         load(root / version)  # refuse to promote something that would not load
         tmp = root / f".{pointer}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
@@ -229,10 +237,16 @@ def current_version(root: Path, pointer: str = CURRENT) -> str | None:
         # A folder, no permission, not UTF-8: the pipeline crashed at every window close.
         msg = f"cannot read the {pointer} pointer {path}: {exc}"
         raise ModelError(msg) from exc
-    if any(c in version for c in "/\\\x00\n") or version in {".", ".."}:
+    if version and not _is_version_name(version):
         msg = f"the {pointer} pointer {path} names {version[:80]!r}, not a version folder"
         raise ModelError(msg)
     return version or None
+
+
+def _is_version_name(version: str) -> bool:
+    """Whether ``version`` can name a folder of the registry (what a pointer may hold)."""
+    separators = any(c in version for c in "/\\\x00\n")
+    return bool(version) and not separators and version not in {".", ".."}
 
 
 def list_versions(root: Path) -> list[str]:

@@ -243,3 +243,24 @@ def test_a_pointer_that_cannot_be_written_or_removed_is_a_model_error(tmp_path: 
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(ModelError):
         promote(tmp_path / "missing", "v1")
+
+
+@pytest.mark.parametrize("name", ["absolute", "relative", "up", "dot", "space", "empty"])
+def test_promote_refuses_what_the_pipeline_would_refuse_to_read(tmp_path: Path, name: str) -> None:
+    # `fleetstream models promote $PWD/models/registry/v...` loaded the version through
+    # the path and wrote it into the pointer, which the pipeline then refused every minute.
+    folder = save(forest(5), META, tmp_path / "registry", version="v1")
+    root = folder.parent
+    version = {
+        "absolute": str(folder.resolve()),
+        "relative": f"{root.name}/../{root.name}/v1",
+        "up": "..",
+        "dot": ".",
+        "space": " v1",
+        "empty": "",
+    }[name]
+    with pytest.raises(ModelError, match="not the name of a version folder"):
+        promote(root, version)
+    assert current_version(root) is None
+    promote(root, "v1")
+    assert current_version(root) == "v1"
