@@ -316,6 +316,22 @@ def test_dedupe_keeps_a_second_run_whose_seq_restarted_at_zero() -> None:
     assert kept == [r["ts"] for r in rows]  # both runs, ordered by ts
 
 
+def test_dedupe_warns_about_rows_that_share_a_key_but_differ(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two simulator runs with other seeds and the same start time share every key: the
+    # second run was dropped silently while its labels still applied.
+    base = {"vehicle_id": "car-000", "seq": 0, "ts": 1_767_225_600_000, "speed_kmh": 10.0}
+    same = [base, dict(base), {**base, "seq": None, "speed_kmh": None}] * 2
+    out = dedupe(pa.Table.from_pylist(same))
+    assert out.num_rows == 2
+    assert "differ" not in caplog.text  # genuine duplicates, nulls included
+    other = [{**base, "speed_kmh": 20.0}, {**base, "speed_kmh": 21.0}, {**base, "seq": 1}]
+    out = dedupe(pa.Table.from_pylist([*same, *other]))
+    assert out.num_rows == 3
+    assert "dropped 2 row(s) that share (vehicle_id, seq, ts) with an earlier row" in caplog.text
+
+
 def test_load_dedupes_repeated_records_across_files(tmp_path: Path) -> None:
     records = _records(hours=3)
     for chunk in (records, records[: len(records) // 2]):  # a restart rewrote half
