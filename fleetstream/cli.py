@@ -413,7 +413,12 @@ def evaluate(
         None, "--alerts", help="Read alerts from a JSON-lines file."
     ),
     window_s: int = typer.Option(
-        60, "--window-s", help="Window length (matching slack is 2 windows)."
+        60,
+        "--window-s",
+        min=1,
+        envvar="FLEETSTREAM_PROCESSING_WINDOW_S",
+        help="The pipeline's window length in seconds (also FLEETSTREAM_PROCESSING_WINDOW_S; "
+        "matching slack is 2 windows).",
     ),
     bootstrap: str = typer.Option(
         "127.0.0.1:9092",
@@ -515,6 +520,18 @@ _ODOMETER_OPTION = typer.Option(
 )
 
 
+# The pipeline's window length: features, replayed alerts, feedback spans and matching
+# slack all depend on it, and a pipeline refuses a model trained on other windows.
+_WINDOW_OPTION = typer.Option(
+    60,
+    "--window-s",
+    min=1,
+    envvar="FLEETSTREAM_PROCESSING_WINDOW_S",
+    help="The pipeline's window length in seconds, as processing's setting "
+    "(also FLEETSTREAM_PROCESSING_WINDOW_S; default 60).",
+)
+
+
 def _odometer_resolution(value: float | None) -> float:
     """The odometer resolution for the workflow (None: the pipeline's default), checked.
 
@@ -567,6 +584,7 @@ def train(
         help="Kafka for --feedback-topic.",
     ),
     odometer_resolution_km: float | None = _ODOMETER_OPTION,
+    window_s: int = _WINDOW_OPTION,
 ) -> None:
     """Train and compare consumption models on a time split; save the best with a report."""
     from models.errors import DataError
@@ -596,6 +614,7 @@ def train(
             feedback=verdicts,
             feedback_source=source,
             odometer_resolution_km=resolution,
+            window_ms=window_s * 1000,
         )
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -626,6 +645,7 @@ def backtest(
         None, "--alerts-out", help="Also write the replayed alerts as JSON lines."
     ),
     odometer_resolution_km: float | None = _ODOMETER_OPTION,
+    window_s: int = _WINDOW_OPTION,
 ) -> None:
     """Replay archived history through the detectors offline; print `evaluate`'s metrics."""
     import orjson
@@ -641,7 +661,12 @@ def backtest(
         since_ms = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
     try:
         scores, alerts = run_backtest(
-            model, data, labels, since_ms, odometer_resolution_km=resolution
+            model,
+            data,
+            labels,
+            since_ms,
+            odometer_resolution_km=resolution,
+            window_ms=window_s * 1000,
         )
     except (DataError, ModelError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -744,11 +769,11 @@ def models_shadow(
     if clear == (version is not None):
         msg = "give a VERSION or --clear"
         raise typer.BadParameter(msg)
-    if clear:
-        unset(registry, SHADOW)
-        typer.echo("shadow scoring stopped")
-        return
     try:
+        if clear:
+            unset(registry, SHADOW)
+            typer.echo("shadow scoring stopped")
+            return
         promote(registry, version or "", SHADOW)
     except ModelError as exc:
         typer.echo(f"error: {exc}", err=True)

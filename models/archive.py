@@ -33,6 +33,9 @@ from models.metrics import ArchiveMetrics
 from processing.stats import WindowStats
 from telemetry.contract import (
     ALL_FIELDS,
+    COMMON_FIELDS,
+    EV_FIELDS,
+    ICE_FIELDS,
     NUMBER_FIELDS,
     POWERTRAINS,
     TEXT_FIELDS,
@@ -48,7 +51,15 @@ _BATCH_ROWS: Final = 10_000
 
 
 _STATS_KEYS: Final = frozenset({"vehicle_id", "powertrain", "window_start", "window_end"})
-_KNOWN: Final = frozenset(ALL_FIELDS)
+# The columns a record of each powertrain fills: v1 checks only the record's own
+# powertrain's fields, so the other powertrain's are unknown fields like any other.
+_KNOWN: Final = {
+    "ev": frozenset((*COMMON_FIELDS, *EV_FIELDS)),
+    "ice": frozenset((*COMMON_FIELDS, *ICE_FIELDS)),
+}
+# Conversions of a row to the table's columns that can fail (pyarrow's errors derive
+# from ArrowException, ValueError or TypeError).
+_ARROW_ERRORS: Final = (pa.ArrowException, ValueError, TypeError, OverflowError)
 _NOT_NULL: Final = frozenset({"schema", "vehicle_id", "ts", "powertrain", "state"})
 
 
@@ -91,11 +102,16 @@ class TableSpec:
 def telemetry_row(value: bytes) -> dict[str, Any]:
     """A validated telemetry record as a row; unknown fields go to ``extra`` as JSON.
 
+    Unknown fields include the other powertrain's (``power_kw`` on an ICE record): v1 does
+    not check them, so they cannot be typed columns. As columns, one such field with a
+    string value failed the whole buffer's Arrow conversion and stopped the archiver at
+    every restart, and ``true`` was stored as 1.0.
+
     Raises:
         ContractError: The value is not a valid v1 record.
     """
     record: dict[str, Any] = dict(parse(value, require_seq=False))
-    unknown = record.keys() - _KNOWN
+    unknown = record.keys() - _KNOWN[record["powertrain"]]
     record["extra"] = (
         orjson.dumps({k: record.pop(k) for k in sorted(unknown)}).decode() if unknown else None
     )
@@ -179,21 +195,26 @@ class ParquetArchive:
         max_rows: Write when this many rows are buffered (all partitions together).
         max_age_s: Write when the oldest buffered row is this old.
         clock: Monotonic clock (seconds), injectable for tests.
+        on_refused: Called with the reason of each row that does not fit the table's
+            columns (it is logged and left out; the other rows are written).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the tunables, then the injectables
         self,
         root: Path,
         spec: TableSpec,
         max_rows: int = 1_000_000,
         max_age_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self.root = root
         self.spec = spec
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self._clock = clock
+        self._on_refused = on_refused
+        self.rows_refused = 0
         self._buffers: dict[tuple[str, str], _Buffer] = defaultdict(_Buffer)
         self._rows = 0
         self._since: float | None = None
@@ -211,12 +232,48 @@ class ParquetArchive:
         buffer = self._buffers[key]
         buffer.rows.append(row)
         buffer.count += 1
-        if len(buffer.rows) >= _BATCH_ROWS:
-            buffer.batches.append(pa.RecordBatch.from_pylist(buffer.rows, schema=self._schema))
-            buffer.rows = []
         self._rows += 1
         if self._since is None:
             self._since = self._clock()
+        if len(buffer.rows) >= _BATCH_ROWS:
+            self._convert(buffer)
+
+    def _convert(self, buffer: _Buffer) -> None:
+        """Move a buffer's rows into an Arrow batch, leaving out rows that do not fit.
+
+        The table specs check their rows when they are read, so a refusal here means a
+        check missed something. It is logged and counted, never raised: an exception
+        here used to stop the archiver before its commit, and every restart read the
+        same record again, wrote the same files again and stopped again.
+        """
+        rows, buffer.rows = buffer.rows, []
+        try:
+            batch = pa.RecordBatch.from_pylist(rows, schema=self._schema)
+        except _ARROW_ERRORS:
+            kept = [row for row in rows if self._fits(row)]
+            batch = pa.RecordBatch.from_pylist(kept, schema=self._schema)
+        buffer.batches.append(batch)
+
+    def _fits(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` converts to the table's columns; if not, refuse it."""
+        try:
+            pa.RecordBatch.from_pylist([row], schema=self._schema)
+        except _ARROW_ERRORS as exc:
+            reason = f"does_not_fit: {type(exc).__name__}: {str(exc)[:200]}"
+            self.rows_refused += 1
+            self._rows -= 1
+            _log.warning(
+                "not archiving a %s row (vehicle_id %r, %s %r) that does not fit the "
+                "table's columns: %s",
+                self.spec.name,
+                row.get("vehicle_id"),
+                self.spec.time_field,
+                row.get(self.spec.time_field),
+                reason,
+            )
+            self._on_refused(reason)
+            return False
+        return True
 
     @property
     def _schema(self) -> pa.Schema:
@@ -240,8 +297,10 @@ class ParquetArchive:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         for (day, powertrain), buffer in sorted(self._buffers.items()):
             if buffer.rows:
-                buffer.batches.append(pa.RecordBatch.from_pylist(buffer.rows, schema=self._schema))
+                self._convert(buffer)
             table = pa.Table.from_batches(buffer.batches, schema=self._schema)
+            if table.num_rows == 0:
+                continue  # every row of the partition was refused
             folder = self.root / self.spec.name / f"date={day}" / f"powertrain={powertrain}"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
@@ -282,7 +341,8 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
 
     Offsets are committed (synchronously) only after a flush, so every committed record is
     in a file. Invalid values (already quarantined upstream) are counted and logged, not
-    archived.
+    archived; so are rows that pass the checks but still do not fit the table's columns
+    (:class:`ParquetArchive` leaves them out), so no record can stop the archiver.
 
     Args:
         kafka_config: librdkafka settings (bootstrap, security).
@@ -314,8 +374,20 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
             m.kafka_up.set(0)
         _log.warning("kafka: %s", error)
 
+    skipped = 0
+
+    def refused(table: str) -> Callable[[str], None]:
+        def count(_reason: str) -> None:
+            nonlocal skipped
+            skipped += 1
+            m.skipped.labels(table=table).inc()
+
+        return count
+
     archives = {
-        topic: ParquetArchive(root, spec, max_rows=max_rows, max_age_s=max_age_s)
+        topic: ParquetArchive(
+            root, spec, max_rows=max_rows, max_age_s=max_age_s, on_refused=refused(spec.name)
+        )
         for topic, spec in topics.items()
     }
     consumer = Consumer(
@@ -364,7 +436,6 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
 
     # A rebalance hands partitions to another archiver: write and commit first.
     consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=flush_all)
-    skipped = 0
     started = time.monotonic()
     last = started
     try:

@@ -8,10 +8,12 @@ keeping the first, and orders the rows by event time.
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +24,7 @@ import pyarrow.json as pj
 from models.archive import TELEMETRY
 from models.errors import DataError
 
+_log = logging.getLogger("models.dataset")
 _COLUMNS = [n for n in TELEMETRY.schema.names if n != "extra"]
 _PARTITIONING = ds.partitioning(
     pa.schema([("date", pa.string()), ("powertrain", pa.string())]), flavor="hive"
@@ -77,7 +80,8 @@ def load_telemetry(path_or_glob: str) -> pa.Table:
 def dedupe(table: pa.Table) -> pa.Table:
     """Keep the first row per (vehicle_id, seq, ts), then order by ts.
 
-    At-least-once duplicates are the same record, so they agree on all three. ``seq``
+    At-least-once duplicates are the same record, so they agree on all three. Rows that
+    share the key but differ in content are dropped too, with a warning giving their count. ``seq``
     alone is not enough: a device or simulator run that restarts ``seq`` at 0 reuses
     every number, and deduping on ``(vehicle_id, seq)`` silently dropped all its later
     data. Records without a ``seq`` are deduped on ``(vehicle_id, ts)``.
@@ -90,9 +94,37 @@ def dedupe(table: pa.Table) -> pa.Table:
             "ts": table.column("ts").to_pandas(),
         }
     )
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        _warn_if_different(table, keys, repeated)
     keep = (~keys.duplicated()).to_numpy().nonzero()[0]
     table = table.take(pa.array(keep))
     return table.sort_by([("ts", "ascending"), ("vehicle_id", "ascending")])
+
+
+def _warn_if_different(table: pa.Table, keys: pd.DataFrame, repeated: np.ndarray) -> int:
+    """Log (and return) how many dropped rows differ from the row kept for their key.
+
+    Such rows are no at-least-once duplicates: e.g. two simulator runs with different
+    seeds and the same start time share every key, and all but the first are dropped
+    while their labels still apply.
+    """
+    rows = repeated.nonzero()[0]
+    content = table.take(pa.array(rows)).to_pandas()
+    digests = pd.Series(pd.util.hash_pandas_object(content, index=False).to_numpy())
+    group = keys.iloc[rows].reset_index(drop=True)
+    first = digests.groupby([group[c] for c in group.columns]).transform("first")
+    differ = int((digests != first).sum())
+    if differ:
+        where = group[(digests != first).to_numpy()].iloc[0].to_dict()
+        _log.warning(
+            "dropped %d row(s) that share (vehicle_id, seq, ts) with an earlier row but "
+            "differ from it (e.g. %s): not at-least-once duplicates but other data, such "
+            "as two simulator runs with the same start time; kept the first of each",
+            differ,
+            where,
+        )
+    return differ
 
 
 def _values(column: pa.Array) -> list[Any]:

@@ -22,7 +22,8 @@ class ArchiveMetrics:
         )
         self.skipped = Counter(
             "fleetstream_archive_skipped",
-            "Invalid records not archived (they were quarantined upstream)",
+            "Invalid records not archived (they were quarantined upstream), and rows that"
+            " did not convert to the table's columns",
             ["table"],
             registry=r,
         )

@@ -10,10 +10,14 @@ Layout of a registry folder::
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import math
 import os
 import platform
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +39,9 @@ METADATA_FILE: Final = "metadata.json"
 CURRENT: Final = "current"
 SHADOW: Final = "shadow"
 POINTERS: Final = (CURRENT, SHADOW)
+_log = logging.getLogger("models.registry")
+# The window length of artifacts saved before their metadata named it.
+DEFAULT_WINDOW_MS: Final = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,21 +146,74 @@ def promote(root: Path, version: str, pointer: str = CURRENT) -> None:
     """Point ``pointer`` (``current`` or ``shadow``) at ``version`` atomically.
 
     A running pipeline re-reads the pointer every few seconds and loads that version.
+    Promotions and :func:`unset` of one registry take turns (an exclusive ``flock`` on its
+    folder), each writing its own temporary file: two promotes at once shared
+    ``.current.tmp``, and the second one's rename failed with ``FileNotFoundError``.
 
     Raises:
-        ModelError: The version does not load (it is never pointed at).
+        ModelError: The version does not load (it is never pointed at), or the pointer
+            cannot be written.
     """
     _check_pointer(pointer)
-    load(root / version)  # refuse to promote something that would not load
-    tmp = root / f".{pointer}.tmp"
-    tmp.write_text(version + "\n", "utf-8")
-    os.replace(tmp, root / pointer)
+    if not _is_version_name(version) or version != version.strip():
+        # The pipeline would refuse the pointer (e.g. an absolute path, which load() here
+        # took): nothing would be deployed, only errors logged every minute.
+        msg = (
+            f"{version[:200]!r} is not the name of a version folder in {root}; "
+            f"give the folder's name (as `fleetstream models list` prints it), not a path"
+        )
+        raise ModelError(msg)
+    with _locked(root, f"write the {pointer} pointer"):
+        load(root / version)  # refuse to promote something that would not load
+        tmp = root / f".{pointer}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            with tmp.open("x", encoding="utf-8") as out:
+                out.write(version + "\n")
+            os.replace(tmp, root / pointer)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            msg = f"cannot write the {pointer} pointer {root / pointer}: {exc}"
+            raise ModelError(msg) from exc
 
 
 def unset(root: Path, pointer: str) -> None:
-    """Remove a pointer (``shadow``: stop shadow scoring)."""
+    """Remove a pointer (``shadow``: stop shadow scoring).
+
+    Raises:
+        ModelError: The pointer cannot be removed.
+    """
     _check_pointer(pointer)
-    (root / pointer).unlink(missing_ok=True)
+    if not root.is_dir():
+        return  # no registry, no pointer
+    with _locked(root, f"remove the {pointer} pointer"):
+        try:
+            (root / pointer).unlink(missing_ok=True)
+        except OSError as exc:
+            msg = f"cannot remove the {pointer} pointer {root / pointer}: {exc}"
+            raise ModelError(msg) from exc
+
+
+@contextmanager
+def _locked(root: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the registry folder (released when its fd closes).
+
+    Raises:
+        ModelError: The folder cannot be opened or locked.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        msg = f"cannot {what}: registry {root} cannot be opened: {exc}"
+        raise ModelError(msg) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            msg = f"cannot {what}: registry {root} cannot be locked: {exc}"
+            raise ModelError(msg) from exc
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_pointer(pointer: str) -> None:
@@ -177,10 +237,16 @@ def current_version(root: Path, pointer: str = CURRENT) -> str | None:
         # A folder, no permission, not UTF-8: the pipeline crashed at every window close.
         msg = f"cannot read the {pointer} pointer {path}: {exc}"
         raise ModelError(msg) from exc
-    if any(c in version for c in "/\\\x00\n") or version in {".", ".."}:
+    if version and not _is_version_name(version):
         msg = f"the {pointer} pointer {path} names {version[:80]!r}, not a version folder"
         raise ModelError(msg)
     return version or None
+
+
+def _is_version_name(version: str) -> bool:
+    """Whether ``version`` can name a folder of the registry (what a pointer may hold)."""
+    separators = any(c in version for c in "/\\\x00\n")
+    return bool(version) and not separators and version not in {".", ".."}
 
 
 def list_versions(root: Path) -> list[str]:
@@ -190,11 +256,17 @@ def list_versions(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
 
 
-def load(folder: Path) -> LoadedModel:
+def load(folder: Path, window_ms: int | None = None) -> LoadedModel:
     """Load one version, refusing artifacts with types outside :data:`TRUSTED_TYPES`.
 
+    Args:
+        folder: The version folder.
+        window_ms: The loader's window length: a model trained on windows of another
+            length (metadata ``window_ms``; 60 s for artifacts without it) is refused,
+            its features would not mean what they meant in training. None: not checked.
+
     Raises:
-        ModelError: Missing, corrupt or untrusted artifact.
+        ModelError: Missing, corrupt, untrusted or incompatible artifact.
     """
     model_file = folder / MODEL_FILE
     _sklearn, _skops, sio = _serialisation()
@@ -221,7 +293,29 @@ def load(folder: Path) -> LoadedModel:
             msg = f"model artifact {folder} lacks metadata '{key}'"
             raise ModelError(msg)
     _check_compatible(folder, metadata, estimator)
-    return LoadedModel(str(metadata.get("version", folder.name)), estimator, metadata)
+    trained_ms = metadata.get("window_ms", DEFAULT_WINDOW_MS)
+    if isinstance(trained_ms, bool) or not isinstance(trained_ms, int) or trained_ms <= 0:
+        msg = f"model artifact {folder} is incompatible: window_ms {trained_ms!r} is not a length"
+        raise ModelError(msg)
+    if window_ms is not None and trained_ms != window_ms:
+        msg = (
+            f"model artifact {folder} was trained on {trained_ms / 1000:g} s windows, not "
+            f"the {window_ms / 1000:g} s windows scored here (FLEETSTREAM_PROCESSING_WINDOW_S); "
+            f"train it again with --window-s {window_ms / 1000:g}"
+        )
+        raise ModelError(msg)
+    # The folder's name is the version, as pointers name it: a folder copied or renamed
+    # (promoted from staging under a release name) kept its metadata's version, which
+    # never equalled the pointer, and the pipeline loaded it again every 5 s.
+    version = folder.name or folder.resolve().name
+    if metadata.get("version", version) != version:
+        _log.warning(
+            "model artifact %s says it is version %r; it is version %r, its folder's name",
+            folder,
+            metadata["version"],
+            version,
+        )
+    return LoadedModel(version, estimator, metadata)
 
 
 def _check_compatible(folder: Path, metadata: dict[str, Any], estimator: Any) -> None:

@@ -91,17 +91,25 @@ def window_alerts(windows: Iterable[WindowStats], model: LoadedModel | None) -> 
     return out
 
 
-def window_feature_rows(windows: Iterable[WindowStats]) -> list[dict[str, Any]]:
+def window_feature_rows(
+    windows: Iterable[WindowStats], model: LoadedModel | None = None
+) -> list[dict[str, Any]]:
     """Per-window model features exactly as the pipeline computes them (stats + car baseline).
 
-    The baseline evolves as with the fixed-threshold rule (no model), so features do not
-    depend on the model being trained.
+    Each car's window-detector memory evolves through :func:`detect_window`, the function
+    the pipeline calls, with its alert book: while an episode is raised its windows are
+    folded into no baseline, as live. ``model`` is the one the pipeline would run (None:
+    the fixed-threshold rule, as before a first model is promoted), so the features of
+    the rows do not depend on the model being trained. Before 2026-12-05 the baseline
+    was updated as if no alert were ever active, so a raised episode's windows were
+    folded into the training rows' baseline while the pipeline scored them against the
+    baseline before the episode.
     """
     memory: dict[str, dict[str, Any]] = defaultdict(dict)
     rows: list[dict[str, Any]] = []
     for stats in windows:
         car = memory[stats["vehicle_id"]]
-        features = CONSUMPTION.features(car, dict(stats))
+        features = CONSUMPTION.features(car.setdefault(CONSUMPTION.kind, {}), dict(stats))
         if features is not None:
             rows.append(
                 {
@@ -112,5 +120,5 @@ def window_feature_rows(windows: Iterable[WindowStats]) -> list[dict[str, Any]]:
                     **features,
                 }
             )
-        CONSUMPTION.check(car, dict(stats), active=False)
+        detect_window(car, dict(stats), model)
     return rows

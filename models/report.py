@@ -105,8 +105,14 @@ def write_report(
     result: TrainResult,
     model_events: Mapping[str, KindScore] | None,
     rule_events: Mapping[str, KindScore] | None,
+    *,
+    feedback_only: bool = False,
 ) -> Path:
-    """Write ``report.md`` and its plots into the artifact folder; returns the report path."""
+    """Write ``report.md`` and its plots into the artifact folder; returns the report path.
+
+    ``feedback_only``: the labels came from operators' feedback alone (no label file), so
+    the report says why it has no event-level scores.
+    """
     split = result.split
     frame = result.frame
     lines: list[Any] = [
@@ -162,6 +168,17 @@ def write_report(
             "```",
             "",
             f"![per-kind recall]({_plot_kinds(folder, model_events, rule_events)})",
+            "",
+        ]
+    elif feedback_only:
+        lines += [
+            "## Event-level scores",
+            "",
+            "None: only operators' feedback was given, no label file. Feedback labels the "
+            "windows that raised each reviewed alert, so it trains and scores windows "
+            "(above); as episodes it would score the rules against their own alerts. "
+            "Give `--labels` for event-level scores, or judge the model with "
+            "`fleetstream backtest`.",
             "",
         ]
     lines += ["## Plots", "", f"![score distributions]({_plot_scores(folder, result)})", ""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,10 +52,13 @@ def _load(data: str, progress: Progress) -> pa.Table:
     return table
 
 
-def _replay(table: pa.Table, progress: Progress, odometer_resolution_km: float) -> Replay:
+def _replay(
+    table: pa.Table, progress: Progress, odometer_resolution_km: float, window_ms: int
+) -> Replay:
     task = progress.add_task("replaying through detectors", total=table.num_rows)
     result = replay_records(
         iter_records(table),
+        window_ms,
         tick=lambda n: progress.update(task, completed=n),
         glitch=SensorGlitch(odometer_resolution_km),
     )
@@ -63,16 +67,47 @@ def _replay(table: pa.Table, progress: Progress, odometer_resolution_km: float) 
 
 
 def held_out(
-    labels: pd.DataFrame, alerts: Sequence[Mapping[str, Any]], since_ms: int | None
+    labels: pd.DataFrame,
+    alerts: Sequence[Mapping[str, Any]],
+    since_ms: int | None,
+    window_ms: int = 60_000,
 ) -> dict[str, KindScore]:
-    """Event-level scores of alerts and labels from ``since_ms`` on (all when None)."""
+    """Event-level scores of the labels and alerts of the time from ``since_ms`` on.
+
+    A label is held out when an alert from ``since_ms`` on could match it (it ends no more
+    than evaluate's slack of 2 windows before), and an alert when it is from then on or
+    matches a held-out label: an episode that starts before the cut and is caught after it
+    is detected, not a false alarm plus a dropped label, and one caught just before the
+    cut is detected, not missed. "From ``since_ms`` on" means ``ts >= since_ms - 1`` for
+    alerts: a window's alert carries its window's end - 1, and the held-out windows are
+    those ending at or after ``since_ms`` (:func:`models.training.split_by_time`).
+
+    Args:
+        labels: Ground-truth episodes (``load_labels``).
+        alerts: Alert records (raised and cleared).
+        since_ms: The cut (``training_data.test_from``); None scores all time.
+        window_ms: Window length, for evaluate's matching slack.
+    """
     rows: list[dict[str, Any]] = [
         {str(k): v for k, v in r.items()} for r in labels.to_dict("records")
     ]
     if since_ms is not None:
-        rows = [r for r in rows if r["start_ts"] >= since_ms]
-        alerts = [a for a in alerts if a["ts"] >= since_ms]
-    return evaluate(rows, alerts)
+        first = since_ms - 1
+        slack = 2 * window_ms
+        rows = [r for r in rows if r["end_ts"] + slack >= first]
+        kept: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            kept[(r["vehicle_id"], r["kind"])].append(r)
+        alerts = [
+            a
+            for a in alerts
+            if a["ts"] >= first
+            or any(
+                r["start_ts"] <= a["ts"] <= r["end_ts"] + slack
+                for r in kept.get((a["vehicle_id"], a["kind"]), ())
+            )
+        ]
+    return evaluate(rows, alerts, window_ms=window_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +121,11 @@ class TrainOutcome:
 
 
 def _feedback_frames(
-    feedback: Sequence[Mapping[str, Any]] | None, frame: pd.DataFrame
+    feedback: Sequence[Mapping[str, Any]] | None, window_ms: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not feedback:
         empty = pd.DataFrame(columns=LABEL_COLUMNS)
         return empty, empty
-    window_ms = int((frame["window_end"] - frame["window_start"]).median())
     return feedback_labels(feedback, window_ms)
 
 
@@ -106,26 +140,34 @@ def run_train(
     feedback: Sequence[Mapping[str, Any]] | None = None,
     feedback_source: str | None = None,
     odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
+    window_ms: int = 60_000,
 ) -> TrainOutcome:
     """Load, replay, featurise, train, compare, calibrate, save and report.
 
-    ``feedback`` (``vehicle-alerts.feedback`` records) adds labels: acknowledged
+    ``feedback`` (``vehicle-alerts.feedback`` records) adds window labels: acknowledged
     ``high_consumption`` alerts mark their windows anomalous, false positives mark them
-    normal (over any label file). ``odometer_resolution_km`` is the pipeline's setting
-    of that name, for the per-record rules' held-out scores.
+    normal (over any label file). Event-level scores come from the label file alone:
+    feedback episodes would count the file's episodes again, and, made from the rules'
+    own alerts, score the rules against themselves. With feedback only there are none.
+    ``odometer_resolution_km`` is the pipeline's setting of that name, for the per-record
+    rules' held-out scores. ``window_ms`` is the
+    pipeline's window length (``FLEETSTREAM_PROCESSING_WINDOW_S``): the features are
+    those of windows of that length, and it is saved in the metadata, so a pipeline
+    with other windows refuses the model.
 
     Raises:
         DataError: Unreadable or insufficient data or labels.
     """
-    labels = load_labels(labels_path) if labels_path is not None else None
+    file_labels = load_labels(labels_path) if labels_path is not None else None
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress, odometer_resolution_km)
+        replayed = _replay(table, progress, odometer_resolution_km, window_ms)
         frame = pd.DataFrame(window_feature_rows(replayed.windows))
         if frame.empty:
             msg = "no driving windows in the data; nothing to train on"
             raise DataError(msg)
-        confirmed, rejected = _feedback_frames(feedback, frame)
+        confirmed, rejected = _feedback_frames(feedback, window_ms)
+        labels = file_labels
         if not confirmed.empty:
             labels = confirmed if labels is None else pd.concat([labels, confirmed])
         actual = label_windows(frame, labels) if labels is not None else None
@@ -143,6 +185,7 @@ def run_train(
         "features": list(chosen.family.features),
         "score": chosen.family.score,
         "threshold": chosen.threshold,
+        "window_ms": window_ms,
         "seed": seed,
         "training_data": {
             "source": data,
@@ -175,18 +218,20 @@ def run_train(
     }
     candidate = registry.LoadedModel("candidate", chosen.estimator, metadata)
     model_events = rule_events = None
-    if labels is not None:
+    if file_labels is not None:
         model_alerts = replayed.record_alerts + window_alerts(replayed.windows, candidate)
         rule_alerts = replayed.record_alerts + window_alerts(replayed.windows, None)
-        model_events = held_out(labels, model_alerts, result.split.test_from)
-        rule_events = held_out(labels, rule_alerts, result.split.test_from)
+        model_events = held_out(file_labels, model_alerts, result.split.test_from, window_ms)
+        rule_events = held_out(file_labels, rule_alerts, result.split.test_from, window_ms)
         metadata["test_events"] = {
             "model": _event_dict(model_events),
             "rules": _event_dict(rule_events),
         }
     folder = registry.save(chosen.estimator, metadata, out, version=version)
     registry.load(folder)  # the artifact must load through the pipeline's path
-    write_report(folder, result, model_events, rule_events)
+    write_report(
+        folder, result, model_events, rule_events, feedback_only=bool(feedback) and not labels_path
+    )
     _log.info("saved %s (%s)", folder, chosen.family.name)
     return TrainOutcome(folder, result, model_events, rule_events)
 
@@ -212,10 +257,12 @@ def run_backtest(
     *,
     show_progress: bool = True,
     odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
+    window_ms: int = 60_000,
 ) -> tuple[dict[str, KindScore], list[dict[str, Any]]]:
     """Replay archived history through the detectors with ``model_dir`` (None: rules only).
 
-    ``odometer_resolution_km`` is the pipeline's setting of that name.
+    ``odometer_resolution_km`` and ``window_ms`` are the pipeline's settings of those
+    names; a model trained on other windows is refused, as the pipeline refuses it.
 
     Returns:
         The event-level scores (as ``fleetstream evaluate`` prints them) and the alerts.
@@ -224,13 +271,13 @@ def run_backtest(
         ModelError: The model does not load (same checks as the pipeline).
         DataError: Unreadable data or labels.
     """
-    model = registry.load(model_dir) if model_dir is not None else None
+    model = registry.load(model_dir, window_ms=window_ms) if model_dir is not None else None
     labels = load_labels(labels_path)
     with _progress(show_progress) as progress:
         table = _load(data, progress)
-        replayed = _replay(table, progress, odometer_resolution_km)
+        replayed = _replay(table, progress, odometer_resolution_km, window_ms)
     alerts: list[dict[str, Any]] = [
         dict(a) for a in replayed.record_alerts + window_alerts(replayed.windows, model)
     ]
     alerts.sort(key=lambda a: (a["ts"], a["vehicle_id"]))
-    return held_out(labels, alerts, since_ms), alerts
+    return held_out(labels, alerts, since_ms, window_ms), alerts

@@ -554,7 +554,7 @@ class HighConsumption:
             if not active:
                 # From the first window on, so it weighs most after the warm-up: an episode
                 # starting in the warm-up is still caught (the warm-up's mean missed one in
-                # 19 of the unseen evaluation), an odd first window is relearned below.
+                # 19 of seed 2024's, a tuning seed), an odd first window is relearned below.
                 m["base"] = base + self.ALPHA * (value - base)
                 m["n"] = count + 1
         normal = not high and ratio < (self.RAISE_RATIO + 1.0) / 2

@@ -34,7 +34,8 @@ class ModelWatcher:
     the refusal: a pointer written before the version's folder was complete would
     otherwise be refused for good. A removed ``shadow`` pointer stops shadow scoring; a
     removed ``current`` pointer keeps the last model (deleting a pointer is not a
-    deployment).
+    deployment). A model trained on windows of another length than ``window_ms`` is
+    refused like an incompatible one.
     """
 
     def __init__(
@@ -46,8 +47,10 @@ class ModelWatcher:
         *,
         retry_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        window_ms: int = 60_000,
     ) -> None:
         self._root = root
+        self._window_ms = window_ms
         self._metrics = metrics
         self._pointer = pointer
         self._info = metrics.model_version if pointer == CURRENT else metrics.shadow_version
@@ -93,7 +96,7 @@ class ModelWatcher:
         ):
             return self._model
         try:
-            model = load(self._root / version)
+            model = load(self._root / version, window_ms=self._window_ms)
         except ModelError as exc:
             self._refused = (version, _signature(self._root / version), now)
             _log.error(

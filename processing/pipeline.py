@@ -394,8 +394,8 @@ def define_pipeline(sdf: StreamingDataFrame, config: PipelineConfig | None = Non
             outputs += emit(_car(key), ident, due, state)
         return outputs
 
-    models = ModelWatcher(cfg.model_dir, metrics)
-    shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW)
+    models = ModelWatcher(cfg.model_dir, metrics, window_ms=window_ms)
+    shadow = ModelWatcher(cfg.model_dir, metrics, pointer=SHADOW, window_ms=window_ms)
 
     def score_window(
         watcher: ModelWatcher, memory: dict[str, Any], stats: dict[str, Any], *, fallback: bool

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,3 +178,89 @@ def test_processing_starts_without_importing_scikit_learn() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_load_checks_the_window_length_the_model_was_trained_on(tmp_path: Path) -> None:
+    old = save(forest(5), META, tmp_path, version="vold")  # before window_ms was saved
+    assert load(old).version == "vold"
+    assert load(old, window_ms=60_000).version == "vold"
+    with pytest.raises(ModelError, match="trained on 60 s windows"):
+        load(old, window_ms=300_000)
+    five = save(forest(5), {**META, "window_ms": 300_000}, tmp_path, version="v5")
+    assert load(five, window_ms=300_000).metadata["window_ms"] == 300_000
+    with pytest.raises(ModelError, match="trained on 300 s windows"):
+        load(five, window_ms=60_000)
+    bad = save(forest(5), {**META, "window_ms": "60"}, tmp_path, version="vbad")
+    with pytest.raises(ModelError, match="window_ms"):
+        load(bad)
+
+
+def test_concurrent_promotes_take_turns_and_never_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both wrote ".current.tmp": the first rename moved the other's file, the second
+    # raised FileNotFoundError (not a ModelError, so the CLI printed a traceback).
+    for version in ("va", "vb", "vc"):
+        save(forest(5), META, tmp_path, version=version)
+    real_replace = os.replace
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def slow_replace(src: Any, dst: Any) -> None:
+        inside.append(1)
+        overlaps.append(len(inside))
+        time.sleep(0.1)
+        real_replace(src, dst)
+        inside.pop()
+
+    monkeypatch.setattr(os, "replace", slow_replace)  # the module registry calls
+    errors: list[BaseException] = []
+
+    def run(version: str) -> None:
+        try:
+            promote(tmp_path, version)
+        except BaseException as exc:  # noqa: BLE001 - any escape fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in ("va", "vb", "vc")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert max(overlaps) == 1  # one at a time
+    assert current_version(tmp_path) in {"va", "vb", "vc"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_pointer_that_cannot_be_written_or_removed_is_a_model_error(tmp_path: Path) -> None:
+    save(forest(5), META, tmp_path, version="v1")
+    (tmp_path / SHADOW / "x").mkdir(parents=True)  # a folder where the pointer goes
+    with pytest.raises(ModelError, match="cannot write the shadow pointer"):
+        promote(tmp_path, "v1", SHADOW)
+    with pytest.raises(ModelError, match="cannot remove the shadow pointer"):
+        unset(tmp_path, SHADOW)
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ModelError):
+        promote(tmp_path / "missing", "v1")
+
+
+@pytest.mark.parametrize("name", ["absolute", "relative", "up", "dot", "space", "empty"])
+def test_promote_refuses_what_the_pipeline_would_refuse_to_read(tmp_path: Path, name: str) -> None:
+    # `fleetstream models promote $PWD/models/registry/v...` loaded the version through
+    # the path and wrote it into the pointer, which the pipeline then refused every minute.
+    folder = save(forest(5), META, tmp_path / "registry", version="v1")
+    root = folder.parent
+    version = {
+        "absolute": str(folder.resolve()),
+        "relative": f"{root.name}/../{root.name}/v1",
+        "up": "..",
+        "dot": ".",
+        "space": " v1",
+        "empty": "",
+    }[name]
+    with pytest.raises(ModelError, match="not the name of a version folder"):
+        promote(root, version)
+    assert current_version(root) is None
+    promote(root, "v1")
+    assert current_version(root) == "v1"

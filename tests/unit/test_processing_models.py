@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import CURRENT, LoadedModel, save
+import processing.models as watched
+from models.registry import CURRENT, LoadedModel, load, save
 from processing.metrics import ProcessingMetrics
 from processing.models import ModelWatcher
 from tests.unit.models_builders import META, forest
@@ -117,3 +118,57 @@ def test_an_unreadable_pointer_keeps_the_model_and_is_counted_once(
     assert metrics.registry.get_sample_value(refused) == 1
     # A new watcher (a restart) starts on the rules rather than crashing.
     assert ModelWatcher(tmp_path, ProcessingMetrics(), every_s=5.0, clock=clock).current() is None
+
+
+def test_a_model_trained_on_another_window_length_is_refused_and_the_current_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its features (distance, consumption of a window) would not mean what they meant in
+    # training; artifacts without window_ms were all trained on 60 s windows.
+    save(forest(5), {**META, "window_ms": 300_000}, tmp_path, version="v5min")
+    save(forest(5), META, tmp_path, version="vold")
+    _point(tmp_path, "v5min")
+    clock = Clock()
+    metrics = ProcessingMetrics()
+    watcher = ModelWatcher(tmp_path, metrics, every_s=5.0, clock=clock, window_ms=300_000)
+    model = watcher.current()
+    assert model is not None
+    assert model.version == "v5min"
+    _point(tmp_path, "vold")
+    clock.now += 5.0
+    model = watcher.current()
+    assert model is not None
+    assert model.version == "v5min"
+    assert metrics.registry.get_sample_value("fleetstream_processing_models_refused_total") == 1
+    assert "trained on 60 s windows, not the 300 s windows" in caplog.text
+    # A pipeline with the default 60 s windows refuses the 5 min model.
+    _point(tmp_path, "v5min")
+    assert ModelWatcher(tmp_path, ProcessingMetrics()).current() is None
+
+
+def test_a_renamed_version_folder_is_loaded_once_under_its_folders_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Copied from staging under a release name, its metadata still says "v1": the version
+    # loaded never equalled the pointer's, and the pipeline loaded it again every 5 s.
+    save(forest(5), META, tmp_path / "staging", version="v1")
+    root = tmp_path / "registry"
+    shutil.copytree(tmp_path / "staging" / "v1", root / "prod-2026-12")
+    _point(root, "prod-2026-12")
+    loads: list[Path] = []
+    real = load
+
+    def counting(folder: Path, window_ms: int | None = None) -> LoadedModel:
+        loads.append(folder)
+        return real(folder, window_ms)
+
+    monkeypatch.setattr(watched, "load", counting)
+    clock = Clock()
+    watcher = ModelWatcher(root, ProcessingMetrics(), every_s=5.0, clock=clock)
+    for _ in range(5):
+        clock.now += 5.0
+        model = watcher.current()
+        assert model is not None
+        assert model.version == "prod-2026-12"
+    assert len(loads) == 1
+    assert caplog.text.count("says it is version 'v1'") == 1

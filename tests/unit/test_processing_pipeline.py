@@ -117,6 +117,7 @@ class Harness:
         model_dir: Path | None = None,
         odometer_resolution_km: float = SensorGlitch.ODOMETER_RESOLUTION_KM,
         max_future_ms: int = MAX_FUTURE_MS,
+        window_ms: int = WINDOW_MS,
     ) -> None:
         self.metrics = ProcessingMetrics()
         self.app = Application(
@@ -134,7 +135,7 @@ class Harness:
         )
         self.sdf = self.app.dataframe(self.topic)
         config = PipelineConfig(
-            window_ms=WINDOW_MS,
+            window_ms=window_ms,
             grace_ms=GRACE_MS,
             metrics=self.metrics,
             stats_spread_ms=stats_spread_ms,
@@ -541,6 +542,29 @@ def test_a_model_that_raises_while_scoring_falls_back_to_the_rules(
                       battery_level_pct=round(80.0 - 0.002 * s, 4)))  # fmt: skip
         assert len(h.out["stats"]) == 10
         assert h.metric("fleetstream_processing_model_errors_total", pointer="current") >= 1
+    finally:
+        h.close()
+
+
+def test_a_model_trained_on_other_windows_is_refused_by_the_pipeline(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    rng = np.random.default_rng(0)
+    forest = IsolationForest(n_estimators=5, random_state=0).fit(rng.random((50, 2)))
+    meta = {"features": ["consumption_ratio", "avg_speed_kmh"], "threshold": 0.6,
+            "score": "neg_score_samples"}  # fmt: skip
+    save(forest, meta, registry, version="v1")  # no window_ms: trained on 60 s windows
+    promote(registry, "v1")
+    refused = "fleetstream_processing_models_refused_total"
+    h = Harness(tmp_path / "state", model_dir=registry, window_ms=5 * WINDOW_MS)
+    try:
+        # Both watchers (current and shadow) start when the pipeline is defined.
+        assert h.metric(refused) == 1
+        h.send(ev(0))
+    finally:
+        h.close()
+    h = Harness(tmp_path / "state-60", model_dir=registry)
+    try:
+        assert h.metric(refused) == 0
     finally:
         h.close()
 
