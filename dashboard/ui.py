@@ -362,7 +362,9 @@ def _chart(frame: pd.DataFrame, columns: dict[str, str], title: str) -> None:
     spec = {
         "mark": {"type": "line", "interpolate": "step-after"},
         "encoding": {
-            "x": {"field": "time", "type": "temporal", "title": None},
+            # Vega-Lite shows times in the browser's zone unless told; every other
+            # time on these pages is UTC.
+            "x": {"field": "time", "type": "temporal", "title": "UTC", "scale": {"type": "utc"}},
             "y": {"field": "value", "type": "quantitative", "title": None},
             "color": {"field": "series", "type": "nominal", "title": None},
         },

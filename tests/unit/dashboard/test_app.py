@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -145,6 +146,11 @@ def test_car_page_renders_charts_sessions_and_alerts(recorded: Recording) -> Non
     assert car.value == "veh-00000"
     charts = at.get("vega_lite_chart")
     assert len(charts) == 6  # level, consumption, speed, tyres, temperatures, speed/window
+    xs = [orjson.loads(chart.proto.spec)["encoding"]["x"] for chart in charts]
+    temporal = [x for x in xs if x["type"] == "temporal"]
+    assert temporal
+    # In UTC like every other time on the pages, not in the browser's zone.
+    assert all(x["scale"] == {"type": "utc"} for x in temporal)
     assert len(at.dataframe) == 1  # recent drives/charges/refuels
     # A car with alerts shows its alert cards.
     with_alerts = next(a["vehicle_id"] for a in runtime.view.snapshot().alerts)
