@@ -245,7 +245,11 @@ class KafkaFeed:
         ts = message.timestamp()[1]
         interval = self._settings.dashboard_telemetry_sample_ms
         last = self._sampled.get(key)
-        if last is not None and 0 <= ts - last < interval:
+        if last is not None and ts < last:
+            # A redelivered or late record, older than the car's kept state: the view
+            # would refuse it, and it must not discard the held latest record.
+            return False
+        if last is not None and ts - last < interval:
             self._hold(key, ts, message)
             return False
         held = self._held.pop(key, None)

@@ -43,23 +43,30 @@ class RefreshCache:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._values: dict[str, tuple[Hashable, object]] = {}
+        # Bumped by clear(): a value computed from data read before a clear is not kept.
+        self._generation = 0
 
     def get(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """The value of ``name`` for ``key``, computed now if the cached one has another key."""
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
-            cached = self._values.get(name)
+            with self._guard:
+                cached = self._values.get(name)
+                generation = self._generation
             if cached is not None and cached[0] == key:
                 return cast("T", cached[1])
             value = compute()
-            self._values[name] = (key, value)
+            with self._guard:
+                if generation == self._generation:
+                    self._values[name] = (key, value)
             return value
 
     def clear(self) -> None:
-        """Forget every value (the next request computes it again)."""
+        """Forget every value, those being computed too (the next request computes again)."""
         with self._guard:
             self._values.clear()
+            self._generation += 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,6 +212,20 @@ def test_sampling_keeps_a_silent_cars_last_record_when_its_interval_ends() -> No
     assert (latest["ts"], latest["state"], latest["speed_kmh"]) == (T0 + 5000, "parked", 0.0)
 
 
+def test_a_redelivered_older_record_keeps_the_held_latest_state() -> None:
+    # At-least-once: the 3 s record comes again after the car parked at 5 s. It used to
+    # take the "keep" path, discard the held parked record, and leave "driving".
+    feed, view, wall = _sampling_feed(T0 + 60_000)
+    states = [("driving", 90.0)] * 5 + [("parked", 0.0)]
+    for i, (state, speed) in enumerate(states):
+        feed._handle(_Message(make_ev(T0 + i * 1000, state=state, speed_kmh=speed), i))
+    feed._handle(_Message(make_ev(T0 + 3000, state="driving", speed_kmh=90.0), 6))
+    wall[0] += 2.0
+    feed._keep_due()
+    latest = view.snapshot().latest["car-1"]
+    assert (latest["ts"], latest["state"]) == (T0 + 5000, "parked")
+
+
 def test_sampling_rate_is_kept_and_a_held_state_kept_when_superseded() -> None:
     feed, view, wall = _sampling_feed(T0 + 60_000)
     for i in range(20):  # 1 Hz for 20 s: every other record, the held ones discarded

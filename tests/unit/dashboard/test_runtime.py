@@ -42,6 +42,26 @@ def test_refresh_cache_computes_once_per_key_while_sessions_wait() -> None:
     assert cache.get("kpis", 8, compute) == 4
 
 
+def test_a_value_computed_across_a_clear_is_not_kept() -> None:
+    # A feedback click clears the cache while another session computes the overview from
+    # the view as it was before: that value must not serve the rest of the interval.
+    cache = RefreshCache()
+    started, release = threading.Event(), threading.Event()
+
+    def stale() -> str:
+        started.set()
+        release.wait(10)
+        return "before feedback"
+
+    worker = threading.Thread(target=cache.get, args=("overview", 1, stale))
+    worker.start()
+    assert started.wait(10)
+    cache.clear()
+    release.set()
+    worker.join(10)
+    assert cache.get("overview", 1, lambda: "after feedback") == "after feedback"
+
+
 def test_efficiency_tables_are_recomputed_every_30_s_at_most(small: Recording) -> None:
     view = filled_view(small)
     runtime = Runtime(settings=DashboardSettings(), view=view, feedback=ListFeedbackSink())
