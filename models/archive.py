@@ -406,12 +406,15 @@ def archive_topics(  # noqa: PLR0917 - CLI options passed through
 
     def flush_all(*_args: Any) -> None:
         for archive in archives.values():
-            if archive.buffered:
+            # Due with nothing buffered: every row since the last flush was refused. The
+            # flush resets its age (it stayed due, a commit every loop) and commits them.
+            if archive.buffered or archive.due():
                 before = archive.rows_written
                 files = archive.flush()
                 m.rows.labels(table=archive.spec.name).inc(archive.rows_written - before)
                 m.files.labels(table=archive.spec.name).inc(len(files))
-                _log.info("wrote %d file(s) for %s", len(files), archive.spec.name)
+                if files:
+                    _log.info("wrote %d file(s) for %s", len(files), archive.spec.name)
         m.buffered.set(0)
         m.oldest_buffered.set(0)
         try:

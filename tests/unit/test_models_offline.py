@@ -255,6 +255,30 @@ def test_an_unfitting_row_never_stops_the_archiver_and_is_committed(
     assert pq.read_table(written).column("seq").to_pylist() == [0, 2]
 
 
+def test_an_archive_whose_rows_were_all_refused_is_not_due_after_one_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It stayed due with nothing buffered: archive_topics committed every 0.5 s, idle.
+    import confluent_kafka  # noqa: PLC0415 - patched for archive_topics' own import
+
+    monkeypatch.setattr("models.archive._BATCH_ROWS", 1)  # refused in add()
+    bad = {**make_ev(1_767_225_600_000, seq=0), "speed_kmh": "x"}
+    kafka = _FakeKafka("vehicle-telemetry", [orjson.dumps(bad)])
+    commits: list[int] = []
+    monkeypatch.setattr(confluent_kafka, "Consumer", kafka.consumer)
+    monkeypatch.setattr(_FakeConsumer, "commit", lambda self, asynchronous: commits.append(1))
+    report = archive_topics(
+        {},
+        {kafka.topic: _UNCHECKED},
+        tmp_path,
+        max_age_s=0.0,
+        stop=lambda: kafka.consumers[-1].polls >= 6,
+    )
+    assert report.rows == {"telemetry": 0}
+    assert len(commits) == 2  # the flush that took the refusal, and the one at the stop
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
 _GOOD_STATS: dict[str, Any] = {
     "vehicle_id": "car-1", "powertrain": "ev", "window_start": 1_767_225_600_000,
     "window_end": 1_767_225_660_000, "samples": 60, "distance_km": 1.0,
