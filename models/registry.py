@@ -38,6 +38,8 @@ MODEL_FILE: Final = "model.skops"
 METADATA_FILE: Final = "metadata.json"
 CURRENT: Final = "current"
 SHADOW: Final = "shadow"
+# Promotions and unsets of one registry take turns on it (not a version: no model file).
+LOCK_FILE: Final = ".lock"
 POINTERS: Final = (CURRENT, SHADOW)
 _log = logging.getLogger("models.registry")
 # The window length of artifacts saved before their metadata named it.
@@ -147,7 +149,7 @@ def promote(root: Path, version: str, pointer: str = CURRENT) -> None:
 
     A running pipeline re-reads the pointer every few seconds and loads that version.
     Promotions and :func:`unset` of one registry take turns (an exclusive ``flock`` on its
-    folder), each writing its own temporary file: two promotes at once shared
+    ``.lock`` file), each writing its own temporary file: two promotes at once shared
     ``.current.tmp``, and the second one's rename failed with ``FileNotFoundError``.
 
     Raises:
@@ -195,15 +197,18 @@ def unset(root: Path, pointer: str) -> None:
 
 @contextmanager
 def _locked(root: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the registry folder (released when its fd closes).
+    """Hold an exclusive ``flock`` on the registry's lock file (released when its fd closes).
+
+    A file opened for writing, not the folder: on NFS, Linux turns ``flock`` into a POSIX
+    lock, and an exclusive one needs a writable descriptor.
 
     Raises:
-        ModelError: The folder cannot be opened or locked.
+        ModelError: The lock file cannot be opened or locked.
     """
     try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        msg = f"cannot {what}: registry {root} cannot be opened: {exc}"
+        msg = f"cannot {what}: registry lock {root / LOCK_FILE} cannot be opened: {exc}"
         raise ModelError(msg) from exc
     try:
         try:

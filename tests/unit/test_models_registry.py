@@ -233,6 +233,28 @@ def test_concurrent_promotes_take_turns_and_never_fail(
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_the_registry_lock_is_taken_on_a_writable_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On NFS, flock becomes a POSIX lock, and an exclusive one needs a writable fd: the
+    # folder opened read-only made every promote on a shared registry fail there.
+    import fcntl  # noqa: PLC0415 - patched here only
+
+    save(forest(5), META, tmp_path, version="v1")
+    modes: list[int] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        modes.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    promote(tmp_path, "v1")
+    unset(tmp_path, SHADOW)
+    assert modes == [os.O_RDWR, os.O_RDWR]
+    assert list_versions(tmp_path) == ["v1"]  # the lock file is not a version
+
+
 def test_a_pointer_that_cannot_be_written_or_removed_is_a_model_error(tmp_path: Path) -> None:
     save(forest(5), META, tmp_path, version="v1")
     (tmp_path / SHADOW / "x").mkdir(parents=True)  # a folder where the pointer goes
