@@ -15,17 +15,19 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from processing.sessions import ACTIVITY
 from telemetry.contract import POWERTRAINS, STATES
 
 Table = npt.NDArray[np.float64]
 """A copy of kept rows, one per record, columns in the order of a ``*_COLUMNS`` layout."""
 
-SESSION_KINDS: Final = ("drive", "charge", "refuel", "idle")
+# The kinds processing emits (drive, charge, refuel, idle), in a fixed order: the codes.
+SESSION_KINDS: Final = tuple(dict.fromkeys(ACTIVITY.values()))
 
 WINDOW_COLUMNS: Final = (
     "window_end",
@@ -234,43 +236,34 @@ def sample_of(row: Sequence[float]) -> CarSample:
     )
 
 
+def _plain(row: Sequence[float], columns: Sequence[str]) -> dict[str, Any]:
+    """The row's values by column name, NaN as None (coded columns decoded by callers)."""
+    return {name: _opt(value) for name, value in zip(columns, row, strict=True)}
+
+
 def window_of(row: Sequence[float]) -> KeptWindow:
     """The window a row holds."""
-    missing = _opt(row[3])
-    return KeptWindow(
-        window_end=int(row[0]),
-        powertrain=POWERTRAINS[int(row[1])],
-        samples=int(row[2]),
+    window = _plain(row, WINDOW_COLUMNS)
+    missing = window["missing"]
+    window.update(
+        window_end=int(row[WINDOW["window_end"]]),
+        powertrain=POWERTRAINS[int(row[WINDOW["powertrain"]])],
+        samples=int(row[WINDOW["samples"]]),
         missing=None if missing is None else int(missing),
-        distance_km=_opt(row[4]),
-        energy_used_kwh=_opt(row[5]),
-        fuel_used_l=_opt(row[6]),
-        consumption_wh_per_km=_opt(row[7]),
-        consumption_l_per_100km=_opt(row[8]),
-        avg_outside_temp_c=_opt(row[9]),
-        level_end_pct=_opt(row[10]),
-        avg_speed_kmh=_opt(row[11]),
-        max_speed_kmh=_opt(row[12]),
     )
+    return cast("KeptWindow", window)
 
 
 def session_of(row: Sequence[float]) -> KeptSession:
     """The session a row holds."""
-    return KeptSession(
-        start_ts=int(row[1]),
-        kind=SESSION_KINDS[int(row[2])],
-        duration_s=row[3],
-        distance_km=_opt(row[4]),
-        energy_used_kwh=_opt(row[5]),
-        energy_added_kwh=_opt(row[6]),
-        fuel_used_l=_opt(row[7]),
-        fuel_added_l=_opt(row[8]),
-        consumption_wh_per_km=_opt(row[9]),
-        consumption_l_per_100km=_opt(row[10]),
-        level_start_pct=_opt(row[11]),
-        level_end_pct=_opt(row[12]),
-        drain_pct_per_h=_opt(row[13]),
+    session = _plain(row, SESSION_COLUMNS)
+    del session["id_hash"]
+    session.update(
+        start_ts=int(row[SESSION["start_ts"]]),
+        kind=SESSION_KINDS[int(row[SESSION["kind"]])],
+        duration_s=row[SESSION["duration_s"]],
     )
+    return cast("KeptSession", session)
 
 
 def table(flat: array[float], width: int) -> Table:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from dashboard.rows import (
+    SESSION_COLUMNS,
+    WINDOW_COLUMNS,
     Rows,
     sample_of,
     sample_row,
@@ -17,6 +19,8 @@ from dashboard.rows import (
     window_of,
     window_row,
 )
+from processing.sessions import SessionRecord
+from processing.stats import WindowStats
 
 from ..records import make_ev, make_ice
 from .fleet_data import T0, _drive, _idle, _stats
@@ -68,9 +72,17 @@ def test_records_round_trip_through_rows_with_their_nulls() -> None:
     assert window["energy_used_kwh"] is None
     assert window["missing"] == 2
     assert window_of(window_row({**stats, "missing": None}))["missing"] is None
+    assert set(window) == set(WINDOW_COLUMNS)
     for record in (_drive("car-1", T0), _idle("car-1", "ev", T0, hours=2.0, drain=1.5)):
         session = session_of(session_row(record))
         assert session == {name: record[name] for name in session}
+        assert set(session) == set(SESSION_COLUMNS) - {"id_hash"}
+
+
+def test_kept_columns_are_fields_of_processings_records() -> None:
+    # Named as processing writes them: a renamed output field fails here, not on a page.
+    assert set(WINDOW_COLUMNS) <= set(WindowStats.__annotations__)
+    assert set(SESSION_COLUMNS) - {"id_hash"} <= set(SessionRecord.__annotations__)
 
 
 @pytest.mark.parametrize(
