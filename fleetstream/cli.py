@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -274,7 +275,7 @@ def simulate(
             report = run_to_file(config, output, form, labels)
         else:
             assert target is not None  # noqa: S101 - set above whenever --mqtt was given
-            with _terminate_as_interrupt():
+            with _stop_on_signals() as stop:
                 report = run_to_mqtt(
                     config,
                     target=target,
@@ -282,7 +283,10 @@ def simulate(
                     topic=topic or default_topic(form),
                     qos=qos,
                     labels=labels,
+                    stop=stop,
                 )
+            if stop.is_set():
+                raise KeyboardInterrupt  # noqa: TRY301 - reported below like Ctrl-C
     except SimulatorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -327,21 +331,25 @@ def _start_ms(text: str) -> int:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt, so clean-up code runs as on Ctrl-C."""
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Within the block, SIGTERM and SIGINT set the event instead of raising.
 
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
+    The simulator's loop ends when it is set. An exception raised from a signal handler
+    lands at an arbitrary point, inside the publisher's lock handling too, and once left
+    a lock held: the run then hung in ``close()`` for good.
+    """
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    except ValueError:  # not the main thread: leave the signals alone
+        pass
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @app.command("ingest")

@@ -175,11 +175,25 @@ def _watch(services: dict[str, subprocess.Popen[bytes]], log_dir: Path) -> str |
     return None
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    # SIGTERM (kill, timeout, systemd) takes Ctrl-C's way out, so that the services the
-    # demo started are stopped too instead of outliving it.
-    msg = f"signal {signum}"
-    raise KeyboardInterrupt(msg)
+class _StopSignal:
+    """SIGTERM/SIGINT handler: Ctrl-C's way out, or only a flag while the fleet publishes.
+
+    SIGTERM (kill, timeout, systemd) takes Ctrl-C's way out, so that the services the
+    demo started are stopped too instead of outliving it. While the simulator publishes,
+    the signal only sets :attr:`event`, which ends its loop: an exception raised there at
+    an arbitrary point once left the publisher's lock held, and the demo hung in its
+    ``close()`` for good with every service still running.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.raising = True
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.event.set()
+        if self.raising:
+            msg = f"signal {signum}"
+            raise KeyboardInterrupt(msg)
 
 
 def _ingest_health_url() -> str | None:
@@ -198,14 +212,23 @@ def run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed:
 
     SIGTERM stops it as Ctrl-C does: the services it started are stopped before it exits.
     """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    stop = _StopSignal()
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _run_demo(vehicles, duration_s, anomaly_rate, seed)
+        _run_demo(vehicles, duration_s, anomaly_rate, seed, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed: int) -> None:
+def _run_demo(
+    vehicles: int,
+    duration_s: float | None,
+    anomaly_rate: float,
+    seed: int,
+    signals: _StopSignal | None = None,
+) -> None:
+    signals = signals or _StopSignal()
     settings = infra.InfraSettings()
     dashboard_settings = DashboardSettings()
     dashboard_url = (
@@ -296,6 +319,9 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
                 vehicles,
                 "" if duration_s else " (Ctrl-C stops)",
             )
+            signals.raising = False  # from here a signal ends the publishing loop
+            if signals.event.is_set():  # it came while the flag was being changed
+                raise KeyboardInterrupt  # noqa: TRY301 - the same way out as a signal
             sim = run_to_mqtt(
                 config,
                 target=MqttTarget(settings.host, settings.mqtt_port, None, None),
@@ -303,10 +329,14 @@ def _run_demo(vehicles: int, duration_s: float | None, anomaly_rate: float, seed
                 topic="fleet/{vehicle_id}/telemetry",
                 qos=1,
                 labels=logs / "labels.jsonl",
+                stop=signals.event,
             )
+            if signals.event.is_set():
+                _log.info("stopping the demo")
         except KeyboardInterrupt:
             _log.info("stopping the demo")
         finally:
+            signals.raising = True
             stop.set()
         time.sleep(2)  # let ingest confirm the last messages
         added = topic_size(settings.kafka_bootstrap, TELEMETRY_TOPIC) - before[TELEMETRY_TOPIC]

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import string
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -235,12 +236,16 @@ def run_to_mqtt(
     labels: Path | None,
     report_every_s: float = 5.0,
     slices_per_tick: int = 10,
+    stop: threading.Event | None = None,
 ) -> RunReport:
     """Publish in real time: each car at ``rate_hz``, spread evenly over each period.
 
     The labels are written however the run ends: on Ctrl-C, SIGTERM (when the caller
     turns it into an exception) or a lost broker, they cover the time that was published
-    and the exception is re-raised afterwards.
+    and the exception is re-raised afterwards. ``stop``, once set, ends the run after the
+    slice being sent, as an interruption does but without an exception: one raised from
+    a signal handler can land inside the publisher's lock handling and leave a lock held
+    (the demo then hung in ``close()`` with its services running).
 
     Raises:
         SimulatorError: The topic, format or labels file is unusable (before
@@ -271,9 +276,12 @@ def run_to_mqtt(
     last_report, last_count, sent = began, 0, 0
     published_ts: int | None = None  # event time of the newest message sent
     finished = False
+    stopped = stop or threading.Event()
     try:
         try:
             for tick in range(ticks):
+                if stopped.is_set():
+                    break
                 records = fleet.tick()
                 step = math.ceil(len(records) / slices_per_tick) or 1
                 for k in range(0, len(records), step):
@@ -283,7 +291,10 @@ def run_to_mqtt(
                     due = began + tick * period + (k / max(len(records), 1)) * period
                     delay = due - time.monotonic()
                     if delay > 0:
-                        time.sleep(delay)
+                        if stop is None:
+                            time.sleep(delay)
+                        elif stop.wait(delay):
+                            break
                     publisher.publish(batch)
                     sent += len(batch)
                     published_ts = max(published_ts or 0, *(r["ts"] for r in chunk))
@@ -297,10 +308,13 @@ def run_to_mqtt(
             # The last tick's period belongs to the run too.
             remaining = began + ticks * period - time.monotonic()
             if remaining > 0:
-                time.sleep(remaining)
+                if stop is None:
+                    time.sleep(remaining)
+                else:
+                    stop.wait(remaining)
             if qos > 0:
                 publisher.wait_acked(sent, timeout_s=30.0)
-            finished = True
+            finished = not stopped.is_set()
         finally:
             publisher.close()
     finally:
