@@ -147,9 +147,10 @@ def track(state: dict[str, Any], r: dict[str, Any]) -> list[SessionRecord]:
     if current["rate"] is not None:
         current["used"] += max(current["rate"], 0.0) * hours
         current["added"] += max(-current["rate"], 0.0) * hours
-        # Sessions kept in state from before the field count as covered so far.
-        so_far = (current["last_ts"] - current["start_ts"]) / _MS_PER_HOUR
-        current["covered"] = current.get("covered", so_far) + hours
+        covered = current.get("covered")
+        if covered is None:  # kept in state before the field: covered so far
+            covered = (current["last_ts"] - current["start_ts"]) / _MS_PER_HOUR
+        current["covered"] = covered + hours
     if kind != current["kind"]:
         out.append(_finish(r["vehicle_id"], r["powertrain"], current, r["ts"]))
         state["session"] = _start(r)
